@@ -1,0 +1,82 @@
+# callconsent — the two commands a newcomer needs are `make run` and `make test`.
+# Both install what they need themselves (a virtualenv in .venv; Debian packages via apt-get
+# when they are missing and we run as root).
+
+SHELL := /bin/bash
+# Debian's own interpreter by default: a daemon that drops root privileges must still be able
+# to read its interpreter, which a pyenv install under /root would not allow.
+PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -v python3)
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CONFIG ?=
+
+# command -> Debian package, for what the test suite and the prompts need
+DEBIAN_TEST_PACKAGES := initdb:postgresql espeak-ng:espeak-ng ffmpeg:ffmpeg sox:sox
+
+.PHONY: run test lint bench demo venv install debian-deps clean help
+
+help:
+	@echo "make run    start the daemon on embedded defaults (SQLite, ./var/)"
+	@echo "make test   install test dependencies and run the whole suite"
+	@echo "make lint   ruff"
+	@echo "make bench  run every benchmark (QUICK=1 for a short run)"
+
+$(VPY):
+	@echo ">>> creating virtualenv $(VENV) with $(PYTHON)"
+	@if ! $(PYTHON) -m venv --help >/dev/null 2>&1 || ! $(PYTHON) -c 'import ensurepip' 2>/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo ">>> apt-get install python3-venv"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; \
+	  else echo "!!! python3 -m venv is not usable: install python3-venv" >&2; exit 1; fi; \
+	fi
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+
+venv: $(VPY)
+
+$(STAMP): $(VPY) setup.cfg pyproject.toml
+	@echo ">>> installing callconsent (editable) with its test dependencies into $(VENV)"
+	$(VPY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# Installs the Debian packages the tests need, when missing and when we can (root + apt).
+debian-deps:
+	@missing=""; \
+	for pair in $(DEBIAN_TEST_PACKAGES); do \
+	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  if ! command -v $$cmd >/dev/null && ! ls /usr/lib/postgresql/*/bin/$$cmd >/dev/null 2>&1; then missing="$$missing $$pkg"; fi; \
+	done; \
+	if [ -z "$$missing" ]; then echo ">>> Debian packages present"; exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo ">>> apt-get install$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else \
+	  echo "!!! missing Debian packages:$$missing (not root or no apt-get): the tests that need them will skip"; \
+	fi
+
+run: install
+	@if [ "$$(id -u)" = 0 ] && ! getent passwd callconsent >/dev/null; then \
+	  echo ">>> running as root: creating the unprivileged system user 'callconsent' for the daemon"; \
+	  useradd --system --user-group --no-create-home --shell /usr/sbin/nologin callconsent; \
+	fi
+	@echo ">>> starting callconsent serve (Ctrl-C to stop)"
+	$(VENV)/bin/callconsent $(if $(CONFIG),--config $(CONFIG)) serve
+
+test: debian-deps install
+	@echo ">>> running the test suite"
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: install
+	@set -e; for b in bench/*.py; do \
+	  [ "$$(basename $$b)" = "_common.py" ] && continue; \
+	  echo ">>> $$b"; $(VPY) $$b $(if $(QUICK),--quick); done
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
