@@ -58,7 +58,7 @@ class InputTimedOut(Event):
 
 @dataclass(frozen=True, slots=True)
 class AgentAnswered(Event):
-    """An agent answered (the customer leg is bridged): ``record_from = agent_answer`` starts here."""
+    """An agent answered (the customer leg is bridged); ``record_from = agent_answer`` starts."""
 
     agent: str | None = None
 

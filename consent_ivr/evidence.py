@@ -68,8 +68,12 @@ class ConsentEvidence:
                 for d in self.digits
             ],
             "prompts": [
-                {"prompt_id": p.prompt_id, "language": p.language, "at": p.at.isoformat(),
-                 "outcome": p.outcome}
+                {
+                    "prompt_id": p.prompt_id,
+                    "language": p.language,
+                    "at": p.at.isoformat(),
+                    "outcome": p.outcome,
+                }
                 for p in self.prompts
             ],
             "attempts": self.attempts,

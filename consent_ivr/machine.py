@@ -405,7 +405,10 @@ class ConsentCall:
         if self._agent_answered:
             return []
         self._agent_answered = True
-        if self.status is None or self.status not in (ConsentStatus.GRANTED, ConsentStatus.NOT_REQUIRED):
+        if self.status is None or self.status not in (
+            ConsentStatus.GRANTED,
+            ConsentStatus.NOT_REQUIRED,
+        ):
             return []
         for rid, state in self._recordings.items():
             if state is RecordingState.RESERVED:
@@ -453,13 +456,17 @@ class ConsentCall:
         if refusal is not None:
             return [RejectCommand("start", refusal)]
         actions: list[Action] = []
-        if status is ConsentStatus.NOT_REQUIRED and p.mode is Mode.ON_DEMAND and (
-            p.legal_basis.value == "consent"
+        if (
+            status is ConsentStatus.NOT_REQUIRED
+            and p.mode is Mode.ON_DEMAND
+            and (p.legal_basis.value == "consent")
         ):
             # on_demand under the consent basis: the agent asked, and attests the caller's yes
             self.status = ConsentStatus.GRANTED
             actions += [
-                LogStatusChange(ConsentStatus.GRANTED, "agent_attested", self._clock(), event.agent),
+                LogStatusChange(
+                    ConsentStatus.GRANTED, "agent_attested", self._clock(), event.agent
+                ),
                 SetVariables({"CONSENT_STATUS": ConsentStatus.GRANTED.value}),
             ]
         reserved = [r for r, s in self._recordings.items() if s is RecordingState.RESERVED]
@@ -475,7 +482,9 @@ class ConsentCall:
             was_monitored = self.status is ConsentStatus.GRANTED and self.policy.monitoring_allowed
             self.status = ConsentStatus.DECLINED
             actions += [
-                LogStatusChange(ConsentStatus.DECLINED, "agent_discard", self._clock(), event.agent),
+                LogStatusChange(
+                    ConsentStatus.DECLINED, "agent_discard", self._clock(), event.agent
+                ),
                 SetVariables({"CONSENT_STATUS": ConsentStatus.DECLINED.value}),
             ]
             if was_monitored:
@@ -507,7 +516,9 @@ class ConsentCall:
         if state is RecordingState.DISCARDED:
             # It was destroyed before the PBX got round to starting it: stop it at once.
             return [StopRecording(event.recording_id)]
-        raise IllegalTransition(self.phase, event, f"recording is {state.value if state else 'unknown'}")
+        raise IllegalTransition(
+            self.phase, event, f"recording is {state.value if state else 'unknown'}"
+        )
 
     def _recording_stopped(self, event: RecordingStopped) -> list[Action]:
         state = self._recordings.get(event.recording_id)

@@ -118,13 +118,18 @@ class Policy:
         known = {f.name for f in fields(cls)} - {"name"}
         for key in data:
             if key not in known:
-                raise PolicyError(f"{prefix}.{key}", f"unknown setting; known: {', '.join(sorted(known))}")
+                raise PolicyError(
+                    f"{prefix}.{key}", f"unknown setting; known: {', '.join(sorted(known))}"
+                )
         kwargs: dict[str, Any] = {"name": name}
         for f in fields(cls):
             if f.name == "name" or f.name not in data:
                 continue
             kwargs[f.name] = _coerce(f"{prefix}.{f.name}", f.name, data[f.name])
-        if "silence_outcome" not in data and kwargs.get("legal_basis") is LegalBasis.LEGITIMATE_INTEREST:
+        if (
+            "silence_outcome" not in data
+            and kwargs.get("legal_basis") is LegalBasis.LEGITIMATE_INTEREST
+        ):
             kwargs["silence_outcome"] = SilenceOutcome.ACCEPT  # no objection heard
         try:
             return cls(**kwargs)
@@ -168,22 +173,32 @@ def _coerce(key: str, name: str, value: Any) -> Any:
 
 def _validate(p: Policy) -> None:
     if not _CAMPAIGN_RE.match(p.name):
-        raise PolicyError("name", f"campaign names are letters, digits, '_', '.', '-' (got {p.name!r})")
+        raise PolicyError(
+            "name", f"campaign names are letters, digits, '_', '.', '-' (got {p.name!r})"
+        )
     for key in ("accept_digit", "decline_digit"):
         if getattr(p, key) not in DTMF_DIGITS:
-            raise PolicyError(key, f"expected one DTMF key (0-9, *, #, A-D); got {getattr(p, key)!r}")
+            raise PolicyError(
+                key, f"expected one DTMF key (0-9, *, #, A-D); got {getattr(p, key)!r}"
+            )
     if p.accept_digit == p.decline_digit:
         raise PolicyError("decline_digit", "must differ from accept_digit")
     if p.withdraw_digit is not None and p.withdraw_digit not in DTMF_DIGITS:
-        raise PolicyError("withdraw_digit", f"expected one DTMF key or nothing; got {p.withdraw_digit!r}")
+        raise PolicyError(
+            "withdraw_digit", f"expected one DTMF key or nothing; got {p.withdraw_digit!r}"
+        )
     for key, (lo, hi) in _INTS.items():
         value = getattr(p, key)
         if not lo <= value <= hi:
             raise PolicyError(key, f"expected {lo}..{hi}; got {value}")
     if not _LANGUAGE_RE.match(p.language):
-        raise PolicyError("language", f"expected a language code such as en or de_CH; got {p.language!r}")
+        raise PolicyError(
+            "language", f"expected a language code such as en or de_CH; got {p.language!r}"
+        )
     if not _CATEGORY_RE.match(p.retention_category):
-        raise PolicyError("retention_category", f"expected a lower-case name; got {p.retention_category!r}")
+        raise PolicyError(
+            "retention_category", f"expected a lower-case name; got {p.retention_category!r}"
+        )
     if p.mode is Mode.ALWAYS and p.legal_basis is LegalBasis.CONSENT:
         raise PolicyError(
             "mode",
@@ -228,6 +243,8 @@ class PolicyBook:
             if not isinstance(table, Mapping):
                 raise PolicyError(f"{where}.{name}", "expected a table of policy settings")
             if not _CAMPAIGN_RE.match(name):
-                raise PolicyError(f"{where}.{name}", "campaign names are letters, digits, '_', '.', '-'")
+                raise PolicyError(
+                    f"{where}.{name}", "campaign names are letters, digits, '_', '.', '-'"
+                )
             campaigns[name] = Policy.from_mapping(name, {**base, **table}, f"{where}.{name}")
         return cls(default=default, campaigns=campaigns)

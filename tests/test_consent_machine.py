@@ -12,8 +12,12 @@ import consent_ivr as c
 
 def make_call(policy: c.Policy | None = None, **kw) -> c.ConsentCall:
     ids = (f"id-{n}" for n in itertools.count())
-    ticks = (datetime(2026, 11, 24, 9, 0, tzinfo=UTC) + timedelta(seconds=n) for n in itertools.count())
-    return c.ConsentCall(policy or c.Policy(), new_id=lambda: next(ids), clock=lambda: next(ticks), **kw)
+    ticks = (
+        datetime(2026, 11, 24, 9, 0, tzinfo=UTC) + timedelta(seconds=n) for n in itertools.count()
+    )
+    return c.ConsentCall(
+        policy or c.Policy(), new_id=lambda: next(ids), clock=lambda: next(ticks), **kw
+    )
 
 
 def kinds(actions: list) -> list[str]:
@@ -50,7 +54,10 @@ def test_decline_is_not_hung_up_and_not_recorded() -> None:
     actions = call.handle(c.DigitReceived("2"))
     assert kinds(actions) == ["LogConsent", "SetVariables", "PlayPrompt"]
     assert actions[1].variables == {
-        "CONSENT_STATUS": "declined", "CONSENT_ID": call.consent_id, "CONSENT_RECORDING_ID": ""}
+        "CONSENT_STATUS": "declined",
+        "CONSENT_ID": call.consent_id,
+        "CONSENT_RECORDING_ID": "",
+    }
     assert actions[2].prompt_id == "declined"
     assert kinds(call.handle(c.PromptFinished("declined"))) == ["Continue"]
     assert call.recordings == {}
@@ -139,8 +146,13 @@ def test_agent_discard_destroys_every_recording_and_blocks_start() -> None:
     call.handle(c.RecordingStarted(second))
     actions = call.handle(c.AgentCommand("discard", agent="7001"))
     assert kinds(actions) == [
-        "LogStatusChange", "SetVariables", "StopMonitoring", "StopRecording",
-        "DiscardRecording", "DiscardRecording"]
+        "LogStatusChange",
+        "SetVariables",
+        "StopMonitoring",
+        "StopRecording",
+        "DiscardRecording",
+        "DiscardRecording",
+    ]
     assert {a.recording_id for a in actions if isinstance(a, c.DiscardRecording)} == {first, second}
     assert actions[0].actor == "7001" and actions[0].cause == "agent_discard"
     refused = only(call.handle(c.AgentCommand("start")), c.RejectCommand)
@@ -191,7 +203,11 @@ def test_on_demand_start_is_agent_attested_consent() -> None:
     assert call.status is c.ConsentStatus.NOT_REQUIRED
     started = call.handle(c.AgentCommand("start", agent="7001"))
     change = only(started, c.LogStatusChange)
-    assert (change.status, change.cause, change.actor) == (c.ConsentStatus.GRANTED, "agent_attested", "7001")
+    assert (change.status, change.cause, change.actor) == (
+        c.ConsentStatus.GRANTED,
+        "agent_attested",
+        "7001",
+    )
     assert any(isinstance(a, c.StartRecording) for a in started)
 
 

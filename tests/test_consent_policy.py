@@ -17,7 +17,11 @@ def test_defaults_are_the_cautious_choice() -> None:
 @pytest.mark.parametrize(
     ("data", "key", "words"),
     [
-        ({"mode": "yes"}, "policies.sales.mode", "expected one of consent, always, never, on_demand"),
+        (
+            {"mode": "yes"},
+            "policies.sales.mode",
+            "expected one of consent, always, never, on_demand",
+        ),
         ({"accept_digit": "12"}, "policies.sales.accept_digit", "one DTMF key"),
         ({"accept_digit": "2"}, "policies.sales.decline_digit", "must differ"),
         ({"max_attempts": 0}, "policies.sales.max_attempts", "1..5"),

@@ -27,7 +27,9 @@ POLICY_SETTINGS = st.fixed_dictionaries(
     {},
     optional={
         "mode": st.sampled_from(["consent", "always", "never", "on_demand"]),
-        "legal_basis": st.sampled_from(["consent", "contract", "legal_obligation", "legitimate_interest"]),
+        "legal_basis": st.sampled_from(
+            ["consent", "contract", "legal_obligation", "legitimate_interest"]
+        ),
         "accept_digit": st.sampled_from(["1", "9", "*"]),
         "decline_digit": st.sampled_from(["2", "0", "#"]),
         "max_attempts": st.integers(1, 3),
@@ -55,8 +57,17 @@ def policies(draw: st.DrawFn) -> c.Policy:
 
 
 EVENT_KINDS = [
-    "answered", "prompt_finished", "prompt_failed", "digit", "timeout", "agent_answered",
-    "rec_started", "rec_stopped", "agent", "withdrew", "hungup",
+    "answered",
+    "prompt_finished",
+    "prompt_failed",
+    "digit",
+    "timeout",
+    "agent_answered",
+    "rec_started",
+    "rec_stopped",
+    "agent",
+    "withdrew",
+    "hungup",
 ]
 
 
@@ -75,10 +86,17 @@ class Trace:
 
 
 KIND_OF = {
-    c.CallAnswered: "answered", c.PromptFinished: "prompt_finished", c.PromptFailed: "prompt_failed",
-    c.DigitReceived: "digit", c.InputTimedOut: "timeout", c.AgentAnswered: "agent_answered",
-    c.RecordingStarted: "rec_started", c.RecordingStopped: "rec_stopped", c.AgentCommand: "agent",
-    c.CallerWithdrew: "withdrew", c.HungUp: "hungup",
+    c.CallAnswered: "answered",
+    c.PromptFinished: "prompt_finished",
+    c.PromptFailed: "prompt_failed",
+    c.DigitReceived: "digit",
+    c.InputTimedOut: "timeout",
+    c.AgentAnswered: "agent_answered",
+    c.RecordingStarted: "rec_started",
+    c.RecordingStopped: "rec_stopped",
+    c.AgentCommand: "agent",
+    c.CallerWithdrew: "withdrew",
+    c.HungUp: "hungup",
 }
 
 
@@ -146,9 +164,9 @@ def run_and_check(machine_cls: type[c.ConsentCall], policy: c.Policy, data: st.D
         # (b) everything recorded was discarded
         missing = set(trace.started) - trace.discarded
         assert not missing, f"after {trace.discard_trigger}, recordings {missing} were kept"
-        assert all(
-            s is RecordingState.DISCARDED for s in call.recordings.values()
-        ), f"after {trace.discard_trigger}: {call.recordings}"
+        assert all(s is RecordingState.DISCARDED for s in call.recordings.values()), (
+            f"after {trace.discard_trigger}: {call.recordings}"
+        )
 
 
 def check_actions(trace: Trace, event: c.Event, phase_before: c.Phase, actions: list) -> None:
@@ -183,7 +201,8 @@ def check_actions(trace: Trace, event: c.Event, phase_before: c.Phase, actions: 
         # the kept part stops; nothing runs any more
         assert not any(isinstance(a, c.StartRecording) for a in actions)
     declined = any(
-        isinstance(a, c.LogConsent) and a.evidence.decision is c.ConsentStatus.DECLINED for a in actions
+        isinstance(a, c.LogConsent) and a.evidence.decision is c.ConsentStatus.DECLINED
+        for a in actions
     )
     if declined:
         trace.discard_trigger = trace.discard_trigger or "decline"
@@ -262,10 +281,17 @@ class MutantKeepsAfterWithdrawal(c.ConsentCall):
         (MutantKeepsAfterWithdrawal, "after withdrawal, recordings"),
     ],
 )
-def test_property_checks_catch_a_broken_machine(mutant: type[c.ConsentCall], complaint: str) -> None:
-    @settings(max_examples=2000, deadline=None, database=None, report_multiple_bugs=False,
-              derandomize=True,
-              suppress_health_check=list(HealthCheck))
+def test_property_checks_catch_a_broken_machine(
+    mutant: type[c.ConsentCall], complaint: str
+) -> None:
+    @settings(
+        max_examples=2000,
+        deadline=None,
+        database=None,
+        report_multiple_bugs=False,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(data=st.data())
     def broken(data: st.DataObject) -> None:
         policy = c.Policy(monitoring_allowed=True, withdraw_digit="5")
