@@ -1,0 +1,197 @@
+"""The metadata store's tables (SQLAlchemy 2). Documented in ``docs/data-model.md``.
+
+Schema changes go through alembic (``recorder/migrations``); ``sql/*.sql`` are generated
+from the migrations for DBAs who do not run the ORM. No table holds a phone number in clear.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in Python whatever the database keeps (SQLite has no time zones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the store keeps UTC, aware datetimes only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime,
+        dict[str, Any]: JSON,
+        list[Any]: JSON,
+    }
+
+
+class RecordingState(enum.StrEnum):
+    """recording -> closed -> encrypted | discarded -> purged (see docs/data-model.md)."""
+
+    RECORDING = "recording"  # the PBX writes the file
+    CLOSED = "closed"  # the file is final; waiting for the finalizer
+    ENCRYPTED = "encrypted"  # ciphertext registered, plaintext gone
+    DISCARDED = "discarded"  # must not be kept; audio destroyed (or being destroyed)
+    PURGED = "purged"  # retention ended; ciphertext deleted
+
+
+class NumberKind(enum.StrEnum):
+    E164 = "e164"  # normalised; has a lookup key
+    WITHHELD = "withheld"  # anonymous / restricted: no lookup key, nothing stored
+    UNPARSED = "unparsed"  # not a phone number (an extension, a name): encrypted copy only
+    NONE = "none"  # no number known
+
+
+class Call(Base):
+    __tablename__ = "calls"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    pbx: Mapped[str] = mapped_column(String(16))  # asterisk | freeswitch | import
+    node: Mapped[str] = mapped_column(String(64))  # the PBX host that saw the call
+    pbx_call_id: Mapped[str] = mapped_column(String(64))  # Asterisk linkedid / FS Channel-Call-UUID
+    campaign: Mapped[str] = mapped_column(String(64))
+    direction: Mapped[str] = mapped_column(String(8))  # inbound | outbound
+    agent: Mapped[str | None] = mapped_column(String(64))
+    number_kind: Mapped[str] = mapped_column(String(12), default=NumberKind.NONE.value)
+    number_key: Mapped[str | None] = mapped_column(String(64), index=True)  # HMAC-SHA256, hex
+    number_enc: Mapped[bytes | None] = mapped_column(LargeBinary)  # AES-GCM
+    consent_status: Mapped[str | None] = mapped_column(String(16))
+    started_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+
+    __table_args__ = (UniqueConstraint("node", "pbx", "pbx_call_id"),)
+
+
+class ConsentRecord(Base):
+    """Evidence: one ``decision`` row per call (enforced), then any ``change`` rows."""
+
+    __tablename__ = "consent_evidence"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # decision | change
+    status: Mapped[str] = mapped_column(String(16))
+    method: Mapped[str] = mapped_column(String(32))  # how it came about, or the change's cause
+    actor: Mapped[str | None] = mapped_column(String(64))
+    legal_basis: Mapped[str] = mapped_column(String(32))
+    prompt_id: Mapped[str | None] = mapped_column(String(32))
+    prompt_sha256: Mapped[str | None] = mapped_column(String(64))
+    language: Mapped[str | None] = mapped_column(String(16))
+    digits: Mapped[list[Any]] = mapped_column(default=list)  # [{digit, at, attempt, valid}]
+    prompts: Mapped[list[Any]] = mapped_column(default=list)  # [{prompt_id, at, outcome, sha256}]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    policy: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    pbx_call_id: Mapped[str | None] = mapped_column(String(64))
+    pbx_channel_id: Mapped[str | None] = mapped_column(String(128))
+    decided_at: Mapped[datetime]
+
+    __table_args__ = (
+        Index(
+            "uq_consent_evidence_one_decision",
+            "call_id",
+            unique=True,
+            sqlite_where=text("kind = 'decision'"),
+            postgresql_where=text("kind = 'decision'"),
+        ),
+    )
+
+
+class Recording(Base):
+    __tablename__ = "recordings"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # our UUID; names the files
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id"), index=True)
+    state: Mapped[str] = mapped_column(String(12), index=True)
+    spool_path: Mapped[str] = mapped_column(String(512))  # where the PBX writes the plaintext
+    format: Mapped[str] = mapped_column(String(8))  # wav | raw (headerless s16le)
+    sample_rate: Mapped[int | None] = mapped_column(Integer)  # needed to wrap a .raw
+    channels: Mapped[int] = mapped_column(Integer, default=1)
+    pbx_ref: Mapped[str | None] = mapped_column(String(128))  # MixMonitorID / FS record path
+    pbx_channel: Mapped[str | None] = mapped_column(String(128))  # the leg it records
+    retention_category: Mapped[str] = mapped_column(String(32), default="default")
+    started_at: Mapped[datetime]
+    closed_at: Mapped[datetime | None]
+    duration_ms: Mapped[int | None] = mapped_column(BigInteger)
+    plaintext_size: Mapped[int | None] = mapped_column(BigInteger)
+    plaintext_sha256: Mapped[str | None] = mapped_column(String(64))
+    ciphertext_path: Mapped[str | None] = mapped_column(String(512))
+    ciphertext_size: Mapped[int | None] = mapped_column(BigInteger)
+    ciphertext_sha256: Mapped[str | None] = mapped_column(String(64))
+    key_epoch: Mapped[str | None] = mapped_column(String(32), index=True)
+    encrypted_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None] = mapped_column(index=True)
+    legal_hold: Mapped[bool] = mapped_column(Boolean, default=False)
+    hold_reason: Mapped[str | None] = mapped_column(Text)
+    discarded_at: Mapped[datetime | None]
+    discard_reason: Mapped[str | None] = mapped_column(String(64))
+    purged_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class AuditEntry(Base):
+    """Append-only, hash-chained: ``hash = SHA-256(canonical row incl. prev_hash)``."""
+
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at: Mapped[datetime]
+    node: Mapped[str] = mapped_column(String(64))
+    os_user: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    subject_type: Mapped[str] = mapped_column(String(16))
+    subject_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    details: Mapped[str] = mapped_column(Text)  # canonical JSON, hashed byte for byte
+    prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class AuditHead(Base):
+    """The chain's tail, one row: writers lock it, so the chain stays linear."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))

@@ -1,0 +1,125 @@
+CREATE TABLE alembic_version (
+    version_num VARCHAR(32) NOT NULL, 
+    CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)
+);
+
+-- Running upgrade  -> 0001
+
+CREATE TABLE audit_head (
+    id INTEGER NOT NULL, 
+    seq BIGINT NOT NULL, 
+    hash VARCHAR(64) NOT NULL, 
+    CONSTRAINT pk_audit_head PRIMARY KEY (id)
+);
+
+INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000');
+
+CREATE TABLE audit_log (
+    seq BIGINT NOT NULL, 
+    at DATETIME NOT NULL, 
+    node VARCHAR(64) NOT NULL, 
+    os_user VARCHAR(64) NOT NULL, 
+    actor VARCHAR(64) NOT NULL, 
+    action VARCHAR(64) NOT NULL, 
+    subject_type VARCHAR(16) NOT NULL, 
+    subject_id VARCHAR(64), 
+    details TEXT NOT NULL, 
+    prev_hash VARCHAR(64) NOT NULL, 
+    hash VARCHAR(64) NOT NULL, 
+    CONSTRAINT pk_audit_log PRIMARY KEY (seq), 
+    CONSTRAINT uq_audit_log_hash UNIQUE (hash), 
+    CONSTRAINT uq_audit_log_prev_hash UNIQUE (prev_hash)
+);
+
+CREATE INDEX ix_audit_log_action ON audit_log (action);
+
+CREATE INDEX ix_audit_log_subject_id ON audit_log (subject_id);
+
+CREATE TABLE calls (
+    id VARCHAR(36) NOT NULL, 
+    pbx VARCHAR(16) NOT NULL, 
+    node VARCHAR(64) NOT NULL, 
+    pbx_call_id VARCHAR(64) NOT NULL, 
+    campaign VARCHAR(64) NOT NULL, 
+    direction VARCHAR(8) NOT NULL, 
+    agent VARCHAR(64), 
+    number_kind VARCHAR(12) NOT NULL, 
+    number_key VARCHAR(64), 
+    number_enc BLOB, 
+    consent_status VARCHAR(16), 
+    started_at DATETIME NOT NULL, 
+    ended_at DATETIME, 
+    CONSTRAINT pk_calls PRIMARY KEY (id), 
+    CONSTRAINT uq_calls_node_pbx_pbx_call_id UNIQUE (node, pbx, pbx_call_id)
+);
+
+CREATE INDEX ix_calls_number_key ON calls (number_key);
+
+CREATE TABLE consent_evidence (
+    id VARCHAR(36) NOT NULL, 
+    call_id VARCHAR(36) NOT NULL, 
+    kind VARCHAR(8) NOT NULL, 
+    status VARCHAR(16) NOT NULL, 
+    method VARCHAR(32) NOT NULL, 
+    actor VARCHAR(64), 
+    legal_basis VARCHAR(32) NOT NULL, 
+    prompt_id VARCHAR(32), 
+    prompt_sha256 VARCHAR(64), 
+    language VARCHAR(16), 
+    digits JSON NOT NULL, 
+    prompts JSON NOT NULL, 
+    attempts INTEGER NOT NULL, 
+    policy JSON NOT NULL, 
+    pbx_call_id VARCHAR(64), 
+    pbx_channel_id VARCHAR(128), 
+    decided_at DATETIME NOT NULL, 
+    CONSTRAINT pk_consent_evidence PRIMARY KEY (id), 
+    CONSTRAINT fk_consent_evidence_call_id_calls FOREIGN KEY(call_id) REFERENCES calls (id)
+);
+
+CREATE INDEX ix_consent_evidence_call_id ON consent_evidence (call_id);
+
+CREATE UNIQUE INDEX uq_consent_evidence_one_decision ON consent_evidence (call_id) WHERE kind = 'decision';
+
+CREATE TABLE recordings (
+    id VARCHAR(36) NOT NULL, 
+    call_id VARCHAR(36) NOT NULL, 
+    state VARCHAR(12) NOT NULL, 
+    spool_path VARCHAR(512) NOT NULL, 
+    format VARCHAR(8) NOT NULL, 
+    sample_rate INTEGER, 
+    channels INTEGER NOT NULL, 
+    pbx_ref VARCHAR(128), 
+    pbx_channel VARCHAR(128), 
+    retention_category VARCHAR(32) NOT NULL, 
+    started_at DATETIME NOT NULL, 
+    closed_at DATETIME, 
+    duration_ms BIGINT, 
+    plaintext_size BIGINT, 
+    plaintext_sha256 VARCHAR(64), 
+    ciphertext_path VARCHAR(512), 
+    ciphertext_size BIGINT, 
+    ciphertext_sha256 VARCHAR(64), 
+    key_epoch VARCHAR(32), 
+    encrypted_at DATETIME, 
+    expires_at DATETIME, 
+    legal_hold BOOLEAN NOT NULL, 
+    hold_reason TEXT, 
+    discarded_at DATETIME, 
+    discard_reason VARCHAR(64), 
+    purged_at DATETIME, 
+    last_error TEXT, 
+    CONSTRAINT pk_recordings PRIMARY KEY (id), 
+    CONSTRAINT fk_recordings_call_id_calls FOREIGN KEY(call_id) REFERENCES calls (id)
+);
+
+CREATE INDEX ix_recordings_call_id ON recordings (call_id);
+
+CREATE INDEX ix_recordings_expires_at ON recordings (expires_at);
+
+CREATE INDEX ix_recordings_key_epoch ON recordings (key_epoch);
+
+CREATE INDEX ix_recordings_state ON recordings (state);
+
+INSERT INTO alembic_version (version_num) VALUES ('0001') RETURNING version_num;
+

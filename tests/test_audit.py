@@ -1,0 +1,153 @@
+"""The hash-chained audit log: tamper detection, and one linear chain under concurrent writers."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+from recorder import audit
+from recorder.db import Database
+from recorder.models import AuditEntry, AuditHead
+
+CTX = audit.AuditContext(node="pbx-test", os_user="tester")
+
+
+def write_rows(db: Database, n: int, actor: str = "tester") -> None:
+    for i in range(n):
+        with db.write() as s:
+            audit.append(
+                s,
+                CTX,
+                actor=actor,
+                action="test.row",
+                subject_type="test",
+                subject_id=str(i),
+                details={"i": i},
+            )
+
+
+def check(db: Database) -> audit.AuditReport:
+    with db.read() as s:
+        return audit.verify(s)
+
+
+def test_intact_chain_verifies(db: Database) -> None:
+    write_rows(db, 20)
+    report = check(db)
+    assert report.ok and report.rows == 20
+
+
+def test_an_edited_row_is_named(db: Database) -> None:
+    write_rows(db, 10)
+    with db.write() as s:
+        s.execute(sa.update(AuditEntry).where(AuditEntry.seq == 4).values(actor="mallory"))
+    report = check(db)
+    assert not report.ok
+    assert (4, "row 4 was edited (its hash does not match)") in report.problems
+
+
+def test_a_removed_row_is_named(db: Database) -> None:
+    write_rows(db, 10)
+    with db.write() as s:
+        s.execute(sa.delete(AuditEntry).where(AuditEntry.seq == 6))
+    problems = dict(check(db).problems)
+    assert "row 6 removed" in problems[6]
+    assert "does not follow" in problems[7]
+
+
+def test_rows_removed_from_the_end_are_noticed(db: Database) -> None:
+    write_rows(db, 10)
+    with db.write() as s:
+        s.execute(sa.delete(AuditEntry).where(AuditEntry.seq >= 9))
+    assert check(db).problems == [(9, "rows 9..10 removed from the end of the log")]
+
+
+def forge(s, seq: int, prev_hash: str) -> None:
+    prev = s.get(AuditEntry, 1)
+    forged = AuditEntry(
+        seq=seq,
+        at=prev.at,
+        node="x",
+        os_user="x",
+        actor="x",
+        action="forged",
+        subject_type="test",
+        subject_id=None,
+        details="{}",
+        prev_hash=prev_hash,
+    )
+    forged.hash = audit.entry_hash(forged)
+    s.add(forged)
+
+
+def test_an_inserted_row_is_noticed(db: Database) -> None:
+    write_rows(db, 5)
+    with db.write() as s:
+        # make room for row 3 (in two steps: the primary key is checked row by row)
+        s.execute(
+            sa.update(AuditEntry).where(AuditEntry.seq >= 3).values(seq=AuditEntry.seq + 1000)
+        )
+        s.execute(
+            sa.update(AuditEntry).where(AuditEntry.seq >= 1000).values(seq=AuditEntry.seq - 999)
+        )
+        forge(s, 3, "f" * 64)  # a self-consistent hash, but it cannot follow row 2
+    report = check(db)
+    assert not report.ok
+    seqs = {seq for seq, _ in report.problems}
+    assert 3 in seqs and 4 in seqs  # the forged row, and the real row it pushed aside
+
+
+def test_a_fork_of_the_chain_cannot_be_committed(db: Database) -> None:
+    write_rows(db, 3)
+    with pytest.raises(sa.exc.IntegrityError), db.write() as s:
+        tail = s.get(AuditEntry, 2)
+        forge(s, 99, tail.prev_hash)  # a second row following row 1
+
+
+def test_details_with_a_phone_number_are_refused(db: Database) -> None:
+    with pytest.raises(ValueError, match="phone number"), db.write() as s:
+        audit.append(
+            s,
+            CTX,
+            actor="x",
+            action="oops",
+            subject_type="call",
+            details={"caller": "+4915112345678"},
+        )
+    assert check(db).rows == 0
+
+
+def test_concurrent_writers_keep_one_linear_chain(db: Database) -> None:
+    threads = [threading.Thread(target=write_rows, args=(db, 25, f"t{i}")) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    report = check(db)
+    assert report.ok, report.problems
+    assert report.rows == 150
+    with db.read() as s:
+        assert s.get(AuditHead, 1).seq == 150
+
+
+def _process_writer(url: str, n: int, actor: str) -> None:
+    database = Database(url)
+    try:
+        write_rows(database, n, actor)
+    finally:
+        database.dispose()
+
+
+def test_concurrent_processes_keep_one_linear_chain(db: Database) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_process_writer, args=(db.url, 20, f"p{i}")) for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    report = check(db)
+    assert report.ok and report.rows == 80
