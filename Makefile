@@ -14,13 +14,14 @@ CONFIG ?=
 # command -> Debian package, for what the test suite and the prompts need
 DEBIAN_TEST_PACKAGES := initdb:postgresql espeak-ng:espeak-ng ffmpeg:ffmpeg sox:sox
 
-.PHONY: run test lint bench demo venv install debian-deps clean help
+.PHONY: run test lint bench demo sql venv install debian-deps clean help
 
 help:
 	@echo "make run    start the daemon on embedded defaults (SQLite, ./var/)"
 	@echo "make test   install test dependencies and run the whole suite"
 	@echo "make lint   ruff"
 	@echo "make bench  run every benchmark (QUICK=1 for a short run)"
+	@echo "make sql    regenerate sql/*.sql from the migrations"
 
 $(VPY):
 	@echo ">>> creating virtualenv $(VENV) with $(PYTHON)"
@@ -77,6 +78,10 @@ bench: install
 	@set -e; for b in bench/*.py; do \
 	  [ "$$(basename $$b)" = "_common.py" ] && continue; \
 	  echo ">>> $$b"; $(VPY) $$b $(if $(QUICK),--quick); done
+
+sql: install
+	$(VENV)/bin/callconsent db sql --dialect sqlite > sql/sqlite.sql
+	$(VENV)/bin/callconsent db sql --dialect postgresql > sql/postgresql.sql
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

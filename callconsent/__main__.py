@@ -1,0 +1,5 @@
+import sys
+
+from callconsent.cli import main
+
+sys.exit(main())

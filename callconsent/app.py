@@ -1,0 +1,81 @@
+"""The parts of callconsent a command or the daemon works with, opened from the config."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from callconsent.config import Config
+from recorder import migrate
+from recorder.audit import AuditContext
+from recorder.db import Database
+from recorder.keydir import KeyDir
+from recorder.ledger import Ledger, RecordingSink
+from recorder.numbers import SECRET_NAME, NumberProtector
+from recorder.spool import Spool
+
+log = logging.getLogger("callconsent")
+
+
+class SchemaOutOfDate(Exception):
+    """The database schema is older than this code and is not ours to upgrade implicitly."""
+
+
+@dataclass
+class App:
+    config: Config
+    db: Database
+    keydir: KeyDir
+    spool: Spool
+    numbers: NumberProtector
+    audit_ctx: AuditContext
+    ledger: Ledger
+
+    @classmethod
+    def open(cls, config: Config, *, sink: RecordingSink | None = None) -> App:
+        """Create what is missing (data dir, key dir 0700, spool 2770, the SQLite schema) and
+        check what exists. A PostgreSQL schema is upgraded only by ``callconsent db upgrade``:
+        several PBX hosts starting at once must not race to migrate a shared database."""
+        data_dir = config.data_dir
+        if not data_dir.exists():
+            data_dir.mkdir(parents=True, mode=0o750)
+        keydir = KeyDir(config.key_dir)
+        keydir.ensure()
+        spool = Spool(config.spool_dir)
+        spool.ensure()
+        db = Database(config.database_url)
+        ensure_schema(db)
+        numbers = NumberProtector(keydir.secret(SECRET_NAME), config.numbers.default_region)
+        ctx = AuditContext(node=config.daemon.node)
+        ledger = Ledger(db, numbers, ctx, sink=sink)
+        return cls(config, db, keydir, spool, numbers, ctx, ledger)
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+def ensure_schema(db: Database) -> None:
+    current, head = migrate.current_revision(db), migrate.head_revision()
+    if current == head:
+        return
+    if db.dialect == "sqlite":
+        log.info("database_upgrade", extra={"kv": {"from": current or "empty", "to": head}})
+        migrate.upgrade(db)
+        _share_sqlite_files(db)
+        return
+    raise SchemaOutOfDate(
+        f"database schema is at {current or 'nothing'}, this code needs {head}: "
+        "run `callconsent db upgrade` once (from one host)"
+    )
+
+
+def _share_sqlite_files(db: Database) -> None:
+    """Root running the CLI must not leave a database the daemon's account cannot write."""
+    path = db.engine.url.database
+    if os.geteuid() != 0 or not path:
+        return
+    owner = os.stat(os.path.dirname(os.path.abspath(path)))
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.chown(path + suffix, owner.st_uid, owner.st_gid)

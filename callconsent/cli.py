@@ -1,0 +1,66 @@
+"""The ``callconsent`` command. Each command group lives in ``callconsent/commands/``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from callconsent import __version__, logs
+from callconsent.commands import COMMAND_MODULES
+from callconsent.config import ConfigError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class CommandError(Exception):
+    """A command could not do what was asked; the message says why and what to do."""
+
+    exit_code = EXIT_FAILURE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="callconsent",
+        description="Lawful call recording for Asterisk and FreeSWITCH: consent, encryption, "
+        "evidence, retention.",
+    )
+    parser.add_argument("--version", action="version", version=f"callconsent {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="TOML config file (default: $CALLCONSENT_CONFIG, else "
+        "/etc/callconsent/callconsent.toml if present, else embedded defaults with ./var/)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module in COMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    os.umask(0o027)  # nothing we write (database, exports, keys) is for other accounts
+    logs.setup("info")
+    try:
+        return int(args.func(args) or EXIT_OK)
+    except ConfigError as exc:
+        print(f"callconsent: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CommandError as exc:
+        print(f"callconsent: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a clear line first; the traceback for --debug readers
+        logging.getLogger("callconsent").debug("unhandled", exc_info=True)
+        print(f"callconsent: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

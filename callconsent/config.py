@@ -1,0 +1,288 @@
+"""Configuration: one TOML file, validated once at start-up.
+
+Where it comes from: ``--config PATH``, else ``$CALLCONSENT_CONFIG``, else
+``/etc/callconsent/callconsent.toml`` if it exists, else the embedded defaults (SQLite and data
+under ``./var/``). Every error names the file and the key (``callconsent.toml: asterisk.agi_port:
+expected an integer 1..65535; got 'x'``). Relative paths are relative to the config file's
+directory (for the embedded defaults: to the current directory).
+
+Each ``[section]`` is a dataclass below; a field's type and ``check`` metadata are its schema.
+Documented in ``docs/configuration.md`` and ``deploy/callconsent.toml.example``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from consent_ivr import PolicyBook, PolicyError
+
+SYSTEM_CONFIG = Path("/etc/callconsent/callconsent.toml")
+EMBEDDED = "<embedded defaults>"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``source`` is the file, ``key`` the dotted key."""
+
+    def __init__(self, source: str, key: str, message: str) -> None:
+        self.source, self.key, self.message = source, key, message
+        super().__init__(f"{source}: {key}: {message}" if key else f"{source}: {message}")
+
+
+def _port(v: int) -> str | None:
+    return None if 1 <= v <= 65535 else f"expected a port 1..65535; got {v}"
+
+
+def _ip(v: str) -> str | None:
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        return f"expected an IP address such as 127.0.0.1; got {v!r}"
+    return None
+
+
+def _choice(*allowed: str) -> Callable[[str], str | None]:
+    def check(v: str) -> str | None:
+        return None if v in allowed else f"expected one of {', '.join(allowed)}; got {v!r}"
+
+    return check
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else f"expected a positive number; got {v}"
+
+
+def _check(fn: Callable[[Any], str | None]) -> dict[str, Any]:
+    return {"check": fn}
+
+
+@dataclass(frozen=True)
+class DaemonSection:
+    data_dir: Path = Path("var")
+    node: str = field(default_factory=socket.gethostname)  # this PBX host's name in the store
+    user: str = "callconsent"  # the account `serve` switches to when started as root
+    log_level: str = field(
+        default="info", metadata=_check(_choice("debug", "info", "warning", "error"))
+    )
+    log_format: str = field(default="kv", metadata=_check(_choice("kv", "json")))
+    shutdown_grace_s: float = field(default=10.0, metadata=_check(_positive))
+
+
+@dataclass(frozen=True)
+class DatabaseSection:
+    url: str = ""  # empty: SQLite at <data_dir>/callconsent.db
+
+
+@dataclass(frozen=True)
+class KeysSection:
+    dir: Path | None = None  # empty: <data_dir>/keys
+
+
+@dataclass(frozen=True)
+class SpoolSection:
+    dir: Path | None = None  # empty: <data_dir>/spool
+
+
+@dataclass(frozen=True)
+class NumbersSection:
+    default_region: str = "DE"  # how numbers without a country code are read (ISO 3166)
+
+
+@dataclass(frozen=True)
+class PromptsSection:
+    dir: Path | None = None  # empty: <data_dir>/prompts
+
+
+@dataclass(frozen=True)
+class AsteriskSection:
+    enabled: bool = False
+    agi_host: str = field(default="127.0.0.1", metadata=_check(_ip))
+    agi_port: int = field(default=4573, metadata=_check(_port))
+    ami_host: str = field(default="127.0.0.1", metadata=_check(_ip))
+    ami_port: int = field(default=5038, metadata=_check(_port))
+    ami_user: str = ""  # empty: no AMI client
+    ami_secret: str = ""
+
+
+@dataclass(frozen=True)
+class FreeswitchSection:
+    enabled: bool = False
+    outbound_host: str = field(default="127.0.0.1", metadata=_check(_ip))
+    outbound_port: int = field(default=8084, metadata=_check(_port))
+    esl_host: str = field(default="127.0.0.1", metadata=_check(_ip))
+    esl_port: int = field(default=8021, metadata=_check(_port))
+    esl_user: str = ""  # userauth user@domain; empty with a password: plain `auth`
+    esl_password: str = ""  # empty: no inbound ESL client
+
+
+SECTIONS: dict[str, type] = {
+    "daemon": DaemonSection,
+    "database": DatabaseSection,
+    "keys": KeysSection,
+    "spool": SpoolSection,
+    "numbers": NumbersSection,
+    "prompts": PromptsSection,
+    "asterisk": AsteriskSection,
+    "freeswitch": FreeswitchSection,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    base_dir: Path
+    daemon: DaemonSection
+    database: DatabaseSection
+    keys: KeysSection
+    spool: SpoolSection
+    numbers: NumbersSection
+    prompts: PromptsSection
+    asterisk: AsteriskSection
+    freeswitch: FreeswitchSection
+    policies: PolicyBook
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    # -- derived paths (absolute) ------------------------------------------------------------
+
+    @property
+    def data_dir(self) -> Path:
+        return self._abs(self.daemon.data_dir)
+
+    @property
+    def key_dir(self) -> Path:
+        return self._abs(self.keys.dir) if self.keys.dir else self.data_dir / "keys"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self._abs(self.spool.dir) if self.spool.dir else self.data_dir / "spool"
+
+    @property
+    def prompt_dir(self) -> Path:
+        return self._abs(self.prompts.dir) if self.prompts.dir else self.data_dir / "prompts"
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{self.data_dir / 'callconsent.db'}"
+
+    def _abs(self, p: Path) -> Path:
+        return p if p.is_absolute() else (self.base_dir / p).absolute()
+
+
+def locate(explicit: str | os.PathLike[str] | None) -> Path | None:
+    """The config file to use, or None for the embedded defaults."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("CALLCONSENT_CONFIG")
+    if env:
+        return Path(env)
+    return SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else None
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate the configuration (see the module docstring for where from)."""
+    file = locate(path)
+    if file is None:
+        return parse({}, EMBEDDED, Path.cwd())
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(file), "", "no such file") from None
+    except PermissionError:
+        raise ConfigError(str(file), "", "cannot read it (permission denied)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(file), "", f"not valid TOML: {exc}") from None
+    return parse(data, str(file), file.absolute().parent)
+
+
+def parse(data: Mapping[str, Any], source: str, base_dir: Path) -> Config:
+    known = {*SECTIONS, "policies"}
+    for key in data:
+        if key not in known:
+            raise ConfigError(source, key, f"unknown section; known: {', '.join(sorted(known))}")
+    sections = {
+        name: _section(cls, data.get(name, {}), name, source) for name, cls in SECTIONS.items()
+    }
+    policies_data = data.get("policies", {})
+    if not isinstance(policies_data, Mapping):
+        raise ConfigError(source, "policies", "expected a table of policies")
+    try:
+        policies = PolicyBook.from_mapping(policies_data)
+    except PolicyError as exc:
+        raise ConfigError(source, exc.key, exc.message) from None
+    return Config(source=source, base_dir=base_dir, policies=policies, raw=dict(data), **sections)
+
+
+def _section(cls: type, data: Any, name: str, source: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(source, name, "expected a table")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(
+                source, f"{name}.{key}", f"unknown key; known: {', '.join(sorted(names))}"
+            )
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        key = f"{name}.{f.name}"
+        value = _coerce(hints[f.name], data[f.name], source, key)
+        check = f.metadata.get("check")
+        problem = check(value) if check and value is not None else None
+        if problem:
+            raise ConfigError(source, key, problem)
+        values[f.name] = value
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
+    optional = False
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional, hint = True, args[0]
+        if value in ("", None):
+            return None
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(source, key, f"expected true or false; got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(source, key, f"expected an integer; got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(source, key, f"expected a number; got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(source, key, f"expected a string; got {value!r}")
+        return value
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            what = "a path" + (" or an empty string" if optional else "")
+            raise ConfigError(source, key, f"expected {what}; got {value!r}")
+        return Path(value)
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(source, key, f"expected a list; got {value!r}")
+        return [_coerce(item, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, item = typing.get_args(hint)
+        if not isinstance(value, Mapping):
+            raise ConfigError(source, key, f"expected a table; got {value!r}")
+        return {str(k): _coerce(item, v, source, f"{key}.{k}") for k, v in value.items()}
+    raise TypeError(f"config schema uses an unsupported type {hint!r} for {key}")

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from callconsent import cli
+from callconsent import config as cfgmod
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "callconsent.toml"
+    path.write_text(text)
+    return path
+
+
+def test_embedded_defaults_use_var_under_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CALLCONSENT_CONFIG", raising=False)
+    monkeypatch.setattr(cfgmod, "SYSTEM_CONFIG", tmp_path / "absent.toml")
+    c = cfgmod.load(None)
+    assert c.source == cfgmod.EMBEDDED
+    assert c.data_dir == tmp_path / "var"
+    assert c.database_url == f"sqlite:///{tmp_path / 'var' / 'callconsent.db'}"
+    assert c.key_dir == tmp_path / "var" / "keys" and c.spool_dir == tmp_path / "var" / "spool"
+
+
+def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
+    path = write(tmp_path, '[daemon]\ndata_dir = "state"\n[spool]\ndir = "/var/spool/cc"\n')
+    c = cfgmod.load(path)
+    assert c.data_dir == tmp_path / "state"
+    assert c.spool_dir == Path("/var/spool/cc")
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        ("[daemon]\nlog_level = 'loud'\n", "daemon.log_level", "expected one of debug"),
+        ("[asterisk]\nagi_port = 'x'\n", "asterisk.agi_port", "expected an integer"),
+        ("[asterisk]\nagi_port = 70000\n", "asterisk.agi_port", "1..65535"),
+        ("[asterisk]\nagi_host = 'localhost'\n", "asterisk.agi_host", "IP address"),
+        ("[asterisk]\nenabled = 'yes'\n", "asterisk.enabled", "true or false"),
+        ("[asterisk]\nami_pasword = 'x'\n", "asterisk.ami_pasword", "unknown key"),
+        ("[astersk]\n", "astersk", "unknown section"),
+        ("[policies.sales]\nmode = 'sometimes'\n", "policies.sales.mode", "expected one of"),
+        (
+            "[policies.default]\nsilence_outcome = 'accept'\n",
+            "policies.default.silence_outcome",
+            "silence is not consent",
+        ),
+    ],
+)
+def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, key: str, words: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(cfgmod.ConfigError) as err:
+        cfgmod.load(path)
+    assert err.value.key == key
+    assert str(err.value).startswith(f"{path}: {key}: ")
+    assert words in str(err.value)
+
+
+def test_invalid_toml_and_missing_file_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(cfgmod.ConfigError, match="not valid TOML"):
+        cfgmod.load(write(tmp_path, "[daemon\n"))
+    with pytest.raises(cfgmod.ConfigError, match="no such file"):
+        cfgmod.load(tmp_path / "nope.toml")
+
+
+def test_config_check_prints_the_effective_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "[policies.sales]\nrecord_from = 'agent_answer'\n")
+    assert cli.main(["--config", str(path), "config", "check"]) == 0
+    out = capsys.readouterr().out
+    assert f"config: {path} (valid)" in out
+    assert "policy sales: mode=consent" in out and "record_from=agent_answer" in out
+
+
+def test_config_check_exits_2_with_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "[numbers]\ndefault_region = 49\n")
+    assert cli.main(["--config", str(path), "config", "check"]) == 2
+    assert "numbers.default_region: expected a string" in capsys.readouterr().err
+
+
+def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = cli.build_parser()
+    actions = [a for a in parser._actions if a.dest == "command"]
+    for name in actions[0].choices:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([name, "--help"])
+        assert exit_.value.code == 0
+        assert "usage: callconsent" in capsys.readouterr().out
