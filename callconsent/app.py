@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from callconsent.config import Config
 from recorder import migrate
 from recorder.audit import AuditContext
+from recorder.callbook import CallBook
 from recorder.db import Database
 from recorder.keydir import KeyDir
 from recorder.ledger import Ledger, RecordingSink
 from recorder.numbers import SECRET_NAME, NumberProtector
+from recorder.prompts import PromptCatalog
 from recorder.spool import Spool
 
 log = logging.getLogger("callconsent")
@@ -31,6 +33,8 @@ class App:
     numbers: NumberProtector
     audit_ctx: AuditContext
     ledger: Ledger
+    prompts: PromptCatalog
+    calls: CallBook
 
     @classmethod
     def open(cls, config: Config, *, sink: RecordingSink | None = None) -> App:
@@ -49,7 +53,11 @@ class App:
         numbers = NumberProtector(keydir.secret(SECRET_NAME), config.numbers.default_region)
         ctx = AuditContext(node=config.daemon.node)
         ledger = Ledger(db, numbers, ctx, sink=sink)
-        return cls(config, db, keydir, spool, numbers, ctx, ledger)
+        prompts = PromptCatalog(config.prompt_dir)
+        app: App
+        calls = CallBook(ledger, lambda: app.config.policies, prompts)
+        app = cls(config, db, keydir, spool, numbers, ctx, ledger, prompts, calls)
+        return app
 
     def close(self) -> None:
         self.db.dispose()

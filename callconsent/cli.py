@@ -11,14 +11,7 @@ from collections.abc import Sequence
 from callconsent import __version__, logs
 from callconsent.commands import COMMAND_MODULES
 from callconsent.config import ConfigError
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-
-
-class CommandError(Exception):
-    """A command could not do what was asked; the message says why and what to do."""
-
-    exit_code = EXIT_FAILURE
+from callconsent.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -44,6 +44,15 @@ def build_components(app: App) -> list[Component]:
     return [c for c in built if c is not None]
 
 
+def _control(app: App) -> Component:
+    from callconsent.control import SOCKET_NAME, ControlServer
+
+    return ControlServer(app.config.data_dir / SOCKET_NAME, app.calls)
+
+
+COMPONENT_FACTORIES.append(_control)
+
+
 async def run(app: App, *, on_ready: Callable[[], None] | None = None) -> None:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -56,9 +65,9 @@ async def run(app: App, *, on_ready: Callable[[], None] | None = None) -> None:
         for component in components:
             await component.start()
             started.append(component)
-        if not components:
+        if not any(c.name in ("asterisk", "freeswitch") for c in components):
             log.warning(
-                "no_components_enabled",
+                "no_pbx_adapter_enabled",
                 extra={"kv": {"hint": "enable [asterisk] or [freeswitch] in the config"}},
             )
         log.info("ready", extra={"kv": {"components": ",".join(c.name for c in started) or "none"}})

@@ -1,0 +1,302 @@
+"""Calls in progress: each one's consent machine, driven against its PBX, with the store kept
+in step. Both adapters use this, so the order "decision stored, then recording registered,
+then the PBX records" is written once.
+
+An adapter supplies a :class:`CallControl`: what it can do to a call on its PBX (play a prompt,
+set variables, start a MixMonitor or a ``record_session``, …). It opens a :class:`LiveCall`
+through the :class:`CallBook`, runs the dialogue with its session's control, and later feeds
+what the PBX reports (a recording closed, the call hung up). Agent commands arriving in other
+sessions (a feature code on the agent leg, the CLI through the daemon) find the same
+``LiveCall`` by the PBX call id and go through the call's out-of-band control.
+
+Store calls are synchronous (SQLAlchemy) and run in worker threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import consent_ivr as c
+from recorder.ledger import CallRef, Ledger
+from recorder.prompts import PromptCatalog, PromptFile
+
+log = logging.getLogger("callconsent.calls")
+
+
+class CallGone(Exception):
+    """The PBX says the channel is gone (hangup, 511): feed ``HungUp`` and stop acting."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingFile:
+    """Where and how the PBX will write a recording; always named by our recording id."""
+
+    path: Path
+    fmt: str = "wav"  # wav | raw (headerless s16le, e.g. Asterisk MixMonitor ``D``)
+    channels: int = 1
+    sample_rate: int | None = None
+
+
+class CallControl(Protocol):
+    """What an adapter can do to one call on its PBX. Raise :class:`CallGone` when the
+    channel is gone; ``play`` and ``collect`` report a hangup as a ``HungUp`` event instead."""
+
+    async def play(self, prompt: c.PlayPrompt, file: PromptFile) -> c.Event:
+        """Play; return PromptFinished, DigitReceived (barge-in), PromptFailed or HungUp."""
+
+    async def collect(self, collect: c.CollectDigit) -> c.Event:
+        """Wait for a digit; return DigitReceived, InputTimedOut or HungUp."""
+
+    async def set_variables(self, variables: Mapping[str, str]) -> None: ...
+
+    def recording_file(self, recording_id: str, stereo: bool) -> RecordingFile: ...
+
+    async def start_recording(self, recording_id: str, file: RecordingFile) -> str | None:
+        """Start recording the customer leg; return the PBX's handle (MixMonitorID, path)."""
+
+    async def pause_recording(self, recording_id: str, pbx_ref: str | None) -> None: ...
+
+    async def resume_recording(self, recording_id: str, pbx_ref: str | None) -> None: ...
+
+    async def stop_recording(self, recording_id: str, pbx_ref: str | None) -> None: ...
+
+    async def allow_monitoring(self) -> None: ...
+
+    async def stop_monitoring(self) -> None: ...
+
+    async def reject(self, verb: str, reason: str) -> None:
+        """Tell the agent a command was refused (a tone); log it."""
+
+    async def hand_back(self) -> None:
+        """The dialogue is over: return the call to the dialplan (``Continue``)."""
+
+
+@dataclass
+class LiveCall:
+    ref: CallRef
+    machine: c.ConsentCall
+    ledger: Ledger
+    prompts: PromptCatalog | None
+    control: CallControl | None = None  # out-of-band control (AMI / inbound ESL), if any
+    pbx_channel_id: str | None = None
+    pbx_refs: dict[str, str | None] = field(default_factory=dict)
+    prompt_digests: dict[str, str] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def status(self) -> c.ConsentStatus | None:
+        return self.machine.status
+
+    async def run_dialogue(self, control: CallControl) -> c.ConsentStatus:
+        """From answer to ``Continue`` (or hangup); returns the decision."""
+        await self.feed(c.CallAnswered(), control)
+        assert self.machine.status is not None  # every dialogue ends decided
+        return self.machine.status
+
+    async def feed(self, event: c.Event, control: CallControl | None = None) -> list[c.Action]:
+        """Handle one event and perform its actions in order; the dialogue's follow-up events
+        (a digit, a finished prompt) are fed in turn. Returns every action performed."""
+        port = control or self.control
+        done: list[c.Action] = []
+        pending: list[c.Event] = [event]
+        while pending:
+            async with self.lock:
+                actions = self.machine.handle(pending.pop(0))
+                for action in actions:
+                    try:
+                        follow = await self._perform(action, port)
+                    except CallGone:
+                        follow = c.HungUp() if self.machine.phase is not c.Phase.ENDED else None
+                    done.append(action)
+                    if follow is not None:
+                        pending.append(follow)
+                        break  # the rest of this batch follows from the dialogue's answer
+        return done
+
+    async def agent(
+        self, verb: str, actor: str | None = None, control: CallControl | None = None
+    ) -> list[c.Action]:
+        """An agent command (feature code or CLI). Refusals come back as ``RejectCommand``."""
+        return await self.feed(c.AgentCommand(verb, actor), control)  # type: ignore[arg-type]
+
+    async def recording_closed(self, recording_id: str) -> None:
+        """The PBX closed this recording's file and its header is final."""
+        await asyncio.to_thread(self.ledger.recording_closed, recording_id)
+        if recording_id in self.machine.recordings:
+            await self.feed(c.RecordingStopped(recording_id))
+
+    async def hung_up(self) -> None:
+        if self.machine.phase is not c.Phase.ENDED:
+            await self.feed(c.HungUp())
+        await asyncio.to_thread(self.ledger.call_ended, self.ref.id)
+
+    async def _perform(self, action: c.Action, port: CallControl | None) -> c.Event | None:
+        ledger = self.ledger
+        match action:
+            case c.LogConsent(evidence=evidence):
+                await asyncio.to_thread(
+                    ledger.log_consent,
+                    self.ref.id,
+                    evidence,
+                    prompt_digests=self.prompt_digests,
+                    pbx_call_id=self.ref.pbx_call_id,
+                    pbx_channel_id=self.pbx_channel_id,
+                )
+                log.info(
+                    "consent_decision",
+                    extra={
+                        "kv": {
+                            "call": self.ref.id,
+                            "status": evidence.decision.value,
+                            "method": evidence.method,
+                            "campaign": self.ref.campaign,
+                        }
+                    },
+                )
+            case c.LogStatusChange(status=status, cause=cause, at=at, actor=actor):
+                await asyncio.to_thread(
+                    ledger.log_status_change, self.ref.id, status, cause, at, actor
+                )
+                log.info(
+                    "consent_change",
+                    extra={"kv": {"call": self.ref.id, "status": status.value, "cause": cause}},
+                )
+            case c.PlayPrompt():
+                file = self.prompts.get(action.prompt_id, action.language) if self.prompts else None
+                if file is None:
+                    log.error(
+                        "prompt_missing",
+                        extra={"kv": {"prompt": action.prompt_id, "language": action.language}},
+                    )
+                    return c.PromptFailed(action.prompt_id, "no such prompt file")
+                self.prompt_digests[action.prompt_id] = file.sha256
+                return await _need(port).play(action, file)
+            case c.CollectDigit():
+                return await _need(port).collect(action)
+            case c.SetVariables(variables=variables):
+                await _need(port).set_variables(variables)
+            case c.StartRecording(recording_id=rid, stereo=stereo):
+                await self._start(rid, stereo, _need(port))
+            case c.PauseRecording(recording_id=rid):
+                await _need(port).pause_recording(rid, self.pbx_refs.get(rid))
+            case c.ResumeRecording(recording_id=rid):
+                await _need(port).resume_recording(rid, self.pbx_refs.get(rid))
+            case c.StopRecording(recording_id=rid):
+                await _need(port).stop_recording(rid, self.pbx_refs.get(rid))
+            case c.DiscardRecording(recording_id=rid, reason=reason):
+                await asyncio.to_thread(ledger.discard, rid, reason, None)
+                log.info("recording_discarded", extra={"kv": {"recording": rid, "reason": reason}})
+            case c.AllowMonitoring():
+                await _need(port).allow_monitoring()
+            case c.StopMonitoring():
+                await _need(port).stop_monitoring()
+            case c.RejectCommand(verb=verb, reason=reason):
+                log.info(
+                    "agent_command_refused",
+                    extra={"kv": {"call": self.ref.id, "verb": verb, "reason": reason}},
+                )
+                if port is not None:
+                    await port.reject(verb, reason)
+            case c.Continue():
+                await _need(port).hand_back()
+            case _:  # pragma: no cover - a new action class without a case here
+                raise TypeError(f"no handler for {action!r}")
+        return None
+
+    async def _start(self, rid: str, stereo: bool, port: CallControl) -> None:
+        """Register first (so a file in the spool is always accounted for), then record."""
+        file = port.recording_file(rid, stereo)
+        await asyncio.to_thread(
+            self.ledger.recording_started,
+            self.ref.id,
+            rid,
+            spool_path=str(file.path),
+            fmt=file.fmt,
+            channels=file.channels,
+            sample_rate=file.sample_rate,
+            pbx_channel=self.pbx_channel_id,
+            retention_category=self.machine.policy.retention_category,
+        )
+        try:
+            ref = await port.start_recording(rid, file)
+        except CallGone:
+            await asyncio.to_thread(self.ledger.discard, rid, "start_failed_call_gone", None)
+            raise
+        self.pbx_refs[rid] = ref
+        if ref:
+            await asyncio.to_thread(self.ledger.set_pbx_ref, rid, ref)
+        # feed() holds the lock; a recording just requested is confirmed without actions
+        self.machine.handle(c.RecordingStarted(rid))
+        log.info("recording_started", extra={"kv": {"call": self.ref.id, "recording": rid}})
+
+
+def _need(port: CallControl | None) -> CallControl:
+    if port is None:
+        raise CallGone("no way to reach this call on its PBX any more")
+    return port
+
+
+class CallBook:
+    """The calls in progress on this host, by PBX and PBX call id."""
+
+    def __init__(
+        self, ledger: Ledger, policies: Callable[[], c.PolicyBook], prompts: PromptCatalog | None
+    ) -> None:
+        self.ledger = ledger
+        self.policies = policies  # a callable, so SIGHUP's new policies apply to new calls
+        self.prompts = prompts
+        self._calls: dict[tuple[str, str], LiveCall] = {}
+
+    async def open(
+        self,
+        *,
+        pbx: str,
+        pbx_call_id: str,
+        campaign: str,
+        direction: str = "inbound",
+        number: str | None = None,
+        number_withheld: bool = False,
+        channel_language: str | None = None,
+        pbx_channel_id: str | None = None,
+        agent: str | None = None,
+        control: CallControl | None = None,
+    ) -> LiveCall:
+        """The live call for this PBX call id; created (and stored) on first sight."""
+        key = (pbx, pbx_call_id)
+        if key in self._calls:
+            return self._calls[key]
+        ref = await asyncio.to_thread(
+            self.ledger.open_call,
+            pbx=pbx,
+            pbx_call_id=pbx_call_id,
+            campaign=campaign,
+            direction=direction,
+            number=number,
+            number_withheld=number_withheld,
+            agent=agent,
+        )
+        policy = self.policies().for_campaign(campaign)
+        available = self.prompts.languages if self.prompts else ()
+        machine = c.ConsentCall(
+            policy, channel_language=channel_language, available_languages=available
+        )
+        live = LiveCall(
+            ref, machine, self.ledger, self.prompts, control=control, pbx_channel_id=pbx_channel_id
+        )
+        self._calls.setdefault(key, live)
+        return self._calls[key]
+
+    def find(self, pbx: str, pbx_call_id: str) -> LiveCall | None:
+        return self._calls.get((pbx, pbx_call_id))
+
+    def forget(self, pbx: str, pbx_call_id: str) -> None:
+        """Drop a call from memory (after hangup, once its recordings are closed)."""
+        self._calls.pop((pbx, pbx_call_id), None)
+
+    def __len__(self) -> int:
+        return len(self._calls)

@@ -1,0 +1,168 @@
+"""The shared call driver, against a scripted fake PBX: the store is kept in step, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import wave
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+import consent_ivr as c
+from recorder.callbook import CallBook, CallGone, RecordingFile
+from recorder.ledger import Ledger
+from recorder.models import AuditEntry, ConsentRecord, Recording
+from recorder.prompts import PromptCatalog, PromptFile
+
+
+def make_prompts(root: Path, languages: tuple[str, ...] = ("en", "de")) -> PromptCatalog:
+    for lang in languages:
+        (root / lang).mkdir(parents=True)
+        for i, prompt_id in enumerate(c.policy.PROMPT_IDS):
+            with wave.open(str(root / lang / f"{prompt_id}.wav"), "wb") as w:
+                w.setnchannels(1)
+                w.setsampwidth(2)
+                w.setframerate(8000)
+                w.writeframes(bytes([i]) * 1600)
+    return PromptCatalog(root)
+
+
+class FakePbx:
+    """Answers plays and collects from a script; records every call made to it."""
+
+    def __init__(self, script: list[c.Event], gone_on: str | None = None) -> None:
+        self.script = list(script)
+        self.calls: list[tuple] = []
+        self.gone_on = gone_on
+
+    def _log(self, *entry: object) -> None:
+        self.calls.append(entry)
+        if self.gone_on == entry[0]:
+            raise CallGone("channel gone")
+
+    async def play(self, prompt: c.PlayPrompt, file: PromptFile) -> c.Event:
+        self._log("play", prompt.prompt_id, file.language)
+        return self.script.pop(0) if self.script else c.PromptFinished(prompt.prompt_id)
+
+    async def collect(self, collect: c.CollectDigit) -> c.Event:
+        self._log("collect", collect.valid)
+        return self.script.pop(0) if self.script else c.InputTimedOut()
+
+    async def set_variables(self, variables: Mapping[str, str]) -> None:
+        self._log("set", dict(variables))
+
+    def recording_file(self, recording_id: str, stereo: bool) -> RecordingFile:
+        return RecordingFile(Path(f"/spool/{recording_id}.wav"))
+
+    async def start_recording(self, recording_id: str, file: RecordingFile) -> str | None:
+        self._log("start", recording_id)
+        return f"0x{len(self.calls):04x}"
+
+    async def pause_recording(self, recording_id: str, pbx_ref: str | None) -> None:
+        self._log("pause", recording_id, pbx_ref)
+
+    async def resume_recording(self, recording_id: str, pbx_ref: str | None) -> None:
+        self._log("resume", recording_id, pbx_ref)
+
+    async def stop_recording(self, recording_id: str, pbx_ref: str | None) -> None:
+        self._log("stop", recording_id, pbx_ref)
+
+    async def allow_monitoring(self) -> None:
+        self._log("allow_monitoring")
+
+    async def stop_monitoring(self) -> None:
+        self._log("stop_monitoring")
+
+    async def reject(self, verb: str, reason: str) -> None:
+        self._log("reject", verb, reason)
+
+    async def hand_back(self) -> None:
+        self._log("hand_back")
+
+
+@pytest.fixture
+def book(ledger: Ledger, tmp_path: Path) -> CallBook:
+    policies = c.PolicyBook.from_mapping({"sales": {"monitoring_allowed": True}})
+    return CallBook(ledger, lambda: policies, make_prompts(tmp_path / "prompts"))
+
+
+def test_accept_stores_the_decision_before_the_pbx_records(book: CallBook, ledger: Ledger) -> None:
+    async def scenario() -> None:
+        pbx = FakePbx([c.DigitReceived("1"), c.PromptFinished("thanks")])
+        live = await book.open(
+            pbx="asterisk",
+            pbx_call_id="1.74",
+            campaign="sales",
+            number="+4915112345678",
+            channel_language="de_DE",
+            pbx_channel_id="1.75",
+        )
+        assert await live.run_dialogue(pbx) is c.ConsentStatus.GRANTED
+        kinds = [entry[0] for entry in pbx.calls]
+        assert kinds == ["play", "set", "start", "allow_monitoring", "play", "hand_back"]
+        assert pbx.calls[0][2] == "de"
+        rid = pbx.calls[2][1]
+        with ledger.db.read() as s:
+            actions = list(s.scalars(sa.select(AuditEntry.action).order_by(AuditEntry.seq)))
+            decision = s.scalars(sa.select(ConsentRecord)).one()
+            rec = s.get(Recording, rid)
+        assert actions == ["call.opened", "consent.decision", "recording.started"]
+        assert decision.prompt_sha256 == book.prompts.get("consent", "de").sha256
+        assert decision.pbx_channel_id == "1.75" and decision.language == "de"
+        assert rec.state == "recording" and rec.pbx_ref == "0x0003"
+        assert book.find("asterisk", "1.74") is live
+
+    asyncio.run(scenario())
+
+
+def test_agent_commands_in_another_session_reach_the_same_call(
+    book: CallBook, ledger: Ledger
+) -> None:
+    async def scenario() -> None:
+        dialogue = FakePbx([c.DigitReceived("1"), c.PromptFinished("thanks")])
+        live = await book.open(pbx="freeswitch", pbx_call_id="uuid-1", campaign="default")
+        await live.run_dialogue(dialogue)
+        rid = next(e[1] for e in dialogue.calls if e[0] == "start")
+        control = FakePbx([])
+        live.control = control
+        found = book.find("freeswitch", "uuid-1")
+        assert found is live
+        await found.agent("pause", "7001")
+        await found.agent("pause", "7001")  # refused: already paused
+        await found.agent("discard", "7001")
+        assert [e[0] for e in control.calls] == ["pause", "reject", "set", "stop"]
+        with ledger.db.read() as s:
+            assert s.get(Recording, rid).state == "discarded"
+        refused = await found.agent("start", "7001")
+        assert isinstance(refused[-1], c.RejectCommand)
+
+    asyncio.run(scenario())
+
+
+def test_missing_prompt_means_unavailable(book: CallBook, ledger: Ledger) -> None:
+    async def scenario() -> None:
+        book.prompts.get("consent", "en").path.unlink()
+        book.prompts.reload()
+        pbx = FakePbx([])
+        live = await book.open(pbx="asterisk", pbx_call_id="2.1", campaign="default")
+        assert await live.run_dialogue(pbx) is c.ConsentStatus.UNAVAILABLE
+        assert [e[0] for e in pbx.calls] == ["set", "hand_back"]
+
+    asyncio.run(scenario())
+
+
+def test_hangup_while_setting_variables_stops_before_recording(
+    book: CallBook, ledger: Ledger
+) -> None:
+    async def scenario() -> None:
+        pbx = FakePbx([c.DigitReceived("1")], gone_on="set")
+        live = await book.open(pbx="asterisk", pbx_call_id="3.1", campaign="default")
+        assert await live.run_dialogue(pbx) is c.ConsentStatus.GRANTED
+        assert "start" not in [e[0] for e in pbx.calls]
+        assert live.machine.phase is c.Phase.ENDED
+        with ledger.db.read() as s:
+            assert s.scalars(sa.select(Recording)).all() == []
+
+    asyncio.run(scenario())
