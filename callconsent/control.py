@@ -83,7 +83,9 @@ class ControlServer:
         if verb not in c.events.AGENT_VERBS:
             return {"ok": False, "error": f"verb must be one of {', '.join(c.events.AGENT_VERBS)}"}
         pbxs = [req["pbx"]] if req.get("pbx") else list(PBXS)
-        live = next((f for p in pbxs if (f := self.calls.find(p, call_id))), None)
+        live = None
+        for pbx in pbxs:
+            live = live or await self.calls.lookup(pbx, call_id)
         if live is None:
             return {"ok": False, "error": f"no call {call_id} in progress on this host"}
         actor = f"{req.get('actor') or 'cli'} via {peer}"[:64]

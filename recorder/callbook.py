@@ -235,6 +235,17 @@ class LiveCall:
         log.info("recording_started", extra={"kv": {"call": self.ref.id, "recording": rid}})
 
 
+# A recording the store says is "recording" is taken as running and unpaused: the mute state
+# is not stored, so after a restart the first pause command may be a repeat (harmless).
+_RESTORED = {
+    "recording": c.RecordingState.ACTIVE,
+    "closed": c.RecordingState.STOPPED,
+    "encrypted": c.RecordingState.STOPPED,
+    "discarded": c.RecordingState.DISCARDED,
+    "purged": c.RecordingState.DISCARDED,
+}
+
+
 def _need(port: CallControl | None) -> CallControl:
     if port is None:
         raise CallGone("no way to reach this call on its PBX any more")
@@ -292,7 +303,35 @@ class CallBook:
         return self._calls[key]
 
     def find(self, pbx: str, pbx_call_id: str) -> LiveCall | None:
+        """A call this daemon has in memory."""
         return self._calls.get((pbx, pbx_call_id))
+
+    async def lookup(self, pbx: str, pbx_call_id: str) -> LiveCall | None:
+        """A call in memory, or one decided before this daemon (re)started, rebuilt from the
+        store: an agent's feature code keeps working across a daemon restart."""
+        live = self.find(pbx, pbx_call_id)
+        if live is not None:
+            return live
+        state = await asyncio.to_thread(self.ledger.call_state, pbx, pbx_call_id)
+        if state is None or state.ref.consent_status is None:
+            return None
+        policy = self.policies().for_campaign(state.ref.campaign)
+        snapshot = c.CallSnapshot(
+            consent_id=state.consent_id,
+            status=c.ConsentStatus(state.ref.consent_status),
+            language=state.language or policy.language,
+            recordings={rid: _RESTORED[st] for rid, (st, _) in state.recordings.items()},
+            ended=state.ended,
+        )
+        live = LiveCall(
+            state.ref, c.ConsentCall.restore(policy, snapshot), self.ledger, self.prompts
+        )
+        live.pbx_refs = {rid: ref for rid, (_, ref) in state.recordings.items()}
+        log.info(
+            "call_restored", extra={"kv": {"call": state.ref.id, "status": snapshot.status.value}}
+        )
+        self._calls.setdefault((pbx, pbx_call_id), live)
+        return self._calls[(pbx, pbx_call_id)]
 
     def forget(self, pbx: str, pbx_call_id: str) -> None:
         """Drop a call from memory (after hangup, once its recordings are closed)."""

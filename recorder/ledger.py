@@ -349,6 +349,37 @@ class Ledger:
             self.sink.recording_discarded(recording_id)
         return True
 
+    def call_state(self, pbx: str, pbx_call_id: str) -> CallState | None:
+        """The decided call with this PBX id on this node, or None (unknown or undecided)."""
+        with self.db.read() as s:
+            call = s.execute(
+                select(Call).where(
+                    Call.node == self.ctx.node[:64],
+                    Call.pbx == pbx,
+                    Call.pbx_call_id == pbx_call_id,
+                )
+            ).scalar_one_or_none()
+            if call is None:
+                return None
+            decision = s.execute(
+                select(ConsentRecord).where(
+                    ConsentRecord.call_id == call.id, ConsentRecord.kind == "decision"
+                )
+            ).scalar_one_or_none()
+            if decision is None:
+                return None
+            recordings = {
+                r.id: (r.state, r.pbx_ref)
+                for r in s.execute(
+                    select(Recording)
+                    .where(Recording.call_id == call.id)
+                    .order_by(Recording.started_at)
+                ).scalars()
+            }
+            return CallState(
+                _ref(call), decision.id, decision.language, call.ended_at is not None, recordings
+            )
+
     def recordings_of_call(self, call_id: str) -> list[Recording]:
         with self.db.read() as s:
             return list(
@@ -358,6 +389,17 @@ class Ledger:
                     .order_by(Recording.started_at)
                 ).scalars()
             )
+
+
+@dataclass(frozen=True, slots=True)
+class CallState:
+    """What the store knows of a decided call, enough to rebuild its consent machine."""
+
+    ref: CallRef
+    consent_id: str
+    language: str | None
+    ended: bool
+    recordings: dict[str, tuple[str, str | None]]  # id -> (state, pbx_ref)
 
 
 def _get(session: object, model: type[_T], key: str) -> _T:

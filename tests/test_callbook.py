@@ -166,3 +166,24 @@ def test_hangup_while_setting_variables_stops_before_recording(
             assert s.scalars(sa.select(Recording)).all() == []
 
     asyncio.run(scenario())
+
+
+def test_a_decided_call_is_rebuilt_from_the_store_after_a_restart(
+    book: CallBook, ledger: Ledger
+) -> None:
+    async def scenario() -> None:
+        pbx = FakePbx([c.DigitReceived("1"), c.PromptFinished("thanks")])
+        live = await book.open(pbx="asterisk", pbx_call_id="7.1", campaign="sales")
+        await live.run_dialogue(pbx)
+        rid = next(e[1] for e in pbx.calls if e[0] == "start")
+        ref = live.pbx_refs[rid]
+        restarted = CallBook(ledger, book.policies, book.prompts)  # a new daemon, empty memory
+        assert restarted.find("asterisk", "7.1") is None
+        again = await restarted.lookup("asterisk", "7.1")
+        assert again is not None and again.status is c.ConsentStatus.GRANTED
+        again.control = control = FakePbx([])
+        await again.agent("stop", "7001")
+        assert control.calls == [("stop", rid, ref)]
+        assert await restarted.lookup("asterisk", "unknown") is None
+
+    asyncio.run(scenario())
