@@ -53,6 +53,20 @@ def _control(app: App) -> Component:
 COMPONENT_FACTORIES.append(_control)
 
 
+def _asterisk(app: App) -> Component | None:
+    section = app.config.asterisk
+    if not section.enabled:
+        return None
+    from agi.adapter import AsteriskOptions
+    from agi.service import AsteriskService
+
+    options = AsteriskOptions.from_settings(section)
+    return AsteriskService(app.calls, app.spool, options, app.config.prompt_dir)
+
+
+COMPONENT_FACTORIES.append(_asterisk)
+
+
 async def run(app: App, *, on_ready: Callable[[], None] | None = None) -> None:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()

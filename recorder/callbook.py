@@ -121,7 +121,18 @@ class LiveCall:
     async def agent(
         self, verb: str, actor: str | None = None, control: CallControl | None = None
     ) -> list[c.Action]:
-        """An agent command (feature code or CLI). Refusals come back as ``RejectCommand``."""
+        """An agent command (feature code or CLI). Refusals come back as ``RejectCommand``.
+        A control that cannot start recordings (Asterisk's AMI without the opt-in
+        ``write=system`` user) says why in ``start_refusal``; start is then refused here."""
+        refusal = (
+            getattr(control or self.control, "start_refusal", None) if verb == "start" else None
+        )
+        if refusal:
+            log.info(
+                "agent_command_refused",
+                extra={"kv": {"call": self.ref.id, "verb": verb, "reason": refusal}},
+            )
+            return [c.RejectCommand(verb, refusal)]
         return await self.feed(c.AgentCommand(verb, actor), control)  # type: ignore[arg-type]
 
     async def recording_closed(self, recording_id: str) -> None:
