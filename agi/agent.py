@@ -59,6 +59,8 @@ async def command(ad: AsteriskAdapter, session: AgiSession, verb: str) -> None:
     consent_call, linkedid, activator, peer, agent_name = found
     key = consent_call or linkedid
     on_customer_leg = bool(activator) and activator != env.channel
+    if on_customer_leg and not agent_name:  # the agent's name is set on the agent's leg
+        agent_name = await session.value("${CONSENT_AGENT}", channel=activator) or ""
     actor = agent_name or agent_label(activator if on_customer_leg else env.channel)
     kv = {"call": key, "verb": verb, "leg": "customer" if on_customer_leg else "agent"}
     live = await ad.calls.lookup(PBX, key)

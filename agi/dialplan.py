@@ -13,7 +13,7 @@ from importlib import resources
 
 FILES = ("extensions_callconsent.conf", "features_callconsent.conf", "manager_callconsent.conf")
 AGENT_FEATURES = "ccstart#ccpause#ccstop#ccdiscard"
-SECRET_PLACEHOLDER = "CHANGE-ME"
+SECRET_PLACEHOLDER = "CHANGE-ME"  # noqa: S105 - what an admin must replace
 
 
 class RenderError(ValueError):

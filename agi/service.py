@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from agi.adapter import AsteriskAdapter, AsteriskOptions
-from agi.ami import AmiClient
+from agi.ami import AmiClient, AmiError, AmiUnavailable, PermissionDenied
 from agi.protocol import UnsafeArgument, safe_token
 from agi.server import FastAgiServer, ServerLimits
 from recorder.callbook import CallBook
@@ -77,6 +77,8 @@ class AsteriskService:
                     "ami_not_ready",
                     extra={"kv": {"client": client.name, "hint": "retrying in the background"}},
                 )
+        if self.adapter.ami_system is not None and not await self._system_user_can_start():
+            self.adapter.ami_system = None
         if self.adapter.ami is None:
             log.warning(
                 "ami_disabled",
@@ -88,6 +90,23 @@ class AsteriskService:
                 },
             )
         await self.server.start()
+
+    async def _system_user_can_start(self) -> bool:
+        """The opt-in user must really have write=system: a MixMonitor on a channel that does
+        not exist answers "No such channel" if it may, "Permission denied" if not."""
+        system = self.adapter.ami_system
+        assert system is not None
+        try:
+            await system.action("MixMonitor", Channel="callconsent-permission-probe", File="x")
+        except PermissionDenied:
+            log.error(
+                "ami_system_user_not_permitted",
+                extra={"kv": {"user": system.user, "hint": "it needs write=system"}},
+            )
+            return False
+        except (AmiError, AmiUnavailable, TimeoutError):
+            pass
+        return True
 
     async def stop(self) -> None:
         await self.server.stop(grace=min(5.0, self.options.command_timeout_s))

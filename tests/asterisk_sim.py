@@ -32,6 +32,7 @@ import random
 import re
 import struct
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,7 +79,7 @@ class SimMixMonitor:
         self.muted_frames = 0
         with open(self.path, "wb") as f:
             if self.path.suffix == ".wav":
-                f.write(_wav_header(0, 1))  # sizes stay 0 until the file closes
+                f.write(_wav_header(0, 1, final=False))  # sizes stay 0 until it closes
         self._task = asyncio.get_running_loop().create_task(self._write())
 
     async def _write(self) -> None:
@@ -119,8 +120,8 @@ class SimMixMonitor:
             f.write(_wav_header(size - 44, 1))
 
 
-def _wav_header(data_size: int, channels: int) -> bytes:
-    riff = data_size + 36 if data_size else 0
+def _wav_header(data_size: int, channels: int, final: bool = True) -> bytes:
+    riff = data_size + 36 if final else 0
     return (
         b"RIFF"
         + struct.pack("<I", riff)
@@ -162,6 +163,7 @@ class SimChannel:
         self.peer: SimChannel | None = None
         self.agi: AgiCall | None = None
         self.heard: list[str] = []  # prompts played to this channel
+        self.heard_paths: list[str] = []
         self.heard_dtmf: list[str] = []
         self.events: list[tuple[object, ...]] = []
         self.stopped_without_id = 0
@@ -358,6 +360,16 @@ class SimAsterisk:
         peer = chan.peer
         if peer is not None and peer.alive:
             self.hangup(peer)  # the bridge ends: Dial hangs up the other leg
+
+    def customers(self) -> list[SimChannel]:
+        return [c for c in self.channels.values() if c.context in ("cc-inbound", "cc-trunk")]
+
+    async def wait_until(self, condition: Callable[[], object], wait_s: float = 5.0) -> None:
+        for _ in range(int(wait_s / 0.005)):
+            if condition():
+                return
+            await asyncio.sleep(0.005)
+        raise TimeoutError("the simulated call never got there")
 
     def hangup_soon(self, chan: SimChannel) -> None:
         asyncio.get_running_loop().call_soon(self.hangup, chan)

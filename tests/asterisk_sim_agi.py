@@ -242,6 +242,7 @@ class AgiCall:
         if duration is None:
             return b"200 result=-1 endpos=0\n"
         prompt = Path(path).name
+        self.chan.heard_paths.append(path)
         self.chan.heard.append(prompt)
         act = self.chan.next_act(prompt)
         at = duration

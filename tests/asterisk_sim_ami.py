@@ -238,12 +238,11 @@ class SimAmi:
 
     def _mixmonitor(self, h: dict[str, str], aid: tuple[str, str]) -> list[bytes]:
         chan = self._channel(h)
-        if chan is None or not h.get("file"):
-            return [
-                message(
-                    ("Response", "Error"), aid, ("Message", "Could not start monitoring channel")
-                )
-            ]
+        if chan is None:
+            return [message(("Response", "Error"), aid, ("Message", "No such channel"))]
+        if not h.get("file"):
+            text = "Could not start monitoring channel"
+            return [message(("Response", "Error"), aid, ("Message", text))]
         mon = chan.start_mixmonitor(h["file"], h.get("options", ""))
         return [message(("Response", "Success"), aid, ("MixMonitorID", mon.id))]
 
