@@ -160,7 +160,7 @@ def test_callconsent_record_reaches_the_call_through_the_daemon(tmp_path: Path) 
             assert states == (
                 ["closed"] if h.service.adapter.ami_system is None else ["closed"] * 2
             )
-            assert [e for e in cust.events if e[0] == "MixMonitorMute"][0][2] == "1"
+            assert next(e for e in cust.events if e[0] == "MixMonitorMute")[2] == "1"
         finally:
             await control.stop()
 
