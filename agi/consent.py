@@ -49,7 +49,7 @@ async def inbound(ad: AsteriskAdapter, session: AgiSession, campaign: str) -> No
         pbx_call_id=key,
         campaign=campaign,
         direction="inbound",
-        number=None if withheld or not number else number,
+        number=number or ("" if withheld else None),  # withheld: the ledger keeps nothing
         number_withheld=withheld,
         channel_language=env.language or None,
         pbx_channel_id=env.uniqueid,

@@ -250,3 +250,86 @@ def _rx_block(entries: list[Entry], start: int) -> list[Entry]:
             break
         block.append(e)
     return block
+
+
+# -- AMI replay -------------------------------------------------------------------------------
+
+
+class AmiReplayServer:
+    """Plays a captured AMI stream to one client: the banner, a login answer, then every
+    captured event message byte for byte. Actions the client sends are answered with the
+    captured response to the same action and headers, if there is one."""
+
+    def __init__(self, events: list[bytes], responses: dict[tuple, bytes] | None = None) -> None:
+        self.events = events
+        self.responses = responses or {}
+        self.port = 0
+        self.actions: list[dict[str, str]] = []
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"Asterisk Call Manager/11.0.0\r\n")
+        try:
+            while True:
+                raw = await reader.readuntil(b"\r\n\r\n")
+                headers = dict(
+                    line.split(": ", 1) for line in raw.decode().split("\r\n") if ": " in line
+                )
+                self.actions.append(headers)
+                aid = headers.get("ActionID", "")
+                action = headers.get("Action", "")
+                if action == "Login":
+                    writer.write(
+                        f"Response: Success\r\nActionID: {aid}\r\n"
+                        "Message: Authentication accepted\r\n\r\n".encode()
+                    )
+                    writer.write(b"".join(self.events))
+                elif action == "Logoff":
+                    writer.write(f"Response: Goodbye\r\nActionID: {aid}\r\n\r\n".encode())
+                else:
+                    key = action_key(headers)
+                    reply = self.responses.get(key) or next(
+                        (r for k, r in self.responses.items() if ("action", action) in k),
+                        b"Response: Success\r\nActionID: X\r\n\r\n",
+                    )
+                    writer.write(re.sub(rb"ActionID: [^\r]*", f"ActionID: {aid}".encode(), reply))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def action_key(headers: dict[str, str]) -> tuple:
+    skip = {"actionid", "events", "secret", "username"}
+    return tuple(sorted((k.lower(), v) for k, v in headers.items() if k.lower() not in skip))
+
+
+def captured_actions(messages: list[AmiMessage]) -> list[tuple[dict[str, str], AmiMessage]]:
+    """Every captured action with its response (matched by user and ActionID)."""
+    out = []
+    for tx in (m for m in messages if m.direction == "TX"):
+        aid = tx.get("ActionID")
+        rx = next(
+            (
+                m
+                for m in messages
+                if m.direction == "RX"
+                and m.user == tx.user
+                and m.get("Response")
+                and m.get("ActionID") == aid
+            ),
+            None,
+        )
+        if rx is not None:
+            out.append((dict(tx.headers), rx))
+    return out

@@ -315,6 +315,7 @@ class SimAsterisk:
         self.agi_sighup = True  # AGISIGHUP (default yes)
         self.agi_exit_on_hangup = False  # AGIEXITONHANGUP (default no)
         self.exec_log: list[tuple[str, str, str]] = []
+        self.agi_sent: list[bytes] = []  # every environment and reply sent, for conformance
         self.spied: list[tuple[str, str]] = []  # (listener, customer) pairs that were heard
         self._uid = itertools.count(74)
         self._chan = itertools.count(0x25)

@@ -126,12 +126,12 @@ class AgiCall:
         self.writer = writer
         self.chan.agi = self
         try:
-            writer.write(environment(self.chan, self.url, self.script, self.args))
+            self._send(environment(self.chan, self.url, self.script, self.args))
             while True:
                 line = await self._next_command(reader)
                 if line is None:
                     break
-                writer.write(await self._execute(line))
+                self._send(await self._execute(line))
                 if not self.chan.alive:
                     self._notify_hangup()
                 await writer.drain()
@@ -143,6 +143,11 @@ class AgiCall:
             writer.close()
             self.chan.agi = None
         return "SUCCESS" if self.chan.alive else "HANGUP"
+
+    def _send(self, data: bytes) -> None:
+        assert self.writer is not None
+        self.sim.agi_sent.append(data)
+        self.writer.write(data)
 
     async def _next_command(self, reader: asyncio.StreamReader) -> str | None:
         """The next command line; meanwhile a hangup sends HANGUP (the channel is idle)."""
@@ -170,9 +175,9 @@ class AgiCall:
         if self.hangup_sent or not self.sim.agi_sighup or self.writer is None:
             return
         self.hangup_sent = True
-        self.writer.write(b"HANGUP\n")
+        self._send(b"HANGUP\n")
         if self.sim.agi_exit_on_hangup:
-            self.writer.write(b"HANGUP\n")
+            self._send(b"HANGUP\n")
 
     async def _execute(self, line: str) -> bytes:
         self.commands.append(line)
