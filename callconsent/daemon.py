@@ -120,6 +120,7 @@ def _reload(app: App) -> None:
         if getattr(new, name) != getattr(app.config, name)
     ]
     app.config = new
+    app.prompts.reload()  # prompts rebuilt or replaced since: hashed again, heard at once
     log.info(
         "reloaded",
         extra={"kv": {"source": new.source, "restart_needed_for": ",".join(restart_needed) or "-"}},
