@@ -130,7 +130,7 @@ class AsteriskAdapter:
 
     def on_ami_ready(self) -> None:
         """After a (re)login: a Hangup may have been missed while we were away."""
-        self._spawn(self._recheck_calls())
+        self.spawn(self._recheck_calls())
 
     async def _recheck_calls(self) -> None:
         if self.ami is None:
@@ -146,7 +146,8 @@ class AsteriskAdapter:
             except (AmiError, AmiUnavailable, TimeoutError):
                 return
 
-    def _spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` in the background; :meth:`drain` waits for it on shutdown."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

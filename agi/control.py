@@ -240,11 +240,11 @@ class ChannelControl(_CustomerLeg):
         await self.set_variables_raw([("SPYGROUP", self.adapter.options.spy_group)])
 
     async def reject(self, verb: str, reason: str) -> None:
-        """We are on the customer leg: the agent who pressed the code hears a short tone."""
+        """We are on the customer leg: the agent who pressed the code hears a short tone.
+        Sent in the background: the customer leg is out of the bridge while we run."""
         ami = self.adapter.ami
         if self.agent_channel and ami is not None and ami.connected:
-            with contextlib.suppress(ami_mod.AmiError, ami_mod.AmiUnavailable, TimeoutError):
-                await ami.action("PlayDTMF", Channel=self.agent_channel, Digit="#", Duration="400")
+            self.adapter.spawn(_tone_for(ami, self.agent_channel))
 
 
 class AmiControl(_CustomerLeg):
@@ -302,6 +302,13 @@ class AmiControl(_CustomerLeg):
     async def reject(self, verb: str, reason: str) -> None:
         if self.agent_session is not None:
             await play_agent_tone(self.adapter, self.agent_session, "agent-refused", self.language)
+
+
+async def _tone_for(ami: ami_mod.AmiClient, channel: str) -> None:
+    # "Async: false": panoramisk reads "…successfully queued" as the start of an event list
+    # (as for Originate) and fails on an action without an Async header
+    with contextlib.suppress(ami_mod.AmiError, ami_mod.AmiUnavailable, TimeoutError):
+        await ami.action("PlayDTMF", Channel=channel, Digit="#", Duration="400", Async="false")
 
 
 async def play_agent_tone(
