@@ -123,6 +123,13 @@ class FreeswitchSection:
     esl_password: str = ""  # empty: no inbound ESL client
 
 
+@dataclass(frozen=True)
+class MetricsSection:
+    enabled: bool = True
+    host: str = field(default="127.0.0.1", metadata=_check(_ip))
+    port: int = field(default=9470, metadata=_check(_port))
+
+
 SECTIONS: dict[str, type] = {
     "daemon": DaemonSection,
     "database": DatabaseSection,
@@ -132,6 +139,7 @@ SECTIONS: dict[str, type] = {
     "prompts": PromptsSection,
     "asterisk": AsteriskSection,
     "freeswitch": FreeswitchSection,
+    "metrics": MetricsSection,
 }
 
 
@@ -147,6 +155,7 @@ class Config:
     prompts: PromptsSection
     asterisk: AsteriskSection
     freeswitch: FreeswitchSection
+    metrics: MetricsSection
     policies: PolicyBook
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from callconsent import config as config_mod
+from callconsent import systemd
 from callconsent.app import App
 
 log = logging.getLogger("callconsent.daemon")
@@ -70,11 +71,14 @@ async def run(app: App, *, on_ready: Callable[[], None] | None = None) -> None:
                 "no_pbx_adapter_enabled",
                 extra={"kv": {"hint": "enable [asterisk] or [freeswitch] in the config"}},
             )
-        log.info("ready", extra={"kv": {"components": ",".join(c.name for c in started) or "none"}})
+        names = ",".join(c.name for c in started) or "none"
+        log.info("ready", extra={"kv": {"components": names}})
+        systemd.notify(f"READY=1\nSTATUS=serving: {names}")
         if on_ready is not None:
             on_ready()
         await stopping.wait()
     finally:
+        systemd.notify("STOPPING=1")
         log.info("stopping", extra={"kv": {"components": len(started)}})
         for component in reversed(started):
             try:
@@ -91,14 +95,30 @@ def _stop_signal(sig: signal.Signals, stopping: asyncio.Event) -> None:
     stopping.set()
 
 
+def _watchdog(app: App) -> Component:
+    return systemd.Watchdog()
+
+
+def _metrics(app: App) -> Component | None:
+    from callconsent.metrics_server import MetricsServer
+
+    m = app.config.metrics
+    return MetricsServer(m.host, m.port, app.db) if m.enabled else None
+
+
+COMPONENT_FACTORIES += [_watchdog, _metrics]
+
+
 def _reload(app: App) -> None:
     """Re-read the config file; apply it only if it is valid (policies take effect for new
     calls). Settings that need a restart (listen addresses, database) are reported."""
     source = None if app.config.source == config_mod.EMBEDDED else app.config.source
+    systemd.notify("RELOADING=1")
     try:
         new = config_mod.load(source)
     except config_mod.ConfigError as exc:
         log.error("reload_rejected", extra={"kv": {"error": str(exc)}})
+        systemd.notify("READY=1")
         return
     restart_needed = [
         name

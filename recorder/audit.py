@@ -171,8 +171,36 @@ def verify(session: Session, batch: int = 5000) -> AuditReport:
     return report
 
 
-def _walk(session: Session, batch: int) -> Iterator[AuditEntry]:
+def export(
+    session: Session, since: datetime | None = None, batch: int = 5000
+) -> Iterator[dict[str, Any]]:
+    """Rows at or after ``since`` in chain order, with their hashes, so an auditor can check
+    the exported stretch on its own (each ``prev_hash`` is the hash of the row before)."""
+    for entry in _walk(session, batch, since):
+        yield {
+            "seq": entry.seq,
+            "at": entry.at.astimezone(UTC).isoformat(timespec="microseconds"),
+            "node": entry.node,
+            "os_user": entry.os_user,
+            "actor": entry.actor,
+            "action": entry.action,
+            "subject_type": entry.subject_type,
+            "subject_id": entry.subject_id,
+            "details": json.loads(entry.details),
+            "prev_hash": entry.prev_hash,
+            "hash": entry.hash,
+        }
+
+
+def _walk(session: Session, batch: int, since: datetime | None = None) -> Iterator[AuditEntry]:
     last = 0
+    if since is not None:
+        first = session.execute(
+            select(AuditEntry.seq).where(AuditEntry.at >= since).order_by(AuditEntry.seq).limit(1)
+        ).scalar_one_or_none()
+        if first is None:
+            return
+        last = first - 1
     while True:
         rows = (
             session.execute(

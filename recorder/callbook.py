@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 import consent_ivr as c
+from recorder import metrics
 from recorder.ledger import CallRef, Ledger
 from recorder.prompts import PromptCatalog, PromptFile
 
@@ -122,7 +123,10 @@ class LiveCall:
         self, verb: str, actor: str | None = None, control: CallControl | None = None
     ) -> list[c.Action]:
         """An agent command (feature code or CLI). Refusals come back as ``RejectCommand``."""
-        return await self.feed(c.AgentCommand(verb, actor), control)  # type: ignore[arg-type]
+        done = await self.feed(c.AgentCommand(verb, actor), control)  # type: ignore[arg-type]
+        refused = any(isinstance(a, c.RejectCommand) for a in done)
+        metrics.AGENT_COMMANDS.labels(verb, "refused" if refused else "done").inc()
+        return done
 
     async def recording_closed(self, recording_id: str) -> None:
         """The PBX closed this recording's file and its header is final."""

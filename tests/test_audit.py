@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import threading
 
@@ -151,3 +152,26 @@ def test_concurrent_processes_keep_one_linear_chain(db: Database) -> None:
         assert p.exitcode == 0
     report = check(db)
     assert report.ok and report.rows == 80
+
+
+def test_export_since_gives_a_stretch_that_checks_on_its_own(db: Database) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    base = datetime(2026, 11, 1, tzinfo=UTC)
+    for day in range(5):
+        with db.write() as s:
+            audit.append(
+                s,
+                CTX,
+                actor="t",
+                action="test.row",
+                subject_type="test",
+                details={"day": day},
+                at=base + timedelta(days=day),
+            )
+    with db.read() as s:
+        rows = list(audit.export(s, since=base + timedelta(days=2)))
+        everything = list(audit.export(s))
+    assert [r["details"]["day"] for r in rows] == [2, 3, 4]
+    assert rows[0]["prev_hash"] == everything[1]["hash"]
+    assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(rows))
