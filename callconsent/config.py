@@ -143,6 +143,19 @@ SECTIONS: dict[str, type] = {
 }
 
 
+ROLES = ("agent", "supervisor", "dpo", "admin")
+
+
+@dataclass(frozen=True)
+class Actor:
+    """A named person who may act through the CLI. ``os_users``, when given, are the OS
+    accounts allowed to act under this name (checked against the invoking or sudo user)."""
+
+    name: str
+    role: str
+    os_users: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class Config:
     source: str
@@ -157,6 +170,7 @@ class Config:
     freeswitch: FreeswitchSection
     metrics: MetricsSection
     policies: PolicyBook
+    actors: Mapping[str, Actor] = field(default_factory=dict)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     # -- derived paths (absolute) ------------------------------------------------------------
@@ -214,7 +228,7 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
 
 
 def parse(data: Mapping[str, Any], source: str, base_dir: Path) -> Config:
-    known = {*SECTIONS, "policies"}
+    known = {*SECTIONS, "policies", "actors"}
     for key in data:
         if key not in known:
             raise ConfigError(source, key, f"unknown section; known: {', '.join(sorted(known))}")
@@ -228,7 +242,42 @@ def parse(data: Mapping[str, Any], source: str, base_dir: Path) -> Config:
         policies = PolicyBook.from_mapping(policies_data)
     except PolicyError as exc:
         raise ConfigError(source, exc.key, exc.message) from None
-    return Config(source=source, base_dir=base_dir, policies=policies, raw=dict(data), **sections)
+    actors = _actors(data.get("actors", {}), source)
+    return Config(
+        source=source,
+        base_dir=base_dir,
+        policies=policies,
+        actors=actors,
+        raw=dict(data),
+        **sections,
+    )
+
+
+def _actors(data: Any, source: str) -> dict[str, Actor]:
+    """``[actors]``: ``alice = "dpo"``, or ``[actors.alice] role = "dpo", os_users = ["alice"]``."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(source, "actors", "expected a table of actor = role")
+    actors: dict[str, Actor] = {}
+    for name, value in data.items():
+        key = f"actors.{name}"
+        table = {"role": value} if isinstance(value, str) else value
+        if not isinstance(table, Mapping):
+            raise ConfigError(source, key, "expected a role string or a table with role, os_users")
+        unknown = set(table) - {"role", "os_users"}
+        if unknown:
+            raise ConfigError(
+                source, f"{key}.{sorted(unknown)[0]}", "unknown key; known: os_users, role"
+            )
+        role = table.get("role")
+        if role not in ROLES:
+            raise ConfigError(
+                source,
+                f"{key}.role" if not isinstance(value, str) else key,
+                f"expected one of {', '.join(ROLES)}; got {role!r}",
+            )
+        os_users = _coerce(list[str], table.get("os_users", []), source, f"{key}.os_users")
+        actors[name] = Actor(name, role, tuple(os_users))
+    return actors
 
 
 def _section(cls: type, data: Any, name: str, source: str) -> Any:
