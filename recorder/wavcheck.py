@@ -11,7 +11,6 @@ audio).
 
 from __future__ import annotations
 
-import os
 import struct
 import wave
 from dataclasses import dataclass
@@ -35,8 +34,9 @@ class AudioInfo:
     sample_rate: int
     sample_width: int
     frames: int
-    header: bytes  # what the finalizer prepends (a .raw's WAV header), else b""
-    source_size: int  # bytes taken from the spool file
+    header: bytes  # what the finalizer puts first (a .raw's or a repaired header), else b""
+    source_size: int  # bytes taken from the spool file ...
+    source_offset: int = 0  # ... starting here
 
     @property
     def duration_ms(self) -> int:
@@ -139,38 +139,37 @@ class Repair:
     riff_before: int
     data_before: int
     data_after: int
-    truncated_bytes: int
+    dropped_bytes: int  # a trailing partial frame
 
 
-def repair_wav(fd: int) -> Repair:
-    """Rewrite the RIFF and data sizes from the file's size (dropping a trailing partial
-    frame), then fsync. Only for a file whose call is over and that stopped changing."""
-    size = os.fstat(fd).st_size
-    with os.fdopen(os.dup(fd), "rb") as f:
-        layout = _walk(f, size)
-        f.seek(12)
-        fmt = _find_fmt(f, layout.data_offset)
-    block = fmt[0] * fmt[1]
-    data = (size - layout.data_offset) // block * block
-    cut = size - layout.data_offset - data
-    if cut:
-        os.ftruncate(fd, layout.data_offset + data)
-    os.pwrite(fd, struct.pack("<I", layout.data_offset + data - 8), 4)
-    os.pwrite(fd, struct.pack("<I", data), layout.data_offset - 4)
-    os.fsync(fd)
-    return Repair(layout.riff_size, layout.data_size, data, cut)
+def repaired(f: BinaryIO, file_size: int) -> tuple[AudioInfo, Repair]:
+    """The recording with its header's sizes taken from the file's size (a trailing partial
+    frame dropped). The spool file is not modified (it belongs to the PBX): the corrected
+    header is what the finalizer encrypts in front of the audio. Only for a file whose call is
+    over and that stopped changing."""
+    layout = _walk(f, file_size)
+    channels, width, rate = _find_fmt(f, layout.data_offset)
+    block = channels * width
+    data = (file_size - layout.data_offset) // block * block
+    f.seek(0)
+    head = bytearray(f.read(layout.data_offset))
+    head[4:8] = struct.pack("<I", layout.data_offset + data - 8)
+    head[-4:] = struct.pack("<I", data)
+    info = AudioInfo(channels, rate, width, data // block, bytes(head), data, layout.data_offset)
+    dropped = file_size - layout.data_offset - data
+    return info, Repair(layout.riff_size, layout.data_size, data, dropped)
 
 
-def _find_fmt(f: BinaryIO, data_offset: int) -> tuple[int, int]:
-    """(channels, bytes per sample) from the fmt chunk before the data chunk."""
+def _find_fmt(f: BinaryIO, data_offset: int) -> tuple[int, int, int]:
+    """(channels, bytes per sample, rate) from the fmt chunk before the data chunk."""
     pos = 12
     while pos + 8 < data_offset:
         f.seek(pos)
         cid, size = _CHUNK.unpack(f.read(8))
         if cid == b"fmt " and size >= 16:
-            tag, channels, _rate, _bps, _align, bits = struct.unpack("<HHIIHH", f.read(16))
+            tag, channels, rate, _bps, _align, bits = struct.unpack("<HHIIHH", f.read(16))
             if tag != 1 or channels < 1 or bits not in (8, 16, 24, 32):
                 raise AudioError(f"cannot repair a WAV of format {tag}, {bits} bits")
-            return channels, bits // 8
+            return channels, bits // 8, rate
         pos += 8 + size + (size & 1)
     raise AudioError("cannot repair: the WAV has no format chunk before its data")

@@ -65,38 +65,36 @@ def test_growing_file_is_not_final(tmp_path: Path) -> None:
         inspect(path)
 
 
-def test_repair_rewrites_the_sizes_from_the_file_size(tmp_path: Path) -> None:
+def test_repair_takes_the_sizes_from_the_file_size(tmp_path: Path) -> None:
     audio = os.urandom(16001)  # a crash left half a frame at the end
     path = make_wav(tmp_path / "a.wav", audio[:16000])
     raw = bytearray(path.read_bytes())
     raw[4:8] = raw[40:44] = bytes(4)  # FreeSWITCH-style: sizes 0 until RECORD_STOP
     path.write_bytes(bytes(raw) + audio[16000:])
-    fd = os.open(path, os.O_RDWR)
-    try:
-        rep = wavcheck.repair_wav(fd)
-    finally:
-        os.close(fd)
-    assert (rep.riff_before, rep.data_before, rep.data_after, rep.truncated_bytes) == (
-        0,
-        0,
+    before = path.read_bytes()
+    with path.open("rb") as f:
+        info, rep = wavcheck.repaired(f, len(before))
+    assert path.read_bytes() == before  # the PBX's file is not modified
+    assert (rep.riff_before, rep.data_before, rep.data_after, rep.dropped_bytes) == (0, 0, 16000, 1)
+    assert (info.frames, info.duration_ms, info.source_offset, info.source_size) == (
+        8000,
+        1000,
+        44,
         16000,
-        1,
     )
-    info = inspect(path)
-    assert info.frames == 8000
-    with wave.open(str(path)) as w:
+    blob = info.header + before[info.source_offset : info.source_offset + info.source_size]
+    assert info.plaintext_size == len(blob)
+    with wave.open(io.BytesIO(blob)) as w:
         assert w.readframes(8000) == audio[:16000]
+    with io.BytesIO(blob) as f:
+        assert wavcheck.inspect_wav(f, len(blob)).frames == 8000
 
 
 def test_repair_refuses_a_file_without_a_format(tmp_path: Path) -> None:
     path = tmp_path / "a.wav"
     path.write_bytes(b"RIFF\x00\x00\x00\x00WAVEdata\x00\x00\x00\x00" + os.urandom(100))
-    fd = os.open(path, os.O_RDWR)
-    try:
-        with pytest.raises(wavcheck.AudioError, match="no format chunk"):
-            wavcheck.repair_wav(fd)
-    finally:
-        os.close(fd)
+    with path.open("rb") as f, pytest.raises(wavcheck.AudioError, match="no format chunk"):
+        wavcheck.repaired(f, path.stat().st_size)
 
 
 def test_not_a_wav(tmp_path: Path) -> None:
