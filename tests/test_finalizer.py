@@ -6,8 +6,10 @@ import asyncio
 import errno
 import logging
 import os
+import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -247,3 +249,34 @@ def test_as_a_component_it_encrypts_in_worker_threads(rig: Rig) -> None:
 
     asyncio.run(scenario())
     assert seen and all(name.startswith("finalizer") for name in seen)
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs, where mounting is allowed (root with CAP_SYS_ADMIN); else skip."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0750", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_a_really_full_file_system_leaves_everything_pending(rig: Rig, tiny_tmpfs: Path) -> None:
+    rig.finalizer.vault = vault_mod.Vault(tiny_tmpfs)
+    rid, path = rig.new_recording()
+    original = write_wav(path, 30)  # 480 kB into 256 KiB
+    rig.app.ledger.recording_closed(rid)
+    rec = row(rig.app, rid)
+    assert rec.state == "closed" and rec.last_error is None
+    assert path.read_bytes() == original and list(tiny_tmpfs.iterdir()) == []
+    assert actions(rig.app, rid) == ["recording.started", "recording.closed"]
