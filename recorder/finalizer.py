@@ -449,8 +449,8 @@ class Finalizer:
         """Compare spool, vault and store; do (or queue) whatever is left to do. ``full`` (at
         start-up) also looks for ciphertexts of recordings that are not encrypted."""
         work: set[str] = set()
-        for tmp in self.vault.temp_files():
-            if _unused(tmp):
+        for tmp in [*self.vault.temp_files(), *self.spool.path.glob(".import-*.tmp")]:
+            if _unused(tmp):  # a writer that died; a live one holds its flock
                 tmp.unlink(missing_ok=True)
         on_disk = {p[0] for e in os.scandir(self.spool.path) if (p := Spool.parse_name(e.name))}
         node = self.ctx.node[:64]
