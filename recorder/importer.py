@@ -15,12 +15,13 @@ import os
 import stat
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from consent_ivr.policy import LegalBasis
 from recorder import audit, wavcheck
 from recorder.finalizer import Finalizer, Outcome
+from recorder.keystore import NoEpoch
 from recorder.ledger import Ledger
 from recorder.models import ConsentRecord, Recording
 from recorder.vault import fsync_dir
@@ -77,6 +78,7 @@ class Importer:
                 except (wavcheck.NotFinal, wavcheck.AudioError) as exc:
                     raise ImportRefused(f"{source}: {exc}") from None
             recorded_at = req.recorded_at or datetime.fromtimestamp(st.st_mtime).astimezone()
+            self._check_expiry(req, recorded_at)
             rid, call_id = self._register(basis, req, info, recorded_at)
             self._copy_into_spool(fd, rid)
         finally:
@@ -98,6 +100,21 @@ class Importer:
         if req.delete_source:
             deleted = _delete_if_unchanged(source, st, sha)
         return Imported(rid, call_id, info.duration_ms, sha, deleted)
+
+    def _check_expiry(self, req: ImportRequest, recorded_at: datetime) -> None:
+        """Refuse, before registering anything, what must not or cannot be kept."""
+        rule = self.finalizer.retention
+        expires = rule.expires_at(req.retention_category, recorded_at)
+        if expires <= datetime.now(UTC):
+            raise ImportRefused(
+                f"its retention ({rule.days_for(req.retention_category)} days for category "
+                f"{req.retention_category!r}) ended on {expires:%Y-%m-%d}: delete it, do not "
+                "adopt it"
+            )
+        try:
+            self.finalizer.keys.epoch_for(expires)
+        except NoEpoch as exc:
+            raise ImportRefused(str(exc)) from None
 
     def _register(
         self, basis: LegalBasis, req: ImportRequest, info: wavcheck.AudioInfo, at: datetime

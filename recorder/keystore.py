@@ -92,8 +92,8 @@ class KeyStore:
         found = self.epoch(expiry.epoch_id(expires_at))
         if found is None or found.destroyed_at is not None:
             raise NoEpoch(
-                f"no key epoch for recordings expiring {expires_at:%Y-%m-%d} "
-                f"({expiry.epoch_id(expires_at)}): run `callconsent keys rotate`"
+                f"no key epoch {expiry.epoch_id(expires_at)} (the week the recording expires "
+                "in): run `callconsent keys rotate`"
             )
         return found
 
