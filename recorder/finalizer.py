@@ -30,23 +30,23 @@ import errno
 import fcntl
 import logging
 import os
-import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import select
 
 from recorder import audit, envelope, wavcheck
+from recorder import reconcile as reconcile_mod
 from recorder.expiry import RetentionRule
 from recorder.keystore import KeyStore, NoEpoch
 from recorder.ledger import SYSTEM_ACTOR, Ledger
 from recorder.models import Call, Recording, RecordingState
 from recorder.spool import Spool, SpoolError
-from recorder.vault import Sealed, Step, Vault, fsync_dir
+from recorder.vault import Sealed, Step, Vault, fsync_dir, unused_temp
+from recorder.workqueue import RecordingQueue
 
 log = logging.getLogger("callconsent.finalizer")
 S = RecordingState
@@ -105,10 +105,7 @@ class Finalizer:
         self.spool, self.vault, self.keys, self.retention = spool, vault, keys, retention
         self.settings = settings or FinalizerSettings()
         self._step = step
-        self._pool: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
-        self._queued: set[str] = set()
-        self._again: set[str] = set()
+        self.queue = RecordingQueue(self.process, log)
         self._periodic: asyncio.Task[None] | None = None
         self.stats: dict[str, float] = dict.fromkeys(
             ("encrypted", "destroyed", "failed", "pending", "repaired"), 0
@@ -119,7 +116,7 @@ class Finalizer:
 
     async def start(self) -> None:
         self.vault.ensure()
-        self._pool = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="finalizer")
+        self.queue.start(self.settings.workers, "finalizer")
         await asyncio.to_thread(self.reconcile, full=True)
         self._periodic = asyncio.create_task(self._reconcile_periodically())
         log.info(
@@ -139,9 +136,7 @@ class Finalizer:
             self._periodic.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._periodic
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+        await asyncio.to_thread(self.queue.stop)
 
     def recording_closed(self, recording_id: str) -> None:
         self.submit(recording_id)
@@ -151,32 +146,7 @@ class Finalizer:
 
     def submit(self, recording_id: str) -> None:
         """Queue work for a recording (thread-safe); without a running pool, do it now."""
-        if self._pool is None:
-            self.process(recording_id)
-            return
-        with self._lock:
-            if recording_id in self._queued:
-                self._again.add(recording_id)  # it changed while queued: look once more
-                return
-            self._queued.add(recording_id)
-        try:
-            self._pool.submit(self._work, recording_id)
-        except RuntimeError:  # shutting down: it stays pending for the next start
-            with self._lock:
-                self._queued.discard(recording_id)
-
-    def _work(self, recording_id: str) -> None:
-        while True:
-            try:
-                self.process(recording_id)
-            except Exception:
-                self.stats["failed"] += 1
-                log.exception("finalize_error", extra={"kv": {"recording": recording_id}})
-            with self._lock:
-                if recording_id not in self._again:
-                    self._queued.discard(recording_id)
-                    return
-                self._again.discard(recording_id)
+        self.queue.submit(recording_id)
 
     async def _reconcile_periodically(self) -> None:
         while True:
@@ -392,7 +362,7 @@ class Finalizer:
         if self.vault.remove(rec.id):
             removed.append("ciphertext")
         for tmp in self.vault.temp_files():
-            if tmp.name.startswith(f".{rec.id}.") and _unused(tmp):
+            if tmp.name.startswith(f".{rec.id}.") and unused_temp(tmp):
                 tmp.unlink(missing_ok=True)
         if removed:
             with self.db.write() as s:
@@ -443,79 +413,15 @@ class Finalizer:
         self.ledger.recording_closed(rec.id)  # audited; its sink (us) queues the finalization
         return Outcome.RECHECK
 
-    # -- reconciliation ----------------------------------------------------------------------
+    # -- reconciliation (recorder.reconcile) --------------------------------------------------
 
     def reconcile(self, *, full: bool = False) -> dict[str, int]:
-        """Compare spool, vault and store; do (or queue) whatever is left to do. ``full`` (at
-        start-up) also looks for ciphertexts of recordings that are not encrypted."""
-        work: set[str] = set()
-        for tmp in [*self.vault.temp_files(), *self.spool.path.glob(".import-*.tmp")]:
-            if _unused(tmp):  # a writer that died; a live one holds its flock
-                tmp.unlink(missing_ok=True)
-        on_disk = {p[0] for e in os.scandir(self.spool.path) if (p := Spool.parse_name(e.name))}
-        node = self.ctx.node[:64]
-        with self.db.read() as s:
-            pending = s.execute(
-                select(Recording.id)
-                .join(Call, Call.id == Recording.call_id)
-                .where(Call.node == node, Recording.state.in_([S.CLOSED, S.RECORDING]))
-            ).scalars()
-            work.update(pending)
-            known = _states(s, on_disk)
-            for rid in sorted(on_disk - set(known)):
-                log.warning("spool_file_unknown", extra={"kv": {"recording": rid, "kept": True}})
-            work.update(rid for rid, st in known.items() if st != S.RECORDING)
-            if full:
-                stored = self.vault.recording_ids()
-                known_ct = _states(s, stored)
-                work.update(r for r, st in known_ct.items() if st != S.ENCRYPTED)
-        for rid in sorted(work):
-            self.submit(rid)
-        self.check_runway()
-        return {"checked": len(work)}
+        """Compare spool, vault and store; queue whatever is left to do (see
+        :func:`recorder.reconcile.reconcile`)."""
+        return reconcile_mod.reconcile(self, full=full)
 
     def check_runway(self) -> float:
-        now = datetime.now(UTC)
-        runway = self.keys.runway(now, self.retention.longest_days)
-        self.stats["epoch_runway_days"] = runway / timedelta(days=1)
-        if runway < timedelta(weeks=self.settings.runway_warning_weeks):
-            log.warning(
-                "key_epochs_running_low",
-                extra={
-                    "kv": {
-                        "runway_days": round(runway / timedelta(days=1), 1),
-                        "needed_weeks": self.settings.runway_warning_weeks,
-                        "fix": "callconsent keys rotate",
-                    }
-                },
-            )
-        return self.stats["epoch_runway_days"]
-
-
-def _states(session: object, ids: set[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    batch = sorted(ids)
-    for i in range(0, len(batch), 500):
-        rows = session.execute(  # type: ignore[attr-defined]
-            select(Recording.id, Recording.state).where(Recording.id.in_(batch[i : i + 500]))
-        )
-        out.update({rid: state for rid, state in rows})
-    return out
-
-
-def _unused(path: Path) -> bool:
-    """A temp file no live writer holds (writers keep it flocked)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
+        return reconcile_mod.check_runway(self)
 
 
 def _chunks(fd: int, info: wavcheck.AudioInfo) -> Iterator[bytes]:

@@ -131,6 +131,21 @@ class Vault:
         return {p.name[: -len(ff.SUFFIX)] for p in self.path.glob(f"*{ff.SUFFIX}") if p.is_file()}
 
 
+def unused_temp(path: Path) -> bool:
+    """A temp file no live writer holds (writers keep theirs flocked until renamed)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def open_ciphertext(path: Path) -> BinaryIO:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     return os.fdopen(fd, "rb")
