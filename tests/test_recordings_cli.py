@@ -74,6 +74,10 @@ class Cli:
     def wav(self, name: str, seconds: float, rate: int = 8000, channels: int = 1) -> Path:
         path = self.workdir / name
         write_wav(path, seconds, rate, channels)
+        return self.give(path)
+
+    def give(self, path: Path) -> Path:
+        """Make a file the test wrote the CLI's (whatever the test process's umask)."""
         if ROOT:
             os.chown(path, pwd.getpwnam("nobody").pw_uid, -1)
         return path
@@ -112,9 +116,7 @@ def test_keys_init_list_rotate_export(keyed: Cli) -> None:
 def test_a_key_file_with_loose_modes_is_refused(cli: Cli) -> None:
     key = cli.workdir / "store.key"
     key.write_bytes(os.urandom(32))
-    if ROOT:
-        os.chown(key, pwd.getpwnam("nobody").pw_uid, -1)
-    key.chmod(0o644)
+    cli.give(key).chmod(0o644)
     refused = cli("keys", "init", "--key-file", str(key), passphrase=None)
     assert refused.returncode == 1 and "chmod 600" in refused.stderr
     key.chmod(0o600)
@@ -179,6 +181,7 @@ def test_tampering_is_reported_and_decrypt_writes_nothing(keyed: Cli) -> None:
 def test_import_refuses_what_is_not_a_closed_wav_or_already_expired(keyed: Cli) -> None:
     bad = keyed.workdir / "notes.txt"
     bad.write_text("not audio")
+    keyed.give(bad)
     done = keyed("recordings", "import", str(bad), "--legal-basis", "consent")
     assert done.returncode == 1 and "RIFF" in done.stderr
     old = keyed.wav("old.wav", 1)
