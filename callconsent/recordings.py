@@ -3,6 +3,8 @@ finalizer. Shared by the daemon (its ``finalizer`` component) and the CLI comman
 
 from __future__ import annotations
 
+from typing import Any
+
 from callconsent.app import App
 from callconsent.config import Config
 from recorder.expiry import RetentionRule
@@ -20,8 +22,11 @@ def key_store(app: App) -> KeyStore:
     return KeyStore(app.keydir, app.db, app.audit_ctx)
 
 
-def finalizer(app: App) -> Finalizer:
-    """The finalizer, installed as the ledger's sink. Refuses to be built as root."""
+def finalizer(
+    app: App, *, settings: FinalizerSettings | None = None, **test_hooks: Any
+) -> Finalizer:
+    """The finalizer, installed as the ledger's sink. Refuses to be built as root (the crash
+    tests pass their ``step`` and ``allow_root`` hooks through ``test_hooks``)."""
     r = app.config.recorder
     built = Finalizer(
         app.ledger,
@@ -29,12 +34,14 @@ def finalizer(app: App) -> Finalizer:
         Vault(app.config.vault_dir),
         key_store(app),
         retention_rule(app.config),
-        FinalizerSettings(
+        settings
+        or FinalizerSettings(
             workers=r.workers,
             reconcile_interval_s=r.reconcile_interval_s,
             settle_s=r.settle_s,
             runway_warning_weeks=r.runway_warning_weeks,
         ),
+        **test_hooks,
     )
     app.ledger.sink = built
     return built

@@ -111,6 +111,7 @@ class Finalizer:
             ("encrypted", "destroyed", "failed", "pending", "repaired"), 0
         )
         self.stats["epoch_runway_days"] = 0
+        self.runway_warned_at = -reconcile_mod.WARN_EVERY_S
 
     # -- the daemon component and the ledger's sink --------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("callconsent.finalizer")
 S = RecordingState
+WARN_EVERY_S = 3600.0
 
 
 def reconcile(fin: Finalizer, *, full: bool = False) -> dict[str, int]:
@@ -61,7 +63,9 @@ def check_runway(fin: Finalizer) -> float:
     runway = fin.keys.runway(datetime.now(UTC), fin.retention.longest_days)
     days = runway / timedelta(days=1)
     fin.stats["epoch_runway_days"] = days
-    if runway < timedelta(weeks=fin.settings.runway_warning_weeks):
+    low = runway < timedelta(weeks=fin.settings.runway_warning_weeks)
+    if low and time.monotonic() - fin.runway_warned_at >= WARN_EVERY_S:
+        fin.runway_warned_at = time.monotonic()
         log.warning(
             "key_epochs_running_low",
             extra={

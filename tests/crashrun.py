@@ -11,9 +11,8 @@ import signal
 
 from callconsent import config
 from callconsent.app import App
-from callconsent.recordings import key_store, retention_rule
-from recorder.finalizer import Finalizer, FinalizerSettings
-from recorder.vault import Vault
+from callconsent.recordings import finalizer as build_finalizer
+from recorder.finalizer import FinalizerSettings
 
 
 def main() -> None:
@@ -29,17 +28,12 @@ def main() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     app = App.open(config.load(args.config))
-    finalizer = Finalizer(
-        app.ledger,
-        app.spool,
-        Vault(app.config.vault_dir),
-        key_store(app),
-        retention_rule(app.config),
-        FinalizerSettings(settle_s=3600, not_final_retries=()),
+    finalizer = build_finalizer(  # the daemon's own wiring, with the crash hook
+        app,
+        settings=FinalizerSettings(settle_s=3600, not_final_retries=()),
         step=step,
         allow_root=True,  # the test suite may run as root; the daemon never passes this
     )
-    app.ledger.sink = finalizer
     if args.action == "process":
         print(finalizer.process(args.recording))
     elif args.action == "discard":

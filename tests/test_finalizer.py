@@ -21,7 +21,7 @@ from callconsent.app import App
 from recorder import fileformat as ff
 from recorder import vault as vault_mod
 from recorder.expiry import RetentionRule, epoch_id
-from recorder.finalizer import Finalizer, FinalizerError, Outcome
+from recorder.finalizer import Finalizer, FinalizerError, FinalizerSettings, Outcome
 from recorder.models import AuditEntry, Recording
 
 
@@ -280,3 +280,27 @@ def test_a_really_full_file_system_leaves_everything_pending(rig: Rig, tiny_tmpf
     assert rec.state == "closed" and rec.last_error is None
     assert path.read_bytes() == original and list(tiny_tmpfs.iterdir()) == []
     assert actions(rig.app, rid) == ["recording.started", "recording.closed"]
+
+
+def test_the_daemon_starts_the_finalizer_first_as_the_ledgers_sink(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from callconsent import daemon
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # as the daemon's account
+    components = daemon.build_components(app)
+    assert components[0].name == "finalizer" and app.ledger.sink is components[0]
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    with pytest.raises(FinalizerError):
+        daemon.build_components(app)
+
+
+def test_the_runway_warning_is_repeated_at_most_hourly(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig.finalizer.settings = FinalizerSettings(runway_warning_weeks=52)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            rig.finalizer.check_runway()
+    warned = [r for r in caplog.records if r.getMessage() == "key_epochs_running_low"]
+    assert len(warned) == 1 and rig.finalizer.stats["epoch_runway_days"] < 52 * 7
