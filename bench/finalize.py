@@ -130,6 +130,7 @@ def peer(spool: Path, out: Path, audio: bytes, workers: int, interval: float) ->
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="one round instead of three (< 1 min)")
+    ap.add_argument("--workers", type=int, help="encryption threads (default: [recorder] workers)")
     args = ap.parse_args()
     rounds = 1 if args.quick else 3
     audio = wav_bytes()
@@ -142,8 +143,8 @@ def main() -> None:
         store = KeyStore(app.keydir, app.db, app.audit_ctx)
         keys = store.init(b"benchmark passphrase", scrypt_n=2**14)
         now = datetime.now(UTC)
-        keys.ensure_epochs(epochs_between(now, now + timedelta(weeks=10)), "bench")
-        workers = cfg.recorder.workers
+        keys.ensure_epochs(epochs_between(now, now + timedelta(weeks=20)), "bench")
+        workers = args.workers or cfg.recorder.workers
         fin = TimedFinalizer(
             app.ledger, app.spool, Vault(cfg.vault_dir), store, retention_rule(cfg),
             FinalizerSettings(workers=workers, reconcile_interval_s=3600),

@@ -304,3 +304,20 @@ def test_the_runway_warning_is_repeated_at_most_hourly(
             rig.finalizer.check_runway()
     warned = [r for r in caplog.records if r.getMessage() == "key_epochs_running_low"]
     assert len(warned) == 1 and rig.finalizer.stats["epoch_runway_days"] < 52 * 7
+
+
+def test_a_discard_during_encryption_wins_over_the_commit(rig: Rig) -> None:
+    rid, path = rig.new_recording()
+    write_wav(path, 10)
+
+    def discard_at(name: str) -> None:
+        if name == "renamed":  # ciphertext in place, commit not yet made
+            rig.finalizer._step = lambda _n: None
+            rig.app.ledger.discard(rid, "consent_withdrawn")
+
+    rig.finalizer._step = discard_at
+    rig.app.ledger.recording_closed(rid)
+    rec = row(rig.app, rid)
+    assert rec.state == "discarded" and rec.ciphertext_path is None
+    assert not path.exists() and not rig.finalizer.vault.path_for(rid).exists()
+    assert "recording.encrypted" not in actions(rig.app, rid)
