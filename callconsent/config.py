@@ -130,6 +130,34 @@ class MetricsSection:
     port: int = field(default=9470, metadata=_check(_port))
 
 
+@dataclass(frozen=True)
+class RecorderSection:
+    vault_dir: Path | None = None  # empty: <data_dir>/recordings (the encrypted files)
+    workers: int = field(default=4, metadata=_check(_positive))  # encryption threads
+    reconcile_interval_s: float = field(default=60.0, metadata=_check(_positive))
+    settle_s: float = field(default=30.0, metadata=_check(_positive))  # unchanged before repair
+    epochs_ahead_weeks: int = field(default=26, metadata=_check(_positive))
+    runway_warning_weeks: int = field(default=8, metadata=_check(_positive))
+
+
+@dataclass(frozen=True)
+class RetentionSection:
+    default_days: int = field(default=30, metadata=_check(_positive))
+    max_days: int = field(default=365, metadata=_check(_positive))  # no category may exceed it
+    categories: dict[str, int] = field(default_factory=dict)  # retention category -> days
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Checks across keys: (key, message) for each value above the maximum."""
+        found = [
+            (f"categories.{name}", f"expected 1..max_days ({self.max_days}); got {days}")
+            for name, days in self.categories.items()
+            if not 1 <= days <= self.max_days
+        ]
+        if self.default_days > self.max_days:
+            found.append(("default_days", f"exceeds max_days ({self.max_days})"))
+        return found
+
+
 SECTIONS: dict[str, type] = {
     "daemon": DaemonSection,
     "database": DatabaseSection,
@@ -140,6 +168,8 @@ SECTIONS: dict[str, type] = {
     "asterisk": AsteriskSection,
     "freeswitch": FreeswitchSection,
     "metrics": MetricsSection,
+    "recorder": RecorderSection,
+    "retention": RetentionSection,
 }
 
 
@@ -169,6 +199,8 @@ class Config:
     asterisk: AsteriskSection
     freeswitch: FreeswitchSection
     metrics: MetricsSection
+    recorder: RecorderSection
+    retention: RetentionSection
     policies: PolicyBook
     actors: Mapping[str, Actor] = field(default_factory=dict)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
@@ -190,6 +222,11 @@ class Config:
     @property
     def prompt_dir(self) -> Path:
         return self._abs(self.prompts.dir) if self.prompts.dir else self.data_dir / "prompts"
+
+    @property
+    def vault_dir(self) -> Path:
+        d = self.recorder.vault_dir
+        return self._abs(d) if d else self.data_dir / "recordings"
 
     @property
     def database_url(self) -> str:
@@ -301,7 +338,10 @@ def _section(cls: type, data: Any, name: str, source: str) -> Any:
         if problem:
             raise ConfigError(source, key, problem)
         values[f.name] = value
-    return cls(**values)
+    section = cls(**values)
+    for key, problem in getattr(section, "problems", list)():
+        raise ConfigError(source, f"{name}.{key}", problem)
+    return section
 
 
 def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:

@@ -54,6 +54,15 @@ def _control(app: App) -> Component:
 COMPONENT_FACTORIES.append(_control)
 
 
+def _finalizer(app: App) -> Component:
+    from callconsent.recordings import finalizer
+
+    return finalizer(app)
+
+
+COMPONENT_FACTORIES.insert(0, _finalizer)  # first up, last down: nothing handed over is lost
+
+
 async def run(app: App, *, on_ready: Callable[[], None] | None = None) -> None:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()

@@ -169,6 +169,23 @@ class Recording(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
 
 
+class KeyEpoch(Base):
+    """A key pair for the recordings that expire in one ISO week (``2026-W50``). The store
+    holds the public key (every PBX host seals to it); the private key stays in a key store,
+    encrypted at rest, and is destroyed when the epoch's last recording has expired."""
+
+    __tablename__ = "key_epochs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    suite: Mapped[int] = mapped_column(Integer)  # envelope suite: 1 = X25519 HPKE
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    fingerprint: Mapped[str] = mapped_column(String(64))  # SHA-256 of the public key, hex
+    expires_from: Mapped[datetime] = mapped_column(index=True)  # Monday 00:00 UTC
+    expires_until: Mapped[datetime]  # the next Monday
+    created_at: Mapped[datetime]
+    destroyed_at: Mapped[datetime | None]  # private key destroyed (crypto-shredding)
+
+
 class AuditEntry(Base):
     """Append-only, hash-chained: ``hash = SHA-256(canonical row incl. prev_hash)``."""
 
