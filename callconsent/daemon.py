@@ -115,7 +115,14 @@ def _metrics(app: App) -> Component | None:
     return MetricsServer(m.host, m.port, app.db) if m.enabled else None
 
 
-COMPONENT_FACTORIES += [_watchdog, _metrics]
+def _retention(app: App) -> Component:
+    from callconsent.recordings import retention
+    from callconsent.retention_pass import RetentionPass
+
+    return RetentionPass(retention(app), app.config.retention.interval_s)
+
+
+COMPONENT_FACTORIES += [_watchdog, _metrics, _retention]
 
 
 def _reload(app: App) -> None:

@@ -7,9 +7,12 @@ from typing import Any
 
 from callconsent.app import App
 from callconsent.config import Config
+from recorder.custody import Custody
 from recorder.expiry import RetentionRule
 from recorder.finalizer import Finalizer, FinalizerSettings
 from recorder.keystore import KeyStore
+from recorder.retention import Retention
+from recorder.subjects import Subjects
 from recorder.vault import Vault
 
 
@@ -20,6 +23,26 @@ def retention_rule(config: Config) -> RetentionRule:
 
 def key_store(app: App) -> KeyStore:
     return KeyStore(app.keydir, app.db, app.audit_ctx)
+
+
+def retention(app: App) -> Retention:
+    r = app.config.retention
+    return Retention(
+        app.db,
+        app.audit_ctx,
+        key_store(app),
+        node=app.config.daemon.node,
+        shared_storage=r.shared_storage,
+        batch=r.batch,
+    )
+
+
+def custody(app: App) -> Custody:
+    return Custody(app.db, app.audit_ctx, key_store(app), app.ledger)
+
+
+def subjects(app: App) -> Subjects:
+    return Subjects(app.db, app.numbers, app.audit_ctx, custody(app))
 
 
 def finalizer(

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from recorder import audit, envelope, wavcheck
+from recorder import audit, envelope, metrics, wavcheck
 from recorder import reconcile as reconcile_mod
 from recorder.expiry import RetentionRule
 from recorder.keystore import KeyStore, NoEpoch
@@ -250,6 +250,9 @@ class Finalizer:
         except OSError as exc:
             self.stats["failed"] += 1
             why = "disk full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+            metrics.FINALIZE_FAILURES.labels(
+                "disk_full" if exc.errno == errno.ENOSPC else "io"
+            ).inc()
             log.error(
                 "finalize_failed",
                 extra={
@@ -269,6 +272,8 @@ class Finalizer:
         self._unlink_plaintext(Path(rec.spool_path), fd)
         self._step("unlinked")
         self.stats["encrypted"] += 1
+        if rec.closed_at is not None:  # closed -> encrypted, plaintext gone
+            metrics.FINALIZE_SECONDS.observe((datetime.now(UTC) - rec.closed_at).total_seconds())
         log.info(
             "recording_encrypted",
             extra={"kv": {"recording": rec.id, "epoch": epoch.id, "bytes": sealed.plaintext_size}},

@@ -51,6 +51,7 @@ class Epoch:
     expires_from: datetime
     expires_until: datetime
     destroyed_at: datetime | None
+    purpose: str = "expiry"
 
     @classmethod
     def of(cls, row: KeyEpoch) -> Epoch:
@@ -62,6 +63,7 @@ class Epoch:
             row.expires_from,
             row.expires_until,
             row.destroyed_at,
+            row.purpose or "expiry",
         )
 
 
@@ -78,9 +80,52 @@ class KeyStore:
     # -- public side: what the recording daemon needs ------------------------------------------
 
     def epochs(self) -> list[Epoch]:
+        """The expiry epochs (one per ISO week), oldest first; hold keys are not among them."""
         with self.db.read() as s:
-            rows = s.execute(select(KeyEpoch).order_by(KeyEpoch.expires_from)).scalars()
+            rows = s.execute(
+                select(KeyEpoch).where(KeyEpoch.purpose == "expiry").order_by(KeyEpoch.expires_from)
+            ).scalars()
             return [Epoch.of(r) for r in rows]
+
+    def hold_key(self) -> Epoch | None:
+        """The newest live legal-hold key, if one was created."""
+        with self.db.read() as s:
+            row = s.execute(
+                select(KeyEpoch)
+                .where(KeyEpoch.purpose == "hold", KeyEpoch.destroyed_at.is_(None))
+                .order_by(KeyEpoch.created_at.desc())
+                .limit(1)
+            ).scalar_one_or_none()
+            return Epoch.of(row) if row else None
+
+    def destroy_private(self, epoch_id: str, actor: str, reason: str) -> bool:
+        """Crypto-shredding: delete the epoch's private key file and mark the epoch destroyed,
+        audited. False if this host does not hold the private key (it is kept elsewhere, and
+        must be destroyed there); the epoch is then not marked."""
+        path = self.keydir.path / private_name(epoch_id)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        dir_fd = os.open(self.keydir.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        with self.db.write() as s:
+            row = s.get(KeyEpoch, epoch_id)
+            if row is not None and row.destroyed_at is None:
+                row.destroyed_at = datetime.now(UTC)
+            audit.append(
+                s,
+                self.ctx,
+                actor=actor,
+                action="key_epoch.destroyed",
+                subject_type="key_epoch",
+                subject_id=epoch_id,
+                details={"reason": reason},
+            )
+        return True
 
     def epoch(self, epoch_id: str) -> Epoch | None:
         with self.db.read() as s:
@@ -194,16 +239,31 @@ class PrivateKeys:
             raise KeyStoreError(f"{name} holds a private key that does not match its public key")
         return private
 
+    def ensure_hold_key(self, actor: str) -> Epoch:
+        """The legal-hold key pair, created on first use. Held recordings get a second key slot
+        sealed to it, so destroying their expiry epoch's key does not destroy them."""
+        found = self.store.hold_key()
+        if found is not None:
+            return found
+        hold_id = f"hold-{datetime.now(UTC):%Y%m%d%H%M%S}"
+        private, public = envelope.generate_keypair()
+        self.store.keydir.write_new(private_name(hold_id), self._seal(hold_id, private))
+        return self._publish(hold_id, public, actor, purpose="hold")
+
     def _seal(self, epoch_id: str, private: bytes) -> bytes:
         public = envelope.public_from_private(private)
         nonce = os.urandom(12)
         sealed = self._aead.encrypt(nonce, private, _AAD + epoch_id.encode() + public)
         return _MAGIC + bytes([envelope.SUITE_X25519]) + public + nonce + sealed
 
-    def _publish(self, epoch_id: str, public: bytes, actor: str) -> Epoch:
-        start, end = expiry.epoch_bounds(epoch_id)
+    def _publish(self, epoch_id: str, public: bytes, actor: str, purpose: str = "expiry") -> Epoch:
+        if purpose == "hold":  # not an expiry week: valid from now, never by retention's clock
+            start, end = datetime.now(UTC), datetime(9999, 12, 31, tzinfo=UTC)
+        else:
+            start, end = expiry.epoch_bounds(epoch_id)
         row = KeyEpoch(
             id=epoch_id,
+            purpose=purpose,
             suite=envelope.SUITE_X25519,
             public_key=public,
             fingerprint=hashlib.sha256(public).hexdigest(),
@@ -221,7 +281,7 @@ class PrivateKeys:
                 action="key_epoch.created",
                 subject_type="key_epoch",
                 subject_id=epoch_id,
-                details={"fingerprint": row.fingerprint, "suite": row.suite},
+                details={"fingerprint": row.fingerprint, "suite": row.suite, "purpose": purpose},
             )
         return Epoch.of(row)
 

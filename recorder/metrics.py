@@ -51,5 +51,7 @@ PBX_CONNECTED = Gauge(
     registry=REGISTRY,
 )
 KEY_EPOCH_WEEKS_LEFT = Gauge(
-    "callconsent_key_epoch_weeks_ahead", "Weeks of future key epochs that exist", registry=REGISTRY
+    "callconsent_key_epoch_weeks_ahead",
+    "Weeks the key epochs reach beyond what a recording made now needs (warns below 8)",
+    registry=REGISTRY,
 )

@@ -27,6 +27,8 @@ from recorder.vault import unused_temp
 if TYPE_CHECKING:
     from recorder.finalizer import Finalizer
 
+from recorder import metrics
+
 log = logging.getLogger("callconsent.finalizer")
 S = RecordingState
 WARN_EVERY_S = 3600.0
@@ -63,6 +65,7 @@ def check_runway(fin: Finalizer) -> float:
     runway = fin.keys.runway(datetime.now(UTC), fin.retention.longest_days)
     days = runway / timedelta(days=1)
     fin.stats["epoch_runway_days"] = days
+    metrics.KEY_EPOCH_WEEKS_LEFT.set(days / 7)
     low = runway < timedelta(weeks=fin.settings.runway_warning_weeks)
     if low and time.monotonic() - fin.runway_warned_at >= WARN_EVERY_S:
         fin.runway_warned_at = time.monotonic()

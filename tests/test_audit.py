@@ -8,6 +8,8 @@ import threading
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recorder import audit
 from recorder.db import Database
@@ -175,3 +177,25 @@ def test_export_since_gives_a_stretch_that_checks_on_its_own(db: Database) -> No
     assert [r["details"]["day"] for r in rows] == [2, 3, 4]
     assert rows[0]["prev_hash"] == everything[1]["hash"]
     assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(rows))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    seq=st.integers(1, 2**62),
+    texts=st.lists(st.text(), min_size=7, max_size=7),
+    subject_id=st.none() | st.text(),
+    at=st.datetimes(timezones=st.just(__import__("datetime").timezone.utc)),
+)
+def test_entry_hash_is_the_sha256_of_the_documented_canonical_json(seq, texts, subject_id, at):
+    import hashlib
+
+    fields = dict(
+        zip(
+            ("node", "os_user", "actor", "action", "subject_type", "details", "prev_hash"),
+            texts,
+            strict=True,
+        )
+    )
+    fields |= {"seq": seq, "subject_id": subject_id, "at": at}
+    reference = audit.canonical_json({**fields, "at": at.isoformat(timespec="microseconds")})
+    assert audit.entry_hash(fields) == hashlib.sha256(reference.encode()).hexdigest()

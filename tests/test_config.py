@@ -124,3 +124,9 @@ def test_audit_cli_verifies_and_exports(
     )
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["action"] == "call.opened" and "15112345678" not in out.read_text()
+
+
+def test_the_shipped_example_config_is_valid() -> None:
+    example = Path(__file__).resolve().parent.parent / "deploy" / "callconsent.toml.example"
+    c = cfgmod.load(example)
+    assert c.policies.default.mode.value == "consent" and c.retention.default_days == 30

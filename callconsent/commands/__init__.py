@@ -7,8 +7,10 @@ from callconsent.commands import (
     keys_cmd,
     record_cmd,
     recordings_cmd,
+    retention_cmd,
     serve_cmd,
+    subject_cmd,
 )
 
 COMMAND_MODULES = [serve_cmd, config_cmd, db_cmd, record_cmd, audit_cmd]
-COMMAND_MODULES += [keys_cmd, recordings_cmd]
+COMMAND_MODULES += [keys_cmd, recordings_cmd, retention_cmd, subject_cmd]

@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from callconsent import config
 from callconsent.app import App
+from callconsent.commands import custody_cmd
 from callconsent.commands.keys_cmd import add_reason_args, add_secret_args, unlock
 from callconsent.errors import CommandError
 from callconsent.recordings import finalizer
@@ -34,7 +35,9 @@ LEGAL_BASES = ("consent", "contract", "legal_obligation", "legitimate_interest")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("recordings", help="list, show, decrypt, verify and import recordings")
+    p = sub.add_parser(
+        "recordings", help="list, show, decrypt, verify, import, hold and delete recordings"
+    )
     cmds = p.add_subparsers(dest="recordings_command", metavar="ACTION")
     cmds.required = True
     ls = cmds.add_parser("list", help="recordings and their state (no audio, not audited)")
@@ -85,6 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     im.add_argument("--json", action="store_true")
     im.add_argument("--actor", help="who imports (default: your OS account)")
     im.set_defaults(func=import_files)
+    custody_cmd.register_actions(cmds)
 
 
 def _open(args: argparse.Namespace) -> App:
