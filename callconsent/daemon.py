@@ -138,7 +138,17 @@ def _reload(app: App) -> None:
         return
     restart_needed = [
         name
-        for name in ("database", "asterisk", "freeswitch", "spool", "keys")
+        for name in (
+            "database",
+            "asterisk",
+            "freeswitch",
+            "spool",
+            "keys",
+            "recorder",
+            "retention",
+            "metrics",
+            "daemon",
+        )
         if getattr(new, name) != getattr(app.config, name)
     ]
     app.config = new
