@@ -30,7 +30,7 @@ from callconsent.app import App
 from callconsent.dialplan_render_freeswitch import render
 from esl_listener.connection import EslConnection, open_inbound
 from esl_listener.protocol import Event
-from esl_listener.service import FreeswitchService, Settings
+from esl_listener.service import FreeswitchService
 from recorder.models import Call, ConsentRecord, Recording
 
 pytestmark = [pytest.mark.realpbx, pytest.mark.slow]
@@ -40,7 +40,8 @@ TEST_DIALPLAN = """<include>
     <extension name="cc_test_in">
       <condition field="destination_number" expression="^cc_in_([a-z_]+)_(\\w+)$">
         <action application="execute_extension" data="callconsent_in_$1 XML callconsent"/>
-        <action application="bridge" data="{callconsent_agent=7001}loopback/cc_agent_$2/callconsent_test"/>
+        <action application="bridge"
+                data="{callconsent_agent=7001}loopback/cc_agent_$2/callconsent_test"/>
       </condition>
     </extension>
     <extension name="cc_agent_talk">
