@@ -99,16 +99,17 @@ class InboundClient:
             await asyncio.wait(set(self._workers), timeout=5.0)
 
     async def api(self, command: str) -> ApiReply:
-        conn = await self._connection()
-        try:
-            return await conn.api(command)
-        except ConnectionClosed as exc:
-            raise EslUnavailable(str(exc)) from None
+        return await self._over_connection(lambda conn: conn.api(command))
 
     async def bgapi(self, command: str) -> ApiReply:
+        return await self._over_connection(lambda conn: conn.bgapi(command))
+
+    async def _over_connection(
+        self, call: Callable[[EslConnection], Awaitable[ApiReply]]
+    ) -> ApiReply:
         conn = await self._connection()
         try:
-            return await conn.bgapi(command)
+            return await call(conn)
         except ConnectionClosed as exc:
             raise EslUnavailable(str(exc)) from None
 
