@@ -120,7 +120,8 @@ class FreeswitchSection:
     esl_host: str = field(default="127.0.0.1", metadata=_check(_ip))
     esl_port: int = field(default=8021, metadata=_check(_port))
     esl_user: str = ""  # userauth user@domain; empty with a password: plain `auth`
-    esl_password: str = ""  # empty: no inbound ESL client
+    esl_password: str = ""  # required when enabled: RECORD_STOP arrives only on inbound ESL
+    eavesdrop_group: str = "consented"  # set on consenting customer legs (listen-in)
 
 
 @dataclass(frozen=True)

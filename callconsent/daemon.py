@@ -63,6 +63,22 @@ def _finalizer(app: App) -> Component:
 COMPONENT_FACTORIES.insert(0, _finalizer)  # first up, last down: nothing handed over is lost
 
 
+def _freeswitch(app: App) -> Component | None:
+    """The ESL outbound server and inbound client (``[freeswitch] enabled = true``)."""
+    if not app.config.freeswitch.enabled:
+        return None
+    from esl_listener.service import FreeswitchConfigError, FreeswitchService
+
+    try:
+        return FreeswitchService.from_config(app.calls, app.spool, app.config.freeswitch)
+    except FreeswitchConfigError as exc:
+        key, _, message = str(exc).partition(": ")
+        raise config_mod.ConfigError(app.config.source, key, message) from None
+
+
+COMPONENT_FACTORIES.append(_freeswitch)
+
+
 async def run(app: App, *, on_ready: Callable[[], None] | None = None) -> None:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()

@@ -4,6 +4,7 @@ from callconsent.commands import (
     audit_cmd,
     config_cmd,
     db_cmd,
+    dialplan_cmd,
     keys_cmd,
     record_cmd,
     recordings_cmd,
@@ -12,5 +13,5 @@ from callconsent.commands import (
     subject_cmd,
 )
 
-COMMAND_MODULES = [serve_cmd, config_cmd, db_cmd, record_cmd, audit_cmd]
+COMMAND_MODULES = [serve_cmd, config_cmd, db_cmd, record_cmd, audit_cmd, dialplan_cmd]
 COMMAND_MODULES += [keys_cmd, recordings_cmd, retention_cmd, subject_cmd]
