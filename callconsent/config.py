@@ -136,7 +136,6 @@ class AsteriskSection:
     feature_stop: str = field(default="*43", metadata=_check(_feature_code))
     feature_discard: str = field(default="*49", metadata=_check(_feature_code))
     conf_dir: Path = Path("/etc/asterisk")  # read by `callconsent doctor`
-    pbx_user: str = "asterisk"  # the account Asterisk runs as (prompts must be readable)
 
 
 @dataclass(frozen=True)
@@ -147,7 +146,46 @@ class FreeswitchSection:
     esl_host: str = field(default="127.0.0.1", metadata=_check(_ip))
     esl_port: int = field(default=8021, metadata=_check(_port))
     esl_user: str = ""  # userauth user@domain; empty with a password: plain `auth`
-    esl_password: str = ""  # empty: no inbound ESL client
+    esl_password: str = ""  # required when enabled: RECORD_STOP arrives only on inbound ESL
+    eavesdrop_group: str = "consented"  # set on consenting customer legs (listen-in)
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    enabled: bool = True
+    host: str = field(default="127.0.0.1", metadata=_check(_ip))
+    port: int = field(default=9470, metadata=_check(_port))
+
+
+@dataclass(frozen=True)
+class RecorderSection:
+    vault_dir: Path | None = None  # empty: <data_dir>/recordings (the encrypted files)
+    workers: int = field(default=4, metadata=_check(_positive))  # encryption threads
+    reconcile_interval_s: float = field(default=60.0, metadata=_check(_positive))
+    settle_s: float = field(default=30.0, metadata=_check(_positive))  # unchanged before repair
+    epochs_ahead_weeks: int = field(default=26, metadata=_check(_positive))
+    runway_warning_weeks: int = field(default=8, metadata=_check(_positive))
+
+
+@dataclass(frozen=True)
+class RetentionSection:
+    default_days: int = field(default=30, metadata=_check(_positive))
+    max_days: int = field(default=365, metadata=_check(_positive))  # no category may exceed it
+    categories: dict[str, int] = field(default_factory=dict)  # retention category -> days
+    interval_s: float = field(default=3600.0, metadata=_check(_positive))  # purge pass in serve
+    batch: int = field(default=2000, metadata=_check(_positive))  # recordings per transaction
+    shared_storage: bool = False  # every host sees every host's files: purge them all
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Checks across keys: (key, message) for each value above the maximum."""
+        found = [
+            (f"categories.{name}", f"expected 1..max_days ({self.max_days}); got {days}")
+            for name, days in self.categories.items()
+            if not 1 <= days <= self.max_days
+        ]
+        if self.default_days > self.max_days:
+            found.append(("default_days", f"exceeds max_days ({self.max_days})"))
+        return found
 
 
 SECTIONS: dict[str, type] = {
@@ -159,7 +197,23 @@ SECTIONS: dict[str, type] = {
     "prompts": PromptsSection,
     "asterisk": AsteriskSection,
     "freeswitch": FreeswitchSection,
+    "metrics": MetricsSection,
+    "recorder": RecorderSection,
+    "retention": RetentionSection,
 }
+
+
+ROLES = ("agent", "supervisor", "dpo", "admin")
+
+
+@dataclass(frozen=True)
+class Actor:
+    """A named person who may act through the CLI. ``os_users``, when given, are the OS
+    accounts allowed to act under this name (checked against the invoking or sudo user)."""
+
+    name: str
+    role: str
+    os_users: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -174,7 +228,11 @@ class Config:
     prompts: PromptsSection
     asterisk: AsteriskSection
     freeswitch: FreeswitchSection
+    metrics: MetricsSection
+    recorder: RecorderSection
+    retention: RetentionSection
     policies: PolicyBook
+    actors: Mapping[str, Actor] = field(default_factory=dict)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     # -- derived paths (absolute) ------------------------------------------------------------
@@ -194,6 +252,11 @@ class Config:
     @property
     def prompt_dir(self) -> Path:
         return self._abs(self.prompts.dir) if self.prompts.dir else self.data_dir / "prompts"
+
+    @property
+    def vault_dir(self) -> Path:
+        d = self.recorder.vault_dir
+        return self._abs(d) if d else self.data_dir / "recordings"
 
     @property
     def database_url(self) -> str:
@@ -232,7 +295,7 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
 
 
 def parse(data: Mapping[str, Any], source: str, base_dir: Path) -> Config:
-    known = {*SECTIONS, "policies"}
+    known = {*SECTIONS, "policies", "actors"}
     for key in data:
         if key not in known:
             raise ConfigError(source, key, f"unknown section; known: {', '.join(sorted(known))}")
@@ -246,7 +309,42 @@ def parse(data: Mapping[str, Any], source: str, base_dir: Path) -> Config:
         policies = PolicyBook.from_mapping(policies_data)
     except PolicyError as exc:
         raise ConfigError(source, exc.key, exc.message) from None
-    return Config(source=source, base_dir=base_dir, policies=policies, raw=dict(data), **sections)
+    actors = _actors(data.get("actors", {}), source)
+    return Config(
+        source=source,
+        base_dir=base_dir,
+        policies=policies,
+        actors=actors,
+        raw=dict(data),
+        **sections,
+    )
+
+
+def _actors(data: Any, source: str) -> dict[str, Actor]:
+    """``[actors]``: ``alice = "dpo"``, or ``[actors.alice] role = "dpo", os_users = ["alice"]``."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(source, "actors", "expected a table of actor = role")
+    actors: dict[str, Actor] = {}
+    for name, value in data.items():
+        key = f"actors.{name}"
+        table = {"role": value} if isinstance(value, str) else value
+        if not isinstance(table, Mapping):
+            raise ConfigError(source, key, "expected a role string or a table with role, os_users")
+        unknown = set(table) - {"role", "os_users"}
+        if unknown:
+            raise ConfigError(
+                source, f"{key}.{sorted(unknown)[0]}", "unknown key; known: os_users, role"
+            )
+        role = table.get("role")
+        if role not in ROLES:
+            raise ConfigError(
+                source,
+                f"{key}.role" if not isinstance(value, str) else key,
+                f"expected one of {', '.join(ROLES)}; got {role!r}",
+            )
+        os_users = _coerce(list[str], table.get("os_users", []), source, f"{key}.os_users")
+        actors[name] = Actor(name, role, tuple(os_users))
+    return actors
 
 
 def _section(cls: type, data: Any, name: str, source: str) -> Any:
@@ -270,7 +368,10 @@ def _section(cls: type, data: Any, name: str, source: str) -> Any:
         if problem:
             raise ConfigError(source, key, problem)
         values[f.name] = value
-    return cls(**values)
+    section = cls(**values)
+    for key, problem in getattr(section, "problems", list)():
+        raise ConfigError(source, f"{name}.{key}", problem)
+    return section
 
 
 def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from callconsent import config as config_mod
+from callconsent import systemd
 from callconsent.app import App
 
 log = logging.getLogger("callconsent.daemon")
@@ -53,6 +54,31 @@ def _control(app: App) -> Component:
 COMPONENT_FACTORIES.append(_control)
 
 
+def _finalizer(app: App) -> Component:
+    from callconsent.recordings import finalizer
+
+    return finalizer(app)
+
+
+COMPONENT_FACTORIES.insert(0, _finalizer)  # first up, last down: nothing handed over is lost
+
+
+def _freeswitch(app: App) -> Component | None:
+    """The ESL outbound server and inbound client (``[freeswitch] enabled = true``)."""
+    if not app.config.freeswitch.enabled:
+        return None
+    from esl_listener.service import FreeswitchConfigError, FreeswitchService
+
+    try:
+        return FreeswitchService.from_config(app.calls, app.spool, app.config.freeswitch)
+    except FreeswitchConfigError as exc:
+        key, _, message = str(exc).partition(": ")
+        raise config_mod.ConfigError(app.config.source, key, message) from None
+
+
+COMPONENT_FACTORIES.append(_freeswitch)
+
+
 def _asterisk(app: App) -> Component | None:
     section = app.config.asterisk
     if not section.enabled:
@@ -84,11 +110,14 @@ async def run(app: App, *, on_ready: Callable[[], None] | None = None) -> None:
                 "no_pbx_adapter_enabled",
                 extra={"kv": {"hint": "enable [asterisk] or [freeswitch] in the config"}},
             )
-        log.info("ready", extra={"kv": {"components": ",".join(c.name for c in started) or "none"}})
+        names = ",".join(c.name for c in started) or "none"
+        log.info("ready", extra={"kv": {"components": names}})
+        systemd.notify(f"READY=1\nSTATUS=serving: {names}")
         if on_ready is not None:
             on_ready()
         await stopping.wait()
     finally:
+        systemd.notify("STOPPING=1")
         log.info("stopping", extra={"kv": {"components": len(started)}})
         for component in reversed(started):
             try:
@@ -105,18 +134,51 @@ def _stop_signal(sig: signal.Signals, stopping: asyncio.Event) -> None:
     stopping.set()
 
 
+def _watchdog(app: App) -> Component:
+    return systemd.Watchdog()
+
+
+def _metrics(app: App) -> Component | None:
+    from callconsent.metrics_server import MetricsServer
+
+    m = app.config.metrics
+    return MetricsServer(m.host, m.port, app.db) if m.enabled else None
+
+
+def _retention(app: App) -> Component:
+    from callconsent.recordings import retention
+    from callconsent.retention_pass import RetentionPass
+
+    return RetentionPass(retention(app), app.config.retention.interval_s)
+
+
+COMPONENT_FACTORIES += [_watchdog, _metrics, _retention]
+
+
 def _reload(app: App) -> None:
     """Re-read the config file; apply it only if it is valid (policies take effect for new
     calls). Settings that need a restart (listen addresses, database) are reported."""
     source = None if app.config.source == config_mod.EMBEDDED else app.config.source
+    systemd.notify("RELOADING=1")
     try:
         new = config_mod.load(source)
     except config_mod.ConfigError as exc:
         log.error("reload_rejected", extra={"kv": {"error": str(exc)}})
+        systemd.notify("READY=1")
         return
     restart_needed = [
         name
-        for name in ("database", "asterisk", "freeswitch", "spool", "keys")
+        for name in (
+            "database",
+            "asterisk",
+            "freeswitch",
+            "spool",
+            "keys",
+            "recorder",
+            "retention",
+            "metrics",
+            "daemon",
+        )
         if getattr(new, name) != getattr(app.config, name)
     ]
     app.config = new

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 # + followed by digits, or a long run of digits (with spaces, dashes, dots, brackets inside)
-_NUMBER = re.compile(r"(?<![\w.:/-])\+?\d[\d\s().-]{5,}\d(?![\w:/])")
+_NUMBER = re.compile(r"(?<![\w.:/-])[+(]?\d[\d\s().-]{5,}\d(?![\w:/])")
 
 
 def mask_numbers(text: str) -> str:
@@ -29,8 +29,12 @@ def mask_numbers(text: str) -> str:
 
 
 def _looks_like_an_id(s: str) -> bool:
-    # Asterisk uniqueids and linkedids (1795348625.74) and timestamps are not phone numbers
-    return bool(re.fullmatch(r"\d{9,11}\.\d{1,6}", s.strip()))
+    # Asterisk uniqueids and linkedids (1795348625.74), dates and times are not phone numbers
+    s = s.strip()
+    return bool(re.fullmatch(r"\d{9,11}\.\d{1,6}", s) or _DATE.match(s))
+
+
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2})?")
 
 
 class _MaskFilter(logging.Filter):

@@ -6,8 +6,8 @@ persists the evidence; the machine records what the caller heard and pressed, an
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -80,3 +80,51 @@ class ConsentEvidence:
             "decided_at": self.decided_at.isoformat(),
             "policy": dict(self.policy),
         }
+
+
+@dataclass(slots=True)
+class DialogueLog:
+    """What happened in the dialogue so far: the raw material of the evidence. It records; the
+    rules (what a digit means, when to decide) stay in ``machine.py``."""
+
+    clock: Callable[[], datetime]
+    language: str
+    attempts: int = 0
+    question: str | None = None
+    digits: list[DigitPress] = field(default_factory=list)
+    prompts: list[PromptPlay] = field(default_factory=list)
+
+    def played(self, prompt_id: str) -> None:
+        self.prompts.append(PromptPlay(prompt_id, self.language, self.clock()))
+
+    def prompt_ended(self, outcome: Literal["finished", "interrupted", "failed", "hangup"]) -> None:
+        if self.prompts and self.prompts[-1].outcome == "playing":
+            last = self.prompts[-1]
+            self.prompts[-1] = PromptPlay(last.prompt_id, last.language, last.at, outcome)
+
+    def pressed(self, digit: str, valid: bool) -> None:
+        self.digits.append(DigitPress(digit, self.clock(), max(self.attempts, 1), valid))
+
+    def evidence(
+        self,
+        consent_id: str,
+        status: ConsentStatus,
+        method: DecisionMethod,
+        legal_basis: str,
+        mode: str,
+        policy: Mapping[str, Any],
+    ) -> ConsentEvidence:
+        return ConsentEvidence(
+            consent_id=consent_id,
+            decision=status,
+            method=method,
+            legal_basis=legal_basis,
+            mode=mode,
+            question_prompt=self.question,
+            language=self.language,
+            digits=tuple(self.digits),
+            prompts=tuple(self.prompts),
+            attempts=self.attempts,
+            decided_at=self.clock(),
+            policy=policy,
+        )

@@ -31,7 +31,7 @@ from __future__ import annotations
 import enum
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,7 +67,7 @@ from consent_ivr.events import (
     RecordingStarted,
     RecordingStopped,
 )
-from consent_ivr.evidence import ConsentEvidence, DecisionMethod, DigitPress, PromptPlay
+from consent_ivr.evidence import ConsentEvidence, DecisionMethod, DialogueLog
 from consent_ivr.policy import Mode, Policy, RecordFrom, SilenceOutcome
 from consent_ivr.status import ConsentStatus
 
@@ -163,14 +163,6 @@ class CallSnapshot:
     ended: bool = False
 
 
-@dataclass(slots=True)
-class _Dialogue:
-    attempts: int = 0
-    digits: list[DigitPress] = field(default_factory=list)
-    prompts: list[PromptPlay] = field(default_factory=list)
-    question: str | None = None
-
-
 class ConsentCall:
     """One call's consent dialogue and recordings. Not thread-safe; one per call."""
 
@@ -192,7 +184,7 @@ class ConsentCall:
         self.status: ConsentStatus | None = None
         self._recordings: dict[str, RecordingState] = {}
         self._agent_answered = False
-        self._dialogue = _Dialogue()
+        self._dialogue = DialogueLog(clock, self.language)
         self._logged = False
 
     # -- public surface ------------------------------------------------------------------
@@ -245,7 +237,7 @@ class ConsentCall:
         """Rebuild a decided call (its dialogue over) from what the store kept."""
         call = cls(policy, clock=clock, new_id=new_id)
         call.consent_id = snapshot.consent_id
-        call.language = snapshot.language
+        call.language = call._dialogue.language = snapshot.language
         call.status = snapshot.status
         call._recordings = dict(snapshot.recordings)
         call._agent_answered = snapshot.agent_answered
@@ -274,7 +266,7 @@ class ConsentCall:
         return [self._play("consent", self.policy.accept_digit + self.policy.decline_digit)]
 
     def _question_played(self, event: PromptFinished) -> list[Action]:
-        self._finish_prompt("finished")
+        self._dialogue.prompt_ended("finished")
         self.phase = Phase.WAITING
         valid = self.policy.accept_digit + self.policy.decline_digit
         return [CollectDigit(self.policy.digit_timeout_ms, valid)]
@@ -283,8 +275,8 @@ class ConsentCall:
         p = self.policy
         valid = event.digit in (p.accept_digit, p.decline_digit)
         if self.phase is Phase.ASKING:
-            self._finish_prompt("interrupted")
-        self._press(event.digit, valid)
+            self._dialogue.prompt_ended("interrupted")
+        self._dialogue.pressed(event.digit, valid)
         if event.digit == p.accept_digit:
             return self._decide(ConsentStatus.GRANTED, "prompt", confirm="thanks")
         if event.digit == p.decline_digit:
@@ -302,26 +294,26 @@ class ConsentCall:
 
     def _question_failed(self, event: PromptFailed) -> list[Action]:
         """We could not ask (or inform), so nothing may be recorded: the call goes on."""
-        self._finish_prompt("failed")
+        self._dialogue.prompt_ended("failed")
         return self._decide(ConsentStatus.UNAVAILABLE, "prompt_failed", confirm=None)
 
     def _notice_digit(self, event: DigitReceived) -> list[Action]:
         p = self.policy
         if p.allows_objection and event.digit == p.decline_digit:
-            self._finish_prompt("interrupted")
-            self._press(event.digit, True)
+            self._dialogue.prompt_ended("interrupted")
+            self._dialogue.pressed(event.digit, True)
             return self._decide(ConsentStatus.DECLINED, "notice", confirm="declined")
-        self._press(event.digit, False)
+        self._dialogue.pressed(event.digit, False)
         return []
 
     def _notice_played(self, _: PromptFinished) -> list[Action]:
-        self._finish_prompt("finished")
+        self._dialogue.prompt_ended("finished")
         if self.policy.allows_objection and self.policy.silence_outcome is SilenceOutcome.DECLINE:
             return self._decide(ConsentStatus.NO_INPUT, "notice", confirm=None)
         return self._decide(ConsentStatus.NOT_REQUIRED, "notice", confirm=None)
 
     def _confirmed(self, event: PromptFinished | PromptFailed) -> list[Action]:
-        self._finish_prompt("finished" if isinstance(event, PromptFinished) else "failed")
+        self._dialogue.prompt_ended("finished" if isinstance(event, PromptFinished) else "failed")
         self.phase = Phase.CONNECTED
         return [Continue()]
 
@@ -362,7 +354,7 @@ class ConsentCall:
     def _hung_up(self, _: HungUp) -> list[Action]:
         actions: list[Action] = []
         if self.phase in (Phase.ASKING, Phase.NOTIFYING, Phase.CONFIRMING):
-            self._finish_prompt("hangup")
+            self._dialogue.prompt_ended("hangup")
         if not self._logged:
             status = ConsentStatus.NO_INPUT
             if self.phase is Phase.NOTIFYING and not self.policy.allows_objection:
@@ -556,35 +548,13 @@ class ConsentCall:
     # -- evidence ----------------------------------------------------------------------------
 
     def _play(self, prompt_id: str, barge_in: str = "") -> PlayPrompt:
-        self._dialogue.prompts.append(PromptPlay(prompt_id, self.language, self._clock()))
+        self._dialogue.played(prompt_id)
         return PlayPrompt(prompt_id, self.language, barge_in)
 
-    def _finish_prompt(self, outcome: str) -> None:
-        prompts = self._dialogue.prompts
-        if prompts and prompts[-1].outcome == "playing":
-            last = prompts[-1]
-            prompts[-1] = PromptPlay(last.prompt_id, last.language, last.at, outcome)  # type: ignore[arg-type]
-
-    def _press(self, digit: str, valid: bool) -> None:
-        self._dialogue.digits.append(
-            DigitPress(digit, self._clock(), max(self._dialogue.attempts, 1), valid)
-        )
-
     def _evidence(self, status: ConsentStatus, method: DecisionMethod) -> ConsentEvidence:
-        d = self._dialogue
-        return ConsentEvidence(
-            consent_id=self.consent_id,
-            decision=status,
-            method=method,
-            legal_basis=self.policy.legal_basis.value,
-            mode=self.policy.mode.value,
-            question_prompt=d.question,
-            language=self.language,
-            digits=tuple(d.digits),
-            prompts=tuple(d.prompts),
-            attempts=d.attempts,
-            decided_at=self._clock(),
-            policy=self.policy.snapshot(),
+        p = self.policy
+        return self._dialogue.evidence(
+            self.consent_id, status, method, p.legal_basis.value, p.mode.value, p.snapshot()
         )
 
     def _variables(self, rid: str | None) -> dict[str, str]:

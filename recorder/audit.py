@@ -55,22 +55,27 @@ def canonical_json(data: Mapping[str, Any]) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def entry_hash(entry: AuditEntry) -> str:
-    body = canonical_json(
-        {
-            "seq": entry.seq,
-            "at": entry.at.astimezone(UTC).isoformat(timespec="microseconds"),
-            "node": entry.node,
-            "os_user": entry.os_user,
-            "actor": entry.actor,
-            "action": entry.action,
-            "subject_type": entry.subject_type,
-            "subject_id": entry.subject_id,
-            "details": entry.details,
-            "prev_hash": entry.prev_hash,
-        }
+def entry_hash(entry: AuditEntry | Mapping[str, Any]) -> str:
+    """SHA-256 over the canonical JSON of every column but ``hash`` (docs/data-model.md):
+    ``{"action":…,"actor":…,"at":…,"details":…,"node":…,"os_user":…,"prev_hash":…,"seq":…,
+    "subject_id":…,"subject_type":…}``, i.e. ``canonical_json`` of those ten fields, written
+    out directly because a purge hashes a hundred thousand of them (a test keeps the two equal).
+    """
+    get = entry.get if isinstance(entry, Mapping) else entry.__getattribute__
+    subject_id = get("subject_id")
+    body = (
+        f'{{"action":{_s(get("action"))},"actor":{_s(get("actor"))},'
+        f'"at":"{get("at").astimezone(UTC).isoformat(timespec="microseconds")}",'
+        f'"details":{_s(get("details"))},"node":{_s(get("node"))},'
+        f'"os_user":{_s(get("os_user"))},"prev_hash":{_s(get("prev_hash"))},'
+        f'"seq":{int(get("seq"))},"subject_id":{"null" if subject_id is None else _s(subject_id)},'
+        f'"subject_type":{_s(get("subject_type"))}}}'
     )
     return hashlib.sha256(body.encode()).hexdigest()
+
+
+# the string encoder json.dumps(ensure_ascii=False) uses
+_s = json.encoder.c_encode_basestring or json.encoder.py_encode_basestring  # type: ignore[attr-defined]
 
 
 def _refuse_phone_numbers(details: Mapping[str, Any]) -> None:
@@ -118,6 +123,70 @@ def append(
     head.seq, head.hash = entry.seq, entry.hash
     session.flush()
     return entry
+
+
+def append_many(
+    session: Session, ctx: AuditContext, rows: list[dict[str, Any]], at: datetime | None = None
+) -> int:
+    """Append many rows under one lock of the tail (a purge batch): each row is a dict of
+    ``actor, action, subject_type, subject_id, details``. Same chain, one round trip."""
+    if not rows:
+        return 0
+    head = lock_head(session)
+    return write_chain(session, head, chain(head, ctx, rows, at))
+
+
+def lock_head(session: Session) -> AuditHead:
+    """Lock the tail until the transaction ends: no other writer can append meanwhile."""
+    return session.execute(
+        select(AuditHead).where(AuditHead.id == 1).with_for_update()
+    ).scalar_one()
+
+
+def chain(
+    head: AuditHead | tuple[int, str],
+    ctx: AuditContext,
+    rows: list[dict[str, Any]],
+    at: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """The audit rows that would follow ``head`` (the head row, or ``(seq, hash)``), hashes
+    included. No I/O: a caller may build them while other work of its transaction runs."""
+    moment = (at or datetime.now(UTC)).astimezone(UTC)
+    node, os_user = ctx.node[:64], ctx.os_user[:64]
+    seq, prev = (head.seq, head.hash) if isinstance(head, AuditHead) else head
+    values = []
+    for row in rows:
+        details = canonical_json(row.get("details") or {})
+        if _LOOKS_LIKE_E164.search(details):
+            raise ValueError("audit details must not contain a phone number")
+        seq += 1
+        value = {
+            "seq": seq,
+            "at": moment,
+            "node": node,
+            "os_user": os_user,
+            "actor": row["actor"][:64],
+            "action": row["action"],
+            "subject_type": row["subject_type"],
+            "subject_id": row.get("subject_id"),
+            "details": details,
+            "prev_hash": prev,
+        }
+        value["hash"] = prev = entry_hash(value)
+        values.append(value)
+    return values
+
+
+def write_chain(session: Session, head: AuditHead, values: list[dict[str, Any]]) -> int:
+    """Insert rows built by :func:`chain` from this (locked) head, and move the head."""
+    if not values:
+        return 0
+    if values[0]["prev_hash"] != head.hash:
+        raise ValueError("these audit rows do not follow the current head")
+    session.execute(AuditEntry.__table__.insert(), values)
+    head.seq, head.hash = values[-1]["seq"], values[-1]["hash"]
+    session.flush()
+    return len(values)
 
 
 @dataclass
@@ -171,8 +240,36 @@ def verify(session: Session, batch: int = 5000) -> AuditReport:
     return report
 
 
-def _walk(session: Session, batch: int) -> Iterator[AuditEntry]:
+def export(
+    session: Session, since: datetime | None = None, batch: int = 5000
+) -> Iterator[dict[str, Any]]:
+    """Rows at or after ``since`` in chain order, with their hashes, so an auditor can check
+    the exported stretch on its own (each ``prev_hash`` is the hash of the row before)."""
+    for entry in _walk(session, batch, since):
+        yield {
+            "seq": entry.seq,
+            "at": entry.at.astimezone(UTC).isoformat(timespec="microseconds"),
+            "node": entry.node,
+            "os_user": entry.os_user,
+            "actor": entry.actor,
+            "action": entry.action,
+            "subject_type": entry.subject_type,
+            "subject_id": entry.subject_id,
+            "details": json.loads(entry.details),
+            "prev_hash": entry.prev_hash,
+            "hash": entry.hash,
+        }
+
+
+def _walk(session: Session, batch: int, since: datetime | None = None) -> Iterator[AuditEntry]:
     last = 0
+    if since is not None:
+        first = session.execute(
+            select(AuditEntry.seq).where(AuditEntry.at >= since).order_by(AuditEntry.seq).limit(1)
+        ).scalar_one_or_none()
+        if first is None:
+            return
+        last = first - 1
     while True:
         rows = (
             session.execute(

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 import consent_ivr as c
+from recorder import metrics
 from recorder.ledger import CallRef, Ledger
 from recorder.prompts import PromptCatalog, PromptFile
 
@@ -100,22 +101,31 @@ class LiveCall:
 
     async def feed(self, event: c.Event, control: CallControl | None = None) -> list[c.Action]:
         """Handle one event and perform its actions in order; the dialogue's follow-up events
-        (a digit, a finished prompt) are fed in turn. Returns every action performed."""
+        (a digit, a finished prompt) are fed in turn. Returns every action performed.
+
+        If the PBX says the channel is gone, the rest of the batch still runs its store
+        actions (a ``DiscardRecording`` after a failed stop must never be lost) but no more
+        PBX actions, and the machine then hears ``HungUp``."""
         port = control or self.control
         done: list[c.Action] = []
         pending: list[c.Event] = [event]
         while pending:
             async with self.lock:
                 actions = self.machine.handle(pending.pop(0))
+                gone = False
                 for action in actions:
+                    if gone and not isinstance(action, _STORE_ACTIONS):
+                        continue
                     try:
                         follow = await self._perform(action, port)
                     except CallGone:
-                        follow = c.HungUp() if self.machine.phase is not c.Phase.ENDED else None
+                        gone, follow = True, None
                     done.append(action)
                     if follow is not None:
                         pending.append(follow)
                         break  # the rest of this batch follows from the dialogue's answer
+                if gone and self.machine.phase is not c.Phase.ENDED:
+                    pending.append(c.HungUp())
         return done
 
     async def agent(
@@ -132,8 +142,12 @@ class LiveCall:
                 "agent_command_refused",
                 extra={"kv": {"call": self.ref.id, "verb": verb, "reason": refusal}},
             )
+            metrics.AGENT_COMMANDS.labels(verb, "refused").inc()
             return [c.RejectCommand(verb, refusal)]
-        return await self.feed(c.AgentCommand(verb, actor), control)  # type: ignore[arg-type]
+        done = await self.feed(c.AgentCommand(verb, actor), control)  # type: ignore[arg-type]
+        refused = any(isinstance(a, c.RejectCommand) for a in done)
+        metrics.AGENT_COMMANDS.labels(verb, "refused" if refused else "done").inc()
+        return done
 
     async def recording_closed(self, recording_id: str) -> None:
         """The PBX closed this recording's file and its header is final."""
@@ -245,6 +259,9 @@ class LiveCall:
         self.machine.handle(c.RecordingStarted(rid))
         log.info("recording_started", extra={"kv": {"call": self.ref.id, "recording": rid}})
 
+
+# Actions that only touch the store: performed even once the PBX has lost the channel.
+_STORE_ACTIONS = (c.LogConsent, c.LogStatusChange, c.DiscardRecording)
 
 # A recording the store says is "recording" is taken as running and unpaused: the mute state
 # is not stored, so after a restart the first pause command may be a repeat (harmless).

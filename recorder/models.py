@@ -81,6 +81,7 @@ class NumberKind(enum.StrEnum):
     WITHHELD = "withheld"  # anonymous / restricted: no lookup key, nothing stored
     UNPARSED = "unparsed"  # not a phone number (an extension, a name): encrypted copy only
     NONE = "none"  # no number known
+    ERASED = "erased"  # removed on the subject's request (Art. 17)
 
 
 class Call(Base):
@@ -142,7 +143,7 @@ class Recording(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)  # our UUID; names the files
     call_id: Mapped[str] = mapped_column(ForeignKey("calls.id"), index=True)
-    state: Mapped[str] = mapped_column(String(12), index=True)
+    state: Mapped[str] = mapped_column(String(12))  # indexed with expires_at, below
     spool_path: Mapped[str] = mapped_column(String(512))  # where the PBX writes the plaintext
     format: Mapped[str] = mapped_column(String(8))  # wav | raw (headerless s16le)
     sample_rate: Mapped[int | None] = mapped_column(Integer)  # needed to wrap a .raw
@@ -166,7 +167,33 @@ class Recording(Base):
     discarded_at: Mapped[datetime | None]
     discard_reason: Mapped[str | None] = mapped_column(String(64))
     purged_at: Mapped[datetime | None]
+    purge_reason: Mapped[str | None] = mapped_column(String(32))  # retention | dpo_delete | …
+    hold_key: Mapped[str | None] = mapped_column(
+        String(32)
+    )  # a hold key its data key is wrapped to
     last_error: Mapped[str | None] = mapped_column(Text)
+
+    # retention walks (state = encrypted, expires_at <= now) in expiry order
+    __table_args__ = (Index("ix_recordings_state_expires_at", "state", "expires_at"),)
+
+
+class KeyEpoch(Base):
+    """A key pair for the recordings that expire in one ISO week (``2026-W50``). The store
+    holds the public key (every PBX host seals to it); the private key stays in a key store,
+    encrypted at rest, and is destroyed when the epoch's last recording has expired."""
+
+    __tablename__ = "key_epochs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # "expiry": one ISO week of expiry; "hold": a legal-hold key, never shredded by retention
+    purpose: Mapped[str] = mapped_column(String(8), default="expiry", server_default="expiry")
+    suite: Mapped[int] = mapped_column(Integer)  # envelope suite: 1 = X25519 HPKE
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    fingerprint: Mapped[str] = mapped_column(String(64))  # SHA-256 of the public key, hex
+    expires_from: Mapped[datetime] = mapped_column(index=True)  # Monday 00:00 UTC
+    expires_until: Mapped[datetime]  # the next Monday
+    created_at: Mapped[datetime]
+    destroyed_at: Mapped[datetime | None]  # private key destroyed (crypto-shredding)
 
 
 class AuditEntry(Base):

@@ -123,3 +123,35 @@ CREATE INDEX ix_recordings_state ON recordings (state);
 
 INSERT INTO alembic_version (version_num) VALUES ('0001') RETURNING version_num;
 
+-- Running upgrade 0001 -> 0002
+
+CREATE TABLE key_epochs (
+    id VARCHAR(32) NOT NULL, 
+    suite INTEGER NOT NULL, 
+    public_key BLOB NOT NULL, 
+    fingerprint VARCHAR(64) NOT NULL, 
+    expires_from DATETIME NOT NULL, 
+    expires_until DATETIME NOT NULL, 
+    created_at DATETIME NOT NULL, 
+    destroyed_at DATETIME, 
+    CONSTRAINT pk_key_epochs PRIMARY KEY (id)
+);
+
+CREATE INDEX ix_key_epochs_expires_from ON key_epochs (expires_from);
+
+UPDATE alembic_version SET version_num='0002' WHERE alembic_version.version_num = '0001';
+
+-- Running upgrade 0002 -> 0003
+
+ALTER TABLE key_epochs ADD COLUMN purpose VARCHAR(8) DEFAULT 'expiry' NOT NULL;
+
+ALTER TABLE recordings ADD COLUMN purge_reason VARCHAR(32);
+
+ALTER TABLE recordings ADD COLUMN hold_key VARCHAR(32);
+
+CREATE INDEX ix_recordings_state_expires_at ON recordings (state, expires_at);
+
+DROP INDEX ix_recordings_state;
+
+UPDATE alembic_version SET version_num='0003' WHERE alembic_version.version_num = '0002';
+

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import threading
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recorder import audit
 from recorder.db import Database
@@ -151,3 +154,48 @@ def test_concurrent_processes_keep_one_linear_chain(db: Database) -> None:
         assert p.exitcode == 0
     report = check(db)
     assert report.ok and report.rows == 80
+
+
+def test_export_since_gives_a_stretch_that_checks_on_its_own(db: Database) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    base = datetime(2026, 11, 1, tzinfo=UTC)
+    for day in range(5):
+        with db.write() as s:
+            audit.append(
+                s,
+                CTX,
+                actor="t",
+                action="test.row",
+                subject_type="test",
+                details={"day": day},
+                at=base + timedelta(days=day),
+            )
+    with db.read() as s:
+        rows = list(audit.export(s, since=base + timedelta(days=2)))
+        everything = list(audit.export(s))
+    assert [r["details"]["day"] for r in rows] == [2, 3, 4]
+    assert rows[0]["prev_hash"] == everything[1]["hash"]
+    assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(rows))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    seq=st.integers(1, 2**62),
+    texts=st.lists(st.text(), min_size=7, max_size=7),
+    subject_id=st.none() | st.text(),
+    at=st.datetimes(timezones=st.just(__import__("datetime").timezone.utc)),
+)
+def test_entry_hash_is_the_sha256_of_the_documented_canonical_json(seq, texts, subject_id, at):
+    import hashlib
+
+    fields = dict(
+        zip(
+            ("node", "os_user", "actor", "action", "subject_type", "details", "prev_hash"),
+            texts,
+            strict=True,
+        )
+    )
+    fields |= {"seq": seq, "subject_id": subject_id, "at": at}
+    reference = audit.canonical_json({**fields, "at": at.isoformat(timespec="microseconds")})
+    assert audit.entry_hash(fields) == hashlib.sha256(reference.encode()).hexdigest()

@@ -187,3 +187,21 @@ def test_a_decided_call_is_rebuilt_from_the_store_after_a_restart(
         assert await restarted.lookup("asterisk", "unknown") is None
 
     asyncio.run(scenario())
+
+
+def test_a_discard_survives_a_stop_that_finds_the_channel_gone(
+    book: CallBook, ledger: Ledger
+) -> None:
+    async def scenario() -> None:
+        dialogue = FakePbx([c.DigitReceived("1"), c.PromptFinished("thanks")])
+        live = await book.open(pbx="freeswitch", pbx_call_id="uuid-9", campaign="default")
+        await live.run_dialogue(dialogue)
+        rid = next(e[1] for e in dialogue.calls if e[0] == "start")
+        live.control = FakePbx([], gone_on="stop")  # the customer hung up a moment ago
+        done = await live.agent("discard", "7001")
+        assert any(isinstance(a, c.DiscardRecording) for a in done)
+        assert live.machine.phase is c.Phase.ENDED
+        with ledger.db.read() as s:
+            assert s.get(Recording, rid).state == "discarded"
+
+    asyncio.run(scenario())

@@ -94,3 +94,39 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
             cli.main([name, "--help"])
         assert exit_.value.code == 0
         assert "usage: callconsent" in capsys.readouterr().out
+
+
+def test_audit_cli_verifies_and_exports(
+    config_file: Path, app, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    app.ledger.open_call(
+        pbx="asterisk", pbx_call_id="1.1", campaign="sales", number="+4915112345678"
+    )
+    assert cli.main(["--config", str(config_file), "audit", "verify"]) == 0
+    assert "audit log: 1 rows, chain intact" in capsys.readouterr().out
+    out = config_file.parent / "audit.jsonl"
+    assert (
+        cli.main(
+            [
+                "--config",
+                str(config_file),
+                "audit",
+                "export",
+                "--since",
+                "2020-01-01",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["action"] == "call.opened" and "15112345678" not in out.read_text()
+
+
+def test_the_shipped_example_config_is_valid() -> None:
+    example = Path(__file__).resolve().parent.parent / "deploy" / "callconsent.toml.example"
+    c = cfgmod.load(example)
+    assert c.policies.default.mode.value == "consent" and c.retention.default_days == 30

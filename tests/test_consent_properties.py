@@ -232,7 +232,7 @@ class MutantAnyDigitAccepts(c.ConsentCall):
     """Breaks (a): any answer digit counts as the accept digit."""
 
     def _answer_digit(self, event):  # type: ignore[override]
-        self._press(event.digit, True)
+        self._dialogue.pressed(event.digit, True)
         return self._decide(c.ConsentStatus.GRANTED, "prompt", confirm="thanks")
 
 

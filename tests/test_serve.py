@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import pwd
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,16 +33,23 @@ def workdir() -> Iterator[Path]:
     subprocess.run(["rm", "-rf", str(path)], check=False)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def config(workdir: Path, extra: str = "") -> Path:
     path = workdir / "callconsent.toml"
     user = 'user = "nobody"\n' if ROOT else ""
-    path.write_text(f'[daemon]\ndata_dir = "data"\n{user}{extra}')
+    metrics = f"[metrics]\nport = {free_port()}\n"
+    path.write_text(f'[daemon]\ndata_dir = "data"\n{user}{metrics}{extra}')
     path.chmod(0o644)
     return path
 
 
 class Daemon:
-    def __init__(self, cfg: Path) -> None:
+    def __init__(self, cfg: Path, env: dict[str, str] | None = None) -> None:
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "callconsent", "--config", str(cfg), "serve"],
@@ -48,6 +57,7 @@ class Daemon:
             stderr=subprocess.STDOUT,
             text=True,
             cwd=cfg.parent,
+            env={**os.environ, **(env or {})},
         )
 
     def wait_for(self, needle: str, timeout: float = 30) -> str:
@@ -135,3 +145,40 @@ def test_a_spool_others_can_read_is_refused(workdir: Path) -> None:
     daemon = Daemon(cfg)
     assert daemon.finish() != 0
     assert "other users can reach recordings" in daemon.output
+
+
+@pytest.mark.skipif(
+    ROOT and not interpreter_readable_by_others(),
+    reason="as root the daemon drops to 'nobody', who cannot read this interpreter",
+)
+def test_under_systemd_supervision_it_reports_ready_pings_and_stops(workdir: Path) -> None:
+    """What systemd sees of a Type=notify unit with WatchdogSec: READY=1, WATCHDOG=1 pings,
+    STOPPING=1 on SIGTERM, exit status 0; and /metrics answers on 127.0.0.1 meanwhile."""
+    notify_path = workdir / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify_path))
+    notify_path.chmod(0o777)  # the daemon may have dropped to another account
+    sock.settimeout(30)
+    cfg = config(workdir)
+    port = int(cfg.read_text().split("port = ")[1].split()[0])
+    daemon = Daemon(cfg, env={"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "400000"})
+    try:
+        messages: list[str] = []
+        while not any(m.startswith("READY=1") for m in messages):
+            messages.append(sock.recv(4096).decode())
+        while messages.count("WATCHDOG=1") < 3:
+            messages.append(sock.recv(4096).decode())
+        assert "STATUS=serving:" in next(m for m in messages if m.startswith("READY=1"))
+        body = (
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        )
+        assert 'callconsent_recordings{state="encrypted"} 0.0' in body
+        assert "callconsent_consent_decisions" in body
+        daemon.proc.send_signal(signal.SIGTERM)
+        while "STOPPING=1" not in messages:
+            messages.append(sock.recv(4096).decode())
+        assert daemon.finish() == 0, daemon.output
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+        sock.close()

@@ -6,10 +6,15 @@ from callconsent.commands import (
     db_cmd,
     dialplan_cmd,
     doctor_cmd,
+    keys_cmd,
     prompts_cmd,
     record_cmd,
+    recordings_cmd,
+    retention_cmd,
     serve_cmd,
+    subject_cmd,
 )
 
-COMMAND_MODULES = [serve_cmd, config_cmd, db_cmd, record_cmd, audit_cmd]
-COMMAND_MODULES += [dialplan_cmd, doctor_cmd, prompts_cmd]
+COMMAND_MODULES = [serve_cmd, config_cmd, db_cmd, record_cmd, audit_cmd, dialplan_cmd]
+COMMAND_MODULES += [keys_cmd, recordings_cmd, retention_cmd, subject_cmd]
+COMMAND_MODULES += [doctor_cmd, prompts_cmd]

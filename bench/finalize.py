@@ -1,0 +1,199 @@
+"""Finalize latency: how long from a recording's close (``ledger.recording_closed``) until it
+is encrypted, committed and its plaintext gone, with 50 five-minute recordings in flight?
+
+Two loads: ``steady``: the 50 calls end one after another, one every 50 ms (50 concurrent
+five-minute calls end one every 6 s on average: this is 120 times that rate); ``burst``: all
+50 close at the same instant (a PBX restart), where the last one waits for the other 49.
+The daemon's own finalizer runs (SQLite store, audit rows, worker threads). In the same run,
+the peer does the bare minimum on the same files with the same threads and timing: read,
+one-shot AESGCM, write, fsync, unlink, no store, no hashing. Goal: p99 <= 250 ms (steady).
+
+    python bench/finalize.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from callconsent import config as config_mod
+from callconsent.app import App
+from callconsent.recordings import retention_rule
+from recorder.expiry import epochs_between
+from recorder.finalizer import Finalizer, FinalizerSettings, Outcome
+from recorder.keystore import KeyStore
+from recorder.vault import Vault
+
+IN_FLIGHT = 50
+SECONDS = 300  # five-minute calls
+RATE = 8000
+STEADY_INTERVAL_S = 0.05
+
+
+class TimedFinalizer(Finalizer):
+    """Notes when each recording is done (encrypted, committed, plaintext unlinked)."""
+
+    done: dict[str, float]
+
+    def process(self, recording_id: str) -> Outcome:
+        outcome = super().process(recording_id)
+        if outcome is Outcome.ENCRYPTED:
+            self.done.setdefault(recording_id, time.perf_counter())
+        return outcome
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def wav_bytes() -> bytes:
+    import io
+    import wave
+
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(os.urandom(RATE * 2 * SECONDS))
+    return buf.getvalue()
+
+
+async def ours(app: App, fin: TimedFinalizer, audio: bytes, interval: float) -> list[float]:
+    rids = []
+    for _ in range(IN_FLIGHT):
+        call = app.ledger.open_call(pbx="asterisk", pbx_call_id=uuid.uuid4().hex[:20], campaign="b")
+        rid = str(uuid.uuid4())
+        path = app.spool.path_for(rid, "wav")
+        app.ledger.recording_started(call.id, rid, spool_path=str(path), sample_rate=RATE)
+        path.write_bytes(audio)
+        app.ledger.call_ended(call.id)
+        rids.append(rid)
+    fin.done = {}
+    closed: dict[str, float] = {}
+
+    async def close(i: int, rid: str) -> None:  # each close event, as an adapter hands it over
+        await asyncio.sleep(i * interval)
+        closed[rid] = time.perf_counter()
+        await asyncio.to_thread(app.ledger.recording_closed, rid)
+
+    await asyncio.gather(*(close(i, r) for i, r in enumerate(rids)))
+    while len(fin.done) < len(rids):  # noqa: ASYNC110 - filled by worker threads
+        await asyncio.sleep(0.005)
+    assert not any(app.spool.path_for(r, "wav").exists() for r in rids)
+    return [(fin.done[r] - closed[r]) * 1000 for r in rids]
+
+
+def peer(spool: Path, out: Path, audio: bytes, workers: int, interval: float) -> list[float]:
+    paths = []
+    for i in range(IN_FLIGHT):
+        p = spool / f"peer-{i}.wav"
+        p.write_bytes(audio)
+        paths.append(p)
+    aead = AESGCM(os.urandom(32))
+
+    def one(p: Path, t0: float) -> float:
+        sealed = aead.encrypt(os.urandom(12), p.read_bytes(), None)
+        target = out / (p.name + ".enc")
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.write(fd, sealed)
+        os.fsync(fd)
+        os.close(fd)
+        p.unlink()
+        return (time.perf_counter() - t0) * 1000
+
+    with ThreadPoolExecutor(workers) as pool:
+        futures = []
+        start = time.perf_counter()
+        for i, p in enumerate(paths):
+            time.sleep(max(0.0, start + i * interval - time.perf_counter()))
+            futures.append(pool.submit(one, p, time.perf_counter()))
+        return [f.result() for f in futures]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="one round instead of three (< 1 min)")
+    ap.add_argument("--workers", type=int, help="encryption threads (default: [recorder] workers)")
+    args = ap.parse_args()
+    rounds = 1 if args.quick else 3
+    audio = wav_bytes()
+    work = Path(tempfile.mkdtemp(prefix="bench-finalize-", dir="/var/tmp"))
+    try:
+        cfg_path = work / "callconsent.toml"
+        cfg_path.write_text('[daemon]\ndata_dir = "data"\nnode = "bench"\n')
+        cfg = config_mod.load(cfg_path)
+        app = App.open(cfg)
+        store = KeyStore(app.keydir, app.db, app.audit_ctx)
+        keys = store.init(b"benchmark passphrase", scrypt_n=2**14)
+        now = datetime.now(UTC)
+        keys.ensure_epochs(epochs_between(now, now + timedelta(weeks=20)), "bench")
+        workers = args.workers or cfg.recorder.workers
+        fin = TimedFinalizer(
+            app.ledger, app.spool, Vault(cfg.vault_dir), store, retention_rule(cfg),
+            FinalizerSettings(workers=workers, reconcile_interval_s=3600),
+            allow_root=True,  # a benchmark harness, not the daemon: it may run as root
+        )  # fmt: skip
+        app.ledger.sink = fin
+        loads = {"steady": STEADY_INTERVAL_S, "burst": 0.0}
+        results: dict[str, dict[str, list[float]]] = {k: {"ours": [], "peer": []} for k in loads}
+
+        async def run() -> None:
+            await fin.start()
+            try:
+                for _ in range(rounds):
+                    for load, interval in loads.items():
+                        results[load]["ours"] += await ours(app, fin, audio, interval)
+            finally:
+                await fin.stop()
+
+        asyncio.run(run())
+        peer_out = work / "peer-out"
+        peer_out.mkdir()
+        for _ in range(rounds):
+            for load, interval in loads.items():
+                results[load]["peer"] += peer(app.spool.path, peer_out, audio, workers, interval)
+        app.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"{IN_FLIGHT} five-minute 8 kHz recordings ({len(audio) / 1e6:.1f} MB each) per load, "
+          f"{rounds} round(s), {workers} worker threads")  # fmt: skip
+    print(f"{'load':<7} {'':<34} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    summary: dict[str, object] = {"bench": "finalize", "quick": args.quick, "in_flight": IN_FLIGHT}
+    for load, sides in results.items():
+        for side, name in (("ours", "callconsent finalizer"), ("peer", "peer: bare encrypt+fsync")):
+            ms = sides[side]
+            print(f"{load:<7} {name:<34} {statistics.median(ms):>8.1f} {pct(ms, 0.99):>8.1f} "
+                  f"{max(ms):>8.1f}")  # fmt: skip
+        p99, peer_p99 = pct(sides["ours"], 0.99), pct(sides["peer"], 0.99)
+        summary[f"{load}_p50_ms"] = round(statistics.median(sides["ours"]), 1)
+        summary[f"{load}_p99_ms"] = round(p99, 1)
+        summary[f"{load}_peer_p99_ms"] = round(peer_p99, 1)
+        summary[f"{load}_ratio_to_peer"] = round(p99 / peer_p99, 2)
+    steady = summary["steady_p99_ms"]
+    burst, bare = summary["burst_p99_ms"], summary["burst_peer_p99_ms"]
+    print(f"goal: p99 <= 250 ms in the steady load: {steady} ms; "
+          f"burst p99 {burst} ms (the bare peer: {bare} ms)")  # fmt: skip
+    summary["workers"] = workers
+    summary["goal_p99_met"] = steady <= 250  # type: ignore[operator]
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

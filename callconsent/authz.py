@@ -1,0 +1,64 @@
+"""Who may do what: roles from ``[actors]``, checked before any act on personal data, and
+every refusal audited (with the OS user beside the named actor, as every audit row)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+
+from callconsent.config import Config
+from callconsent.errors import CommandError
+from recorder import audit
+from recorder.db import Database
+
+#: permission -> roles that hold it
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "recording.delete": frozenset({"dpo", "admin"}),
+    "recording.hold": frozenset({"dpo", "admin"}),
+    "subject.export": frozenset({"dpo", "admin"}),
+    "subject.erase": frozenset({"dpo", "admin"}),
+    "retention.recompute": frozenset({"dpo", "admin"}),
+}
+
+
+class NotAllowed(CommandError):
+    """The named actor may not do this (or is not who the OS account may act as)."""
+
+
+def invoking_os_user() -> str:
+    """The person at the keyboard: the sudo user if any, else the effective account."""
+    return os.environ.get("SUDO_USER") or pwd.getpwuid(os.geteuid()).pw_name
+
+
+def authorize(
+    config: Config,
+    db: Database,
+    ctx: audit.AuditContext,
+    *,
+    actor: str,
+    permission: str,
+    subject_type: str,
+    subject_id: str | None,
+) -> None:
+    """Return if ``actor`` may do ``permission``; otherwise audit the refusal and raise."""
+    roles = PERMISSIONS[permission]
+    known = config.actors.get(actor)
+    if known is None:
+        why = f"unknown actor {actor!r}: name one from [actors] in {config.source}"
+    elif known.role not in roles:
+        why = f"actor {actor!r} is {known.role}; {permission} needs {' or '.join(sorted(roles))}"
+    elif known.os_users and invoking_os_user() not in known.os_users:
+        why = f"OS account {invoking_os_user()!r} may not act as {actor!r}"
+    else:
+        return
+    with db.write() as s:
+        audit.append(
+            s,
+            ctx,
+            actor=actor,
+            action="authz.refused",
+            subject_type=subject_type,
+            subject_id=subject_id,
+            details={"permission": permission, "reason": why},
+        )
+    raise NotAllowed(f"refused: {why}")

@@ -1,0 +1,56 @@
+"""``callconsent dialplan render freeswitch``: the shipped ``dialplan/freeswitch`` files with this
+host's values (outbound-socket address, listen-in group, ESL password) filled in.
+
+The shipped files are complete, working examples with the defaults (``127.0.0.1:8084``,
+``consented``, a ``CHANGE-ME`` password): an admin can copy them as they are; rendering only
+swaps those tokens, so the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from callconsent.config import Config
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "dialplan" / "freeswitch"
+FILES = ("callconsent.xml", "callconsent-esl-user.xml", "callconsent-hardening.xml", "README.md")
+DEFAULT_OUTBOUND = "127.0.0.1:8084"
+DEFAULT_GROUP = "consented"
+PLACEHOLDER_PASSWORD = "CHANGE-ME-callconsent-esl"  # noqa: S105 - the token we replace
+_GROUP = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_XML_ATTR_SAFE = re.compile(r'^[^"<>&\s]{1,128}$')
+
+
+class RenderError(Exception):
+    """The config holds a value the rendered files cannot carry; the message names the key."""
+
+
+def render(cfg: Config, out: Path) -> list[Path]:
+    fs = cfg.freeswitch
+    if not _GROUP.match(fs.eavesdrop_group):
+        raise RenderError(f"freeswitch.eavesdrop_group: {fs.eavesdrop_group!r} is not a plain name")
+    if fs.esl_password and not _XML_ATTR_SAFE.match(fs.esl_password):
+        raise RenderError("freeswitch.esl_password: cannot hold quotes, <, >, & or spaces here")
+    replacements = {
+        f"{DEFAULT_OUTBOUND}/": f"{fs.outbound_host}:{fs.outbound_port}/",
+        f"eavesdrop_require_group={DEFAULT_GROUP}": f"eavesdrop_require_group={fs.eavesdrop_group}",
+        f'value="{PLACEHOLDER_PASSWORD}"': f'value="{fs.esl_password or PLACEHOLDER_PASSWORD}"',
+    }
+    user = fs.esl_user.split("@", 1)[0] if fs.esl_user else "callconsent"
+    if not _GROUP.match(user):
+        raise RenderError(f"freeswitch.esl_user: {fs.esl_user!r} is not user@domain")
+    replacements['<user id="callconsent">'] = f'<user id="{user}">'
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in FILES:
+        text = (TEMPLATES / name).read_text()
+        if name.endswith(".xml"):
+            for old, new in replacements.items():
+                text = text.replace(old, new)
+        target = out / name
+        target.write_text(text)
+        if name == "callconsent-esl-user.xml" and fs.esl_password:
+            target.chmod(0o640)  # it holds the ESL password
+        written.append(target)
+    return written

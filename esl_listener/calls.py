@@ -1,0 +1,402 @@
+"""What we know of each call on FreeSWITCH beyond its consent machine, and what the inbound
+event stream tells us about it: recordings closing, legs hanging up, bridges, agent feature
+codes and supervisors listening in.
+
+Why the inbound connection and not the outbound socket: the outbound session ends with our
+``exit`` (the call goes on to an agent), long before the recording stops. So ``RECORD_STOP``
+(the only moment the WAV header is valid), the customer's ``CHANNEL_HANGUP_COMPLETE``, the
+``CHANNEL_BRIDGE`` to an agent and the agent's ``CUSTOM consent::agent_cmd`` all arrive on the
+inbound connection, for every channel, and are routed here by ``Channel-Call-UUID`` (the agent
+leg carries the customer's while bridged) and by the channel's own ``Unique-ID``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import consent_ivr as c
+from esl_listener import commands as cmd
+from esl_listener.connection import ApiReply, EslError
+from esl_listener.protocol import Event
+from recorder.callbook import CallBook, CallGone, LiveCall, RecordingFile
+from recorder.ledger import LedgerError
+from recorder.prompts import PromptFile
+from recorder.spool import Spool
+
+log = logging.getLogger("callconsent.esl.calls")
+
+PBX = "freeswitch"
+AGENT_CMD = "consent::agent_cmd"
+LISTEN = "consent::listen"
+#: CUSTOM ``cc_cmd`` values the shipped feature codes send; ``mask`` toggles mask/unmask.
+AGENT_VERBS = {
+    "start": "start",
+    "stop": "stop",
+    "discard": "discard",
+    "pause": "pause",
+    "resume": "resume",
+    "unmask": "resume",
+}
+_ACTOR = re.compile(r"^[A-Za-z0-9_.@+/-]{1,48}$")
+
+ApiPort = Callable[[str], Awaitable[ApiReply]]
+
+
+@dataclass
+class FsCall:
+    """One call as FreeSWITCH knows it. ``key`` is its ``Channel-Call-UUID``."""
+
+    key: str
+    direction: str = "inbound"
+    customer_uuid: str | None = None  # the leg we record; None until an outbound call bridges
+    session_uuid: str | None = None  # the leg our outbound socket drove
+    recordings: dict[str, str] = field(default_factory=dict)  # recording id -> path
+    closed: set[str] = field(default_factory=set)
+    listeners: set[str] = field(default_factory=set)  # supervisors' legs eavesdropping
+    hung_up: bool = False
+
+    @property
+    def open_recordings(self) -> set[str]:
+        return set(self.recordings) - self.closed
+
+
+class CallRegistry:
+    """The FreeSWITCH calls of this daemon, and the handling of inbound events about them."""
+
+    def __init__(
+        self,
+        calls: CallBook,
+        spool: Spool,
+        api: ApiPort,
+        *,
+        eavesdrop_group: str = "consented",
+        forget_after_s: float = 120.0,
+    ) -> None:
+        self.calls = calls
+        self.spool = spool
+        self.api = api
+        self.eavesdrop_group = eavesdrop_group
+        self.forget_after_s = forget_after_s
+        self._by_key: dict[str, FsCall] = {}
+        self._by_leg: dict[str, FsCall] = {}
+        self._by_listener: dict[str, FsCall] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+
+    # -- bookkeeping -----------------------------------------------------------------------
+
+    def track(
+        self,
+        key: str,
+        *,
+        direction: str = "inbound",
+        session_uuid: str | None = None,
+        customer_uuid: str | None = None,
+    ) -> FsCall:
+        call = self._by_key.get(key)
+        if call is None:
+            call = self._by_key[key] = FsCall(key, direction, customer_uuid, session_uuid)
+        if customer_uuid:
+            self._set_customer(call, customer_uuid)
+        if session_uuid:
+            call.session_uuid = session_uuid
+            self._by_leg.setdefault(session_uuid, call)
+        return call
+
+    def get(self, key: str) -> FsCall | None:
+        return self._by_key.get(key)
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def _set_customer(self, call: FsCall, leg: str) -> None:
+        call.customer_uuid = leg
+        self._by_leg[leg] = call
+
+    def recording_started(self, call: FsCall, recording_id: str, path: str) -> None:
+        call.recordings[recording_id] = path
+
+    async def not_started(self, recording_id: str) -> None:
+        """FreeSWITCH refused to record: nothing is being written, so the store must not wait
+        for a file (the recording is marked discarded, with the reason)."""
+        await asyncio.to_thread(self.calls.ledger.discard, recording_id, "pbx_refused_start", None)
+
+    def control(self, call: FsCall, agent_uuid: str | None = None) -> RemoteControl:
+        return RemoteControl(self, call, agent_uuid)
+
+    def _drop(self, call: FsCall) -> None:
+        self._by_key.pop(call.key, None)
+        for leg in (call.customer_uuid, call.session_uuid, *call.listeners):
+            if leg:
+                self._by_leg.pop(leg, None)
+                self._by_listener.pop(leg, None)
+        if (timer := self._timers.pop(call.key, None)) is not None:
+            timer.cancel()
+        self.calls.forget(PBX, call.key)
+
+    def maybe_forget(self, call: FsCall) -> None:
+        """Forget a hung-up call once FreeSWITCH closed its recordings (``RECORD_STOP`` comes
+        before the customer's ``CHANNEL_HANGUP_COMPLETE`` in every capture; if one never comes,
+        the call is forgotten anyway after ``forget_after_s`` and the finalizer's repair rule
+        deals with the file)."""
+        if not call.hung_up:
+            return
+        if not call.open_recordings:
+            self._drop(call)
+        elif call.key not in self._timers:
+            self._timers[call.key] = asyncio.get_running_loop().call_later(
+                self.forget_after_s, self._give_up, call
+            )
+
+    def _give_up(self, call: FsCall) -> None:
+        log.warning(
+            "record_stop_missing",
+            extra={"kv": {"call": call.key, "recordings": ",".join(sorted(call.open_recordings))}},
+        )
+        self._timers.pop(call.key, None)
+        self._drop(call)
+
+    # -- inbound events ----------------------------------------------------------------------
+
+    async def on_event(self, event: Event) -> None:
+        name = event.name
+        try:
+            if name == "RECORD_STOP":
+                await self._record_stop(event)
+            elif name == "CHANNEL_HANGUP_COMPLETE":
+                await self._hangup(event)
+            elif name == "CHANNEL_BRIDGE":
+                await self._bridge(event)
+            elif name == "CUSTOM" and event.subclass == AGENT_CMD:
+                await self._agent_command(event)
+            elif name == "CUSTOM" and event.subclass == LISTEN:
+                self._listen(event)
+        except (c.IllegalTransition, LedgerError) as exc:
+            log.error("esl_event_refused", extra={"kv": {"event": name, "error": str(exc)}})
+
+    def event_key(self, event: Event) -> str:
+        """The call an event belongs to (a shard key for ordered handling)."""
+        if event.subclass == LISTEN:
+            return event.get("cc_target", "") or event.call_uuid
+        return event.call_uuid
+
+    async def _record_stop(self, event: Event) -> None:
+        path = Path(event.get("Record-File-Path", "") or "")
+        parsed = self.spool.parse_name(path.name)
+        if path.parent != self.spool.path or parsed is None:
+            return  # not one of ours (someone else's recording on this PBX)
+        rid = parsed[0]
+        call = self._by_key.get(event.call_uuid) or self._by_leg.get(event.unique_id)
+        live = self.calls.find(PBX, call.key if call else event.call_uuid)
+        log.info(
+            "record_stop",
+            extra={"kv": {"recording": rid, "cause": event.get("Record-Completion-Cause")}},
+        )
+        if live is not None:
+            await live.recording_closed(rid)
+        else:  # a call from before a restart: the store still learns the file is final
+            await asyncio.to_thread(self.calls.ledger.recording_closed, rid)
+        if call is not None:
+            call.closed.add(rid)
+            self.maybe_forget(call)
+
+    async def _hangup(self, event: Event) -> None:
+        leg = event.unique_id
+        if (call := self._by_listener.pop(leg, None)) is not None:
+            call.listeners.discard(leg)
+            return
+        call = self._by_leg.get(leg)
+        if call is None:
+            if (live := self.calls.find(PBX, leg)) is not None:  # restored, never tracked
+                await live.hung_up()
+                self.calls.forget(PBX, leg)
+            return
+        ends_call = leg == call.customer_uuid or (
+            call.customer_uuid is None and leg == call.session_uuid
+        )
+        if not ends_call:
+            return
+        call.hung_up = True
+        if (live := self.calls.find(PBX, call.key)) is not None:
+            await live.hung_up()
+        self.maybe_forget(call)
+
+    async def _bridge(self, event: Event) -> None:
+        call = self._by_key.get(event.call_uuid) or self._by_leg.get(event.unique_id)
+        if call is None:
+            return
+        other = event.get("Other-Leg-Unique-ID", "") or ""
+        if call.direction == "outbound" and event.unique_id == call.session_uuid and other:
+            self._set_customer(call, other)  # the agent dialled out; the far end is the customer
+        live = self.calls.find(PBX, call.key)
+        if live is None or live.machine.phase not in (c.Phase.CONFIRMING, c.Phase.CONNECTED):
+            return
+        if live.control is None:
+            live.control = self.control(call)
+        agent = (
+            _actor(event.get("Other-Leg-Destination-Number"))
+            if call.direction == "inbound"
+            else None
+        )
+        await live.feed(c.AgentAnswered(agent))
+
+    async def _agent_command(self, event: Event) -> None:
+        raw = event.get("cc_cmd", "") or ""
+        agent_leg = event.unique_id
+        actor = _actor(event.get("cc_agent")) or _actor(event.get("Channel-Name")) or "agent"
+        key = event.call_uuid
+        live = await self.calls.lookup(PBX, key)
+        if live is None or (raw not in AGENT_VERBS and raw != "mask"):
+            log.warning("agent_command_ignored", extra={"kv": {"call": key, "cmd": raw[:20]}})
+            await self.control(FsCall(key), agent_leg).reject(raw[:20], "no such call or command")
+            return
+        outbound = live.ref.direction == "outbound"
+        call = self._by_key.get(key) or self.track(  # decided before a daemon restart
+            key,
+            direction=live.ref.direction,
+            customer_uuid=(event.get("Other-Leg-Unique-ID") or None) if outbound else key,
+        )
+        if agent_leg and agent_leg == call.customer_uuid:
+            # bind_meta_app sits on the agent's leg only; a code from the customer's own leg
+            # means a misconfigured dialplan, and the customer must never control recording
+            log.warning("agent_command_from_customer_leg", extra={"kv": {"call": key, "cmd": raw}})
+            return
+        verb = AGENT_VERBS.get(raw) or _toggle(live)
+        if live.control is None:
+            live.control = self.control(call)
+        log.info("agent_command", extra={"kv": {"call": key, "cmd": raw, "verb": verb}})
+        await live.agent(verb, actor, control=self.control(call, agent_leg))
+
+    def _listen(self, event: Event) -> None:
+        target = event.get("cc_target", "") or ""
+        call = self._by_key.get(target) or self._by_leg.get(target)
+        if call is not None and event.unique_id:
+            call.listeners.add(event.unique_id)
+            self._by_listener[event.unique_id] = call
+
+
+def _toggle(live: LiveCall) -> str:
+    """``*2`` masks a running recording and unmasks a masked one."""
+    rid = live.machine.current_recording
+    state = live.machine.recordings.get(rid) if rid else None
+    return "resume" if state is c.RecordingState.PAUSED else "pause"
+
+
+def _actor(value: str | None) -> str | None:
+    return value if value and _ACTOR.match(value) else None
+
+
+class RemoteControl:
+    """A call's out-of-band :class:`CallControl`: inbound ESL ``api`` commands on the customer
+    leg, for what happens after the dialogue (agent codes, CLI, bridges, withdrawal)."""
+
+    def __init__(self, registry: CallRegistry, call: FsCall, agent_uuid: str | None) -> None:
+        self.registry = registry
+        self.call = call
+        self.agent_uuid = agent_uuid
+
+    async def _api(self, command: str) -> ApiReply | None:
+        try:
+            reply = await self.registry.api(command)
+        except EslError as exc:
+            log.error(
+                "esl_api_unavailable", extra={"kv": {"call": self.call.key, "error": str(exc)}}
+            )
+            return None
+        if not reply.ok:
+            log.warning(
+                "esl_api_refused",
+                extra={
+                    "kv": {
+                        "call": self.call.key,
+                        "api": command.split(" ", 1)[0],
+                        "reply": reply.first_line,
+                    }
+                },
+            )
+        return reply
+
+    def _leg(self) -> str:
+        if not self.call.customer_uuid:
+            raise CallGone("the customer's leg of this call is not known (not bridged yet)")
+        return self.call.customer_uuid
+
+    async def play(self, prompt: c.PlayPrompt, file: PromptFile) -> c.Event:
+        log.error(
+            "play_out_of_band", extra={"kv": {"call": self.call.key, "prompt": prompt.prompt_id}}
+        )
+        return c.PromptFailed(prompt.prompt_id, "no media path outside the dialogue")
+
+    async def collect(self, collect: c.CollectDigit) -> c.Event:
+        return c.InputTimedOut()
+
+    async def set_variables(self, variables: Mapping[str, str]) -> None:
+        for name, value in variables.items():
+            if name in cmd.CHANNEL_VARIABLES and self.call.customer_uuid:
+                await self._api(
+                    cmd.uuid_setvar(
+                        self.call.customer_uuid, cmd.CHANNEL_VARIABLES[name], value or None
+                    )
+                )
+
+    def recording_file(self, recording_id: str, stereo: bool) -> RecordingFile:
+        return RecordingFile(self.registry.spool.path_for(recording_id), "wav", 2 if stereo else 1)
+
+    async def start_recording(self, recording_id: str, file: RecordingFile) -> str | None:
+        leg = self._leg()
+        reply = await self._api(cmd.uuid_record(leg, "start", file.path, file.channels == 2))
+        if reply is None:
+            raise CallGone("the inbound ESL connection to FreeSWITCH is down")
+        if "Cannot locate session" in reply.text:
+            raise CallGone(f"FreeSWITCH: {reply.first_line}")
+        if not reply.ok:
+            await self.registry.not_started(recording_id)
+            return None
+        self.registry.recording_started(self.call, recording_id, str(file.path))
+        return str(file.path)
+
+    async def _record(self, action: str, recording_id: str, pbx_ref: str | None) -> ApiReply | None:
+        path = pbx_ref or str(self.registry.spool.path_for(recording_id))
+        if not self.call.customer_uuid:
+            return None
+        return await self._api(cmd.uuid_record(self.call.customer_uuid, action, path))
+
+    async def pause_recording(self, recording_id: str, pbx_ref: str | None) -> None:
+        reply = await self._record("mask", recording_id, pbx_ref)
+        if reply is not None and "Cannot locate session" in reply.text:
+            raise CallGone(f"FreeSWITCH: {reply.first_line}")
+
+    async def resume_recording(self, recording_id: str, pbx_ref: str | None) -> None:
+        reply = await self._record("unmask", recording_id, pbx_ref)
+        if reply is not None and "Cannot locate session" in reply.text:
+            raise CallGone(f"FreeSWITCH: {reply.first_line}")
+
+    async def stop_recording(self, recording_id: str, pbx_ref: str | None) -> None:
+        # never raises: a discard follows a stop in the same batch and must not be skipped
+        await self._record("stop", recording_id, pbx_ref)
+
+    async def allow_monitoring(self) -> None:
+        if self.call.customer_uuid:
+            await self._api(
+                cmd.uuid_setvar(
+                    self.call.customer_uuid, "eavesdrop_group", self.registry.eavesdrop_group
+                )
+            )
+
+    async def stop_monitoring(self) -> None:
+        """Withdrawn consent: no new listener (group removed), and current ones cut off."""
+        if self.call.customer_uuid:
+            await self._api(cmd.uuid_setvar(self.call.customer_uuid, "eavesdrop_group", None))
+        for leg in sorted(self.call.listeners):
+            await self._api(f"uuid_kill {cmd.uuid(leg)}")
+
+    async def reject(self, verb: str, reason: str) -> None:
+        if self.agent_uuid:
+            await self._api(f"uuid_broadcast {cmd.uuid(self.agent_uuid)} {cmd.tone()} aleg")
+
+    async def hand_back(self) -> None:
+        return None

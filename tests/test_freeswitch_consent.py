@@ -1,0 +1,457 @@
+"""The FreeSWITCH adapter end to end against the simulated FreeSWITCH, over real sockets: the
+consent outcomes (the same as on Asterisk), the evidence and recordings in the store, and the
+FreeSWITCH-only behaviours (exports, linger, RECORD_STOP, agent feature codes, listen-in)."""
+
+from __future__ import annotations
+
+import asyncio
+import wave
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from freeswitch_sim import Caller, FakeFreeSwitch, Leg
+from test_callbook import make_prompts
+
+from callconsent import config as config_mod
+from callconsent.app import App
+from callconsent.control import ControlServer
+from esl_listener.service import FreeswitchConfigError, FreeswitchService, Settings
+from recorder.models import AuditEntry, Call, ConsentRecord, Recording
+
+CONFIG = """
+[daemon]
+data_dir = "data"
+node = "pbx-test"
+
+[policies.default]
+digit_timeout_ms = 3000
+
+[policies.sales]
+monitoring_allowed = true
+
+[policies.stereo]
+stereo = true
+
+[policies.queue]
+record_from = "agent_answer"
+
+[policies.outbound]
+mode = "on_demand"
+
+[policies.notice]
+mode = "always"
+legal_basis = "legitimate_interest"
+"""
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[App]:
+    path = tmp_path / "callconsent.toml"
+    path.write_text(CONFIG)
+    application = App.open(config_mod.load(path))
+    make_prompts(application.config.prompt_dir, ("en", "de"))
+    application.prompts.reload()
+    yield application
+    application.close()
+
+
+async def until(check: Callable[[], bool], what: str) -> None:
+    """Wait for the daemon to have handled what the simulator sent (bounded, not a timing goal)."""
+    for _ in range(500):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never happened: {what}")
+
+
+Scenario = Callable[[App, FakeFreeSwitch, FreeswitchService], Awaitable[None]]
+
+
+def run(app: App, scenario: Scenario, fs: FakeFreeSwitch | None = None, **settings: object) -> None:
+    async def main() -> None:
+        sim = fs or FakeFreeSwitch()
+        await sim.start()
+        options = {"outbound_port": 0, "esl_port": sim.port, "esl_password": "ClueCon"} | settings
+        svc = FreeswitchService(app.calls, app.spool, Settings(**options))  # type: ignore[arg-type]
+        await svc.start()
+        try:
+            await until(lambda: svc.inbound.connected.is_set(), "inbound ESL connected")
+            await scenario(app, sim, svc)
+        finally:
+            await svc.stop()
+            await sim.stop()
+
+    asyncio.run(main())
+
+
+async def call(
+    fs: FakeFreeSwitch, svc: FreeswitchService, campaign: str, caller: Caller, **leg: object
+) -> Leg:
+    number = str(leg.pop("number", "4915112345"))
+    customer = fs.new_leg("consent", number, socket_path=f"consent/{campaign}", **leg)  # type: ignore[arg-type]
+    sim = await fs.call(svc.outbound.port, customer, caller)
+    customer.sim = sim  # type: ignore[attr-defined]
+    return customer
+
+
+def rows(app: App, model: type) -> list:
+    with app.db.read() as s:
+        return list(s.scalars(sa.select(model)))
+
+
+def decision(app: App) -> ConsentRecord:
+    (record,) = [r for r in rows(app, ConsentRecord) if r.kind == "decision"]
+    return record
+
+
+def valid_wav(path: Path) -> tuple[int, int]:
+    with wave.open(str(path)) as w:
+        return w.getnchannels(), w.getnframes()
+
+
+# -- the consent outcomes ------------------------------------------------------------------
+
+
+def test_accept_records_the_customer_leg_and_hands_the_call_back(app: App) -> None:
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        leg = await call(fs, svc, "sales", Caller(["1"]))
+        sim = leg.sim  # type: ignore[attr-defined]
+        assert sim.exited and leg.up  # exit, never a hangup: the dialplan goes on
+        assert sim.commands[:3] == [
+            "myevents",
+            "event plain RECORD_START RECORD_STOP PLAYBACK_START PLAYBACK_STOP",
+            "linger",
+        ]
+        apps = [a for a, _ in sim.executed]
+        assert "hangup" not in apps
+        assert apps[:3] == ["set", "answer", "play_and_get_digits"]
+        (rec,) = rows(app, Recording)
+        path = app.spool.path_for(rec.id)
+        assert (
+            "record_session",
+            f"{path} {{RECORD_STEREO=false,RECORD_PRE_BUFFER_FRAMES=0}}",
+        ) in sim.executed
+        assert leg.exports >= {"consent_status", "consent_id", "consent_recording_id"}
+        assert leg.variables["consent_status"] == "granted"
+        assert leg.variables["consent_recording_id"] == rec.id
+        assert leg.variables["eavesdrop_group"] == "consented"  # sales allows listen-in
+        assert rec.state == "recording" and rec.channels == 1
+        d = decision(app)
+        assert (d.status, d.method, d.pbx_call_id) == ("granted", "prompt", leg.call_uuid)
+        assert d.prompt_sha256 == app.prompts.get("consent", "en").sha256
+        assert d.prompts[0]["outcome"] == "interrupted"  # the key barged into the question
+        # the file is not valid until FreeSWITCH closes it
+        assert path.read_bytes()[40:44] == b"\0\0\0\0"
+        agent = await fs.bridge(leg)
+        assert agent.variables["consent_status"] == "granted"  # exported, so the agent leg sees it
+        fs.talk(leg, 1.0)
+        await fs.hangup_leg(agent)
+        await fs.hangup_leg(leg)
+        await until(lambda: rows(app, Recording)[0].state == "closed", "RECORD_STOP handled")
+        await until(lambda: len(app.calls) == 0, "call forgotten after hangup")
+        assert valid_wav(path) == (1, 8000)
+        (c,) = rows(app, Call)
+        assert c.ended_at is not None and c.consent_status == "granted"
+        actions = [a.action for a in rows(app, AuditEntry)]
+        assert actions == [
+            "call.opened",
+            "consent.decision",
+            "recording.started",
+            "recording.closed",
+        ]
+
+    run(app, scenario)
+
+
+def test_accept_after_the_question_finished(app: App) -> None:
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        leg = await call(fs, svc, "default", Caller(["1"], barge=False))
+        d = decision(app)
+        assert d.status == "granted"
+        assert d.prompts[0]["outcome"] == "finished"  # PLAYBACK_STOP came before the DTMF
+        assert len(rows(app, Recording)) == 1 and leg.sim.exited  # type: ignore[attr-defined]
+
+    run(app, scenario)
+
+
+def test_decline_is_not_recorded_and_the_call_goes_on(app: App) -> None:
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        leg = await call(fs, svc, "sales", Caller(["2"]))
+        assert rows(app, Recording) == []
+        assert decision(app).status == "declined"
+        assert leg.variables["consent_status"] == "declined" and "consent_status" in leg.exports
+        assert "eavesdrop_group" not in leg.variables
+        assert not list(app.spool.path.iterdir())
+        sim = leg.sim  # type: ignore[attr-defined]
+        played = [arg for app_, arg in sim.executed if app_ == "playback"]
+        assert played == [str(app.prompts.get("declined", "en").path)]
+        assert sim.exited and leg.up
+
+    run(app, scenario)
+
+
+def test_silence_is_not_consent(app: App) -> None:
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        leg = await call(fs, svc, "default", Caller([None, None]))
+        d = decision(app)
+        assert (d.status, d.attempts) == ("no_input", 2)
+        asked = [a for a, _ in leg.sim.executed if a == "play_and_get_digits"]  # type: ignore[attr-defined]
+        assert len(asked) == 2 and rows(app, Recording) == []
+        assert leg.variables["consent_status"] == "no_input" and leg.up
+
+    run(app, scenario)
+
+
+def test_an_invalid_key_uses_an_attempt_and_is_kept_as_evidence(app: App) -> None:
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        await call(fs, svc, "default", Caller(["7", "1"]))
+        d = decision(app)
+        assert d.status == "granted" and [x["digit"] for x in d.digits] == ["7", "1"]
+        assert [x["valid"] for x in d.digits] == [False, True]
+
+    run(app, scenario)
+
+
+def test_hangup_during_the_question(app: App) -> None:
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        leg = await call(fs, svc, "default", Caller(["hangup"]))
+        d = decision(app)
+        assert (d.status, d.method) == ("no_input", "hangup")
+        sim = leg.sim  # type: ignore[attr-defined]
+        # nothing was executed after the hangup: +OK to sendmsg is no proof of life
+        assert [a for a, _ in sim.executed][-1] == "play_and_get_digits"
+        await until(lambda: rows(app, Call)[0].ended_at is not None, "call ended")
+        await until(lambda: len(app.calls) == 0, "call forgotten")
+        assert rows(app, Recording) == []
+
+    run(app, scenario)
+
+
+def test_hangup_while_recording_closes_the_file(app: App) -> None:
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        leg = await call(fs, svc, "default", Caller(["1", "hangup"]))  # hangs up during thanks
+        (rec,) = rows(app, Recording)
+        await until(lambda: rows(app, Recording)[0].state == "closed", "RECORD_STOP")
+        await until(lambda: len(app.calls) == 0, "forgotten")
+        assert valid_wav(app.spool.path_for(rec.id))[0] == 1
+        assert decision(app).status == "granted" and not leg.up
+
+    run(app, scenario)
+
+
+def test_service_down_leaves_the_call_to_the_dialplan_fallback(app: App) -> None:
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        port = svc.outbound.port
+        await svc.outbound.stop()
+        leg = fs.new_leg("consent", "4915112345", socket_path="consent/sales")
+        sim = await fs.call(port, leg, Caller(["1"]))
+        assert sim.refused and leg.up  # FreeSWITCH: "Connection refused", next action runs
+        assert rows(app, Call) == [] and "consent_status" not in leg.variables
+
+    run(app, scenario)
+
+
+# -- recordings, legs, languages -------------------------------------------------------------
+
+
+def test_stereo_policy(app: App) -> None:
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        leg = await call(fs, svc, "stereo", Caller(["1"]))
+        (rec,) = rows(app, Recording)
+        assert rec.channels == 2
+        fs.talk(leg, 0.5)
+        await fs.hangup_leg(leg)
+        await until(lambda: rows(app, Recording)[0].state == "closed", "closed")
+        assert valid_wav(app.spool.path_for(rec.id)) == (2, 4000)
+
+    run(app, scenario)
+
+
+def test_record_from_agent_answer_starts_on_the_bridge(app: App) -> None:
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        leg = await call(fs, svc, "queue", Caller(["1"]))
+        assert rows(app, Recording) == [] and decision(app).status == "granted"
+        rid = leg.variables["consent_recording_id"]
+        await fs.bridge(leg)
+        await until(lambda: bool(leg.recordings), "recording started on bridge")
+        assert rows(app, Recording)[0].id == rid
+        assert any(c.startswith(f"uuid_record {leg.uuid} start ") for c in fs.api_log)
+        assert leg.recordings  # FreeSWITCH records the customer leg
+
+    run(app, scenario)
+
+
+def test_channel_language_and_withheld_number(app: App) -> None:
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        leg = fs.new_leg("consent", "anonymous", socket_path="consent/default", hide=True)
+        leg.variables["default_language"] = "de"
+        await fs.call(svc.outbound.port, leg, Caller(["2"]))
+        (c,) = rows(app, Call)
+        assert c.number_key is None and c.number_enc is None
+        assert decision(app).language == "de"
+        de = str(app.prompts.get("consent", "de").path)
+        assert any(de in arg for a, arg in fs.sendmsg_log if a == "play_and_get_digits")
+
+    run(app, scenario)
+
+
+def test_notice_with_an_objection_key(app: App) -> None:
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        leg = await call(fs, svc, "notice", Caller(["2"]))
+        assert decision(app).status == "declined" and rows(app, Recording) == []
+        assert ("set", "playback_terminators=2") in leg.sim.executed  # type: ignore[attr-defined]
+
+    run(app, scenario)
+
+
+def test_esl_password_is_required() -> None:
+    with pytest.raises(FreeswitchConfigError, match="esl_password"):
+        FreeswitchService(None, None, Settings())  # type: ignore[arg-type]
+
+
+# -- agents: feature codes, the CLI, listen-in -------------------------------------------------
+
+
+def test_agent_start_mask_stop_discard(app: App) -> None:
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        leg = await call(fs, svc, "outbound", Caller([]))  # on_demand: nothing asked, nothing kept
+        assert decision(app).status == "not_required" and rows(app, Recording) == []
+        agent = await fs.bridge(leg)
+        fs.feature_code(agent, "start")  # *1
+        await until(lambda: bool(leg.recordings), "agent start reached FreeSWITCH")
+        (rec,) = rows(app, Recording)
+        path = app.spool.path_for(rec.id)
+        vars_ = "{RECORD_STEREO=false,RECORD_PRE_BUFFER_FRAMES=0}"
+        assert f"uuid_record {leg.uuid} start {path} 0 {vars_}" in fs.api_log
+        fs.talk(leg, 0.5)
+        fs.feature_code(agent, "mask")  # *2: card data
+        await until(lambda: f"uuid_record {leg.uuid} mask {path}" in fs.api_log, "masked")
+        fs.talk(leg, 0.5)
+        fs.feature_code(agent, "mask")  # *2 again: unmask
+        await until(lambda: f"uuid_record {leg.uuid} unmask {path}" in fs.api_log, "unmasked")
+        fs.talk(leg, 0.5)
+        fs.feature_code(agent, "stop")  # *3
+        await until(lambda: rows(app, Recording)[0].state == "closed", "stopped and closed")
+        with wave.open(str(path)) as w:
+            frames = w.readframes(w.getnframes())
+        assert len(frames) == 2 * 12000
+        assert set(frames[8000:16000]) == {0}  # the masked half second is digital silence
+        assert set(frames[:8000]) != {0} and set(frames[16000:]) != {0}
+        live = app.calls.find("freeswitch", leg.call_uuid)
+        assert live is not None and live.status.value == "granted"  # agent attested (on_demand)
+        fs.feature_code(agent, "discard")  # *9: the customer said no
+        await until(lambda: rows(app, Recording)[0].state == "discarded", "discarded")
+        assert leg.variables["consent_status"] == "declined"
+        fs.feature_code(agent, "start")  # refused after a decline: a tone to the agent
+        await until(
+            lambda: (
+                f"uuid_broadcast {agent.uuid} tone_stream://L=2;%(150,100,400) aleg" in fs.api_log
+            ),
+            "tone",
+        )
+        assert len(rows(app, Recording)) == 1
+        changes = [r.status for r in rows(app, ConsentRecord) if r.kind == "change"]
+        assert changes == ["granted", "declined"]
+
+    run(app, scenario)
+
+
+def test_the_customer_leg_cannot_trigger_agent_commands(app: App) -> None:
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        leg = await call(fs, svc, "outbound", Caller([]))
+        agent = await fs.bridge(leg)
+        fs.feature_code(leg, "start")  # a misconfigured dialplan binding *1 on the customer
+        fs.feature_code(agent, "bogus")
+        fs.feature_code(agent, "stop")  # marker: handled after the two above
+        await until(lambda: any("uuid_broadcast" in c for c in fs.api_log), "stop refused")
+        assert rows(app, Recording) == []
+        assert not any(c.startswith("uuid_record") for c in fs.api_log)
+
+    run(app, scenario)
+
+
+def test_cli_record_commands_reach_the_call_through_inbound_esl(app: App) -> None:
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        leg = await call(fs, svc, "default", Caller(["1"]))
+        control = ControlServer(app.config.data_dir / "control.sock", app.calls)
+        req = {"op": "record", "verb": "pause", "call": leg.call_uuid, "pbx": "freeswitch"}
+        reply = await control.handle(req, "uid 0 (root)")
+        assert reply["ok"] and reply["done"] == ["PauseRecording"], reply
+        (rec,) = rows(app, Recording)
+        assert f"uuid_record {leg.uuid} mask {app.spool.path_for(rec.id)}" in fs.api_log
+        reply = await control.handle(req | {"verb": "stop"}, "uid 0 (root)")
+        assert reply["ok"]
+        await until(lambda: rows(app, Recording)[0].state == "closed", "RECORD_STOP")
+        reply = await control.handle(req | {"verb": "discard"}, "uid 0 (root)")
+        assert reply["ok"] and rows(app, Recording)[0].state == "discarded"
+        reply = await control.handle(req | {"verb": "start"}, "uid 0 (root)")
+        assert not reply["ok"] and "declined" in reply["error"]
+
+    run(app, scenario)
+
+
+def test_listen_in_follows_consent(app: App) -> None:
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        leg = await call(fs, svc, "sales", Caller(["1"]))
+        assert leg.variables["eavesdrop_group"] == "consented"
+        agent = await fs.bridge(leg)
+        supervisor = fs.new_leg("callconsent_listen", "2001")
+        fs.listen(supervisor, leg.uuid)
+        fs.feature_code(agent, "discard")  # consent gone: the group goes, listeners are cut
+        await until(lambda: not supervisor.up, "listener cut off")
+        assert f"uuid_setvar {leg.uuid} eavesdrop_group" in fs.api_log
+        assert "eavesdrop_group" not in leg.variables
+        await until(lambda: rows(app, Recording)[0].state == "discarded", "discarded")
+
+    run(app, scenario)
+
+
+def test_inbound_connection_comes_back_and_events_still_count(app: App) -> None:
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        leg = await call(fs, svc, "default", Caller(["1"]))
+        await fs.drop_inbound()
+        await until(lambda: svc.inbound.connections == 2, "reconnected")
+        await until(lambda: fs.inbound_clients == 1, "subscribed again")
+        await fs.hangup_leg(leg)
+        await until(
+            lambda: rows(app, Recording)[0].state == "closed", "RECORD_STOP after reconnect"
+        )
+
+    run(app, scenario)
+
+
+def test_restricted_esl_user(app: App) -> None:
+    """userauth with esl-allowed-events lacking CHANNEL_BRIDGE: the rest still works, and the
+    missing permission is reported (the captured -ERR permission denied)."""
+    allowed = {"RECORD_START", "RECORD_STOP", "CHANNEL_HANGUP_COMPLETE", "CUSTOM"}
+    fs = FakeFreeSwitch(users={"cc@pbx": ("pw", allowed, {"uuid_record", "uuid_setvar"})})
+
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        assert svc.inbound.refused_subscriptions == ["CHANNEL_BRIDGE"]
+        leg = await call(fs, svc, "default", Caller(["1"]))
+        await fs.hangup_leg(leg)
+        await until(lambda: rows(app, Recording)[0].state == "closed", "closed")
+
+    run(app, scenario, fs, esl_user="cc@pbx", esl_password="pw")
+
+
+def test_wrong_esl_password_keeps_retrying_without_crashing(app: App) -> None:
+    async def main() -> None:
+        fs = FakeFreeSwitch()
+        await fs.start()
+        svc = FreeswitchService(
+            app.calls, app.spool, Settings(outbound_port=0, esl_port=fs.port, esl_password="x")
+        )
+        svc.inbound.backoff = (0.01, 0.02)
+        await svc.start()
+        await asyncio.sleep(0.1)
+        assert not svc.inbound.connected.is_set()
+        with pytest.raises(Exception, match="no ESL connection"):
+            svc.inbound.wait_connected_s = 0.05
+            await svc.inbound.api("status")
+        await svc.stop()
+        await fs.stop()
+
+    asyncio.run(main())

@@ -1,0 +1,315 @@
+"""The FreeSWITCH adapter against a real FreeSWITCH 1.10 (``CALLCONSENT_FREESWITCH``), with the
+shipped dialplan and ESL user installed into its configuration: the same flows as the
+simulator tests, driven by loopback calls.
+
+``CALLCONSENT_FREESWITCH=esl://:ClueCon@127.0.0.1:8021?conf=<conf dir>`` (see /work/pbx). The
+test adds two ``X-PRE-PROCESS include`` lines to the PBX's ``freeswitch.xml`` once
+(``callconsent/dialplan/*.xml``, ``callconsent/directory/*.xml``), writes the rendered files
+there, and ``reloadxml``. Our outbound server must listen on 127.0.0.1:8084, the address the
+shipped dialplan dials. Loopback callers send DTMF with ``~`` so bind_meta_app sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import sqlalchemy as sa
+from test_callbook import make_prompts
+
+from callconsent import config as config_mod
+from callconsent.app import App
+from callconsent.dialplan_render_freeswitch import render
+from esl_listener.connection import EslConnection, open_inbound
+from esl_listener.protocol import Event
+from esl_listener.service import FreeswitchService
+from recorder.models import Call, ConsentRecord, Recording
+
+pytestmark = [pytest.mark.realpbx, pytest.mark.slow]
+
+TEST_DIALPLAN = """<include>
+  <context name="callconsent_test">
+    <extension name="cc_test_in">
+      <condition field="destination_number" expression="^cc_in_([a-z_]+)_(\\w+)$">
+        <action application="execute_extension" data="callconsent_in_$1 XML callconsent"/>
+        <action application="bridge"
+                data="{callconsent_agent=7001}loopback/cc_agent_$2/callconsent_test"/>
+      </condition>
+    </extension>
+    <extension name="cc_agent_talk">
+      <condition field="destination_number" expression="^cc_agent_talk$">
+        <action application="answer"/>
+        <action application="playback" data="tone_stream://L=3;%(1000,0,880)"/>
+        <action application="hangup"/>
+      </condition>
+    </extension>
+    <extension name="cc_agent_codes">
+      <condition field="destination_number" expression="^cc_agent_codes$">
+        <action application="set" data="playback_terminators=none"/>
+        <action application="answer"/>
+        <action application="playback" data="tone_stream://L=1;%(1000,0,880)"/>
+        <action application="send_dtmf" data="~*1"/>
+        <action application="playback" data="tone_stream://L=2;%(1000,0,880)"/>
+        <action application="send_dtmf" data="~*2"/>
+        <action application="playback" data="tone_stream://L=2;%(1000,0,880)"/>
+        <action application="send_dtmf" data="~*2"/>
+        <action application="playback" data="tone_stream://L=2;%(1000,0,880)"/>
+        <action application="send_dtmf" data="~*3"/>
+        <action application="playback" data="tone_stream://L=1;%(1000,0,880)"/>
+        <action application="send_dtmf" data="~*9"/>
+        <action application="playback" data="tone_stream://L=1;%(1000,0,880)"/>
+        <action application="send_dtmf" data="~*1"/>
+        <action application="playback" data="tone_stream://L=2;%(1000,0,880)"/>
+        <action application="hangup"/>
+      </condition>
+    </extension>
+  </context>
+</include>
+"""
+CONFIG = """
+[daemon]
+data_dir = "data"
+node = "pbx-realfs"
+[freeswitch]
+enabled = true
+[policies.default]
+digit_timeout_ms = 2500
+[policies.rt_sales]
+monitoring_allowed = true
+[policies.rt_ondemand]
+mode = "on_demand"
+"""
+CALLER = "{origination_caller_id_number=4915112345}"
+
+
+def _endpoint() -> tuple[str, int, str, Path]:
+    url = os.environ.get("CALLCONSENT_FREESWITCH")
+    if not url:
+        pytest.skip("CALLCONSENT_FREESWITCH is not set (no real FreeSWITCH to test against)")
+    parts = urlsplit(url)
+    conf = parse_qs(parts.query).get("conf", [""])[0]
+    host, port = parts.hostname or "127.0.0.1", parts.port or 8021
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError as exc:
+        pytest.skip(f"FreeSWITCH at {host}:{port} does not answer: {exc}")
+    with contextlib.closing(socket.socket()) as probe:
+        if probe.connect_ex(("127.0.0.1", 8084)) == 0:
+            pytest.skip("127.0.0.1:8084 is taken: the shipped dialplan dials our server there")
+    if not conf or not Path(conf, "freeswitch.xml").is_file():
+        pytest.skip(f"no freeswitch.xml under conf={conf!r} in CALLCONSENT_FREESWITCH")
+    return host, port, parts.password or "ClueCon", Path(conf)
+
+
+def _install(conf: Path, app: App) -> None:
+    """Our files into the PBX config (idempotent), then the include lines once."""
+    rendered = render(app.config, app.config.data_dir / "fs")
+    (conf / "callconsent" / "dialplan").mkdir(parents=True, exist_ok=True)
+    (conf / "callconsent" / "directory").mkdir(parents=True, exist_ok=True)
+    for path in rendered:
+        if path.name == "callconsent.xml":
+            (conf / "callconsent/dialplan/callconsent.xml").write_text(path.read_text())
+        elif path.name == "callconsent-esl-user.xml":
+            (conf / "callconsent/directory/callconsent.xml").write_text(path.read_text())
+    (conf / "callconsent/dialplan/zz-test.xml").write_text(TEST_DIALPLAN)
+    main = conf / "freeswitch.xml"
+    text = main.read_text()
+    if "callconsent/dialplan/*.xml" not in text:
+        text = text.replace(
+            '<section name="dialplan" description="Regex/XML Dialplan">',
+            '<section name="dialplan" description="Regex/XML Dialplan">\n'
+            '    <X-PRE-PROCESS cmd="include" data="callconsent/dialplan/*.xml"/>',
+            1,
+        )
+    if "callconsent/directory/*.xml" not in text:
+        text = text.replace(
+            "</users>",
+            '<X-PRE-PROCESS cmd="include" data="callconsent/directory/*.xml"/>\n      </users>',
+            1,
+        )
+    main.write_text(text)
+
+
+@pytest.fixture(scope="module")
+def real() -> Iterator[tuple[str, int, str, Path]]:
+    yield _endpoint()
+
+
+@pytest.fixture
+def app(tmp_path: Path, real: tuple[str, int, str, Path]) -> Iterator[App]:
+    password = "rt-" + secrets.token_hex(8)
+    path = tmp_path / "callconsent.toml"
+    path.write_text(
+        CONFIG.replace(
+            "[freeswitch]\nenabled = true",
+            f'[freeswitch]\nenabled = true\nesl_user = "callconsent@127.0.0.1"\n'
+            f'esl_password = "{password}"\nesl_port = {real[1]}',
+        )
+    )
+    application = App.open(config_mod.load(path))
+    make_prompts(application.config.prompt_dir, ("en",))
+    application.prompts.reload()
+    _install(real[3], application)
+    yield application
+    application.close()
+
+
+class Driver:
+    """Our admin connection: reloadxml, originate, and every CHANNEL_HANGUP_COMPLETE seen."""
+
+    def __init__(self, conn: EslConnection) -> None:
+        self.conn = conn
+        self.hangups: list[Event] = []
+        conn.add_listener(self._on)
+
+    def _on(self, event: Event) -> None:
+        if event.name == "CHANNEL_HANGUP_COMPLETE":
+            self.hangups.append(event)
+
+    async def originate(self, dest: str, app: str) -> str:
+        reply = await self.conn.api(
+            f"originate {CALLER}loopback/{dest}/callconsent_test {app} inline", 30
+        )
+        assert reply.ok, reply.text
+        return reply.text.split()[1]
+
+    def leg(self, name_part: str) -> Event | None:
+        return next((e for e in self.hangups if name_part in (e.get("Channel-Name") or "")), None)
+
+
+async def until(check, what: str, seconds: float = 30) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(int(seconds * 20)):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
+
+
+def run(app: App, real: tuple[str, int, str, Path], scenario) -> None:  # type: ignore[no-untyped-def]
+    host, port, admin_pw, _ = real
+
+    async def main() -> None:
+        admin = await open_inbound(host, port, admin_pw)
+        driver = Driver(admin)
+        assert (await admin.api("reloadxml")).ok
+        await admin.send("event plain CHANNEL_HANGUP_COMPLETE")
+        svc = FreeswitchService.from_config(app.calls, app.spool, app.config.freeswitch)
+        await svc.start()
+        try:
+            await until(lambda: svc.inbound.connected.is_set(), "userauth as callconsent")
+            assert svc.inbound.refused_subscriptions == []
+            await scenario(driver, svc)
+        finally:
+            await svc.stop()
+            await admin.close()
+
+    asyncio.run(main())
+
+
+def rows(app: App, model: type) -> list:
+    with app.db.read() as s:
+        return list(s.scalars(sa.select(model)))
+
+
+def decision(app: App) -> ConsentRecord:
+    return next(r for r in rows(app, ConsentRecord) if r.kind == "decision")
+
+
+def test_real_accept_records_until_hangup(app: App, real) -> None:  # type: ignore[no-untyped-def]
+    async def scenario(driver: Driver, svc: FreeswitchService) -> None:
+        await driver.originate(
+            "cc_in_rt_sales_talk",
+            "'m:^:sleep:1200^send_dtmf:1^playback:tone_stream://L=6;%(1000,0,440)^hangup'",
+        )
+        await until(lambda: driver.leg("cc_agent_talk-a") is not None, "the agent leg ended", 40)
+        await until(
+            lambda: rows(app, Recording) and rows(app, Recording)[0].state == "closed",
+            "RECORD_STOP",
+        )
+        assert decision(app).status == "granted"
+        agent = driver.leg("cc_agent_talk-a")
+        assert agent.get("variable_consent_status") == "granted"  # exported to the agent leg
+        assert agent.get("variable_consent_recording_id") == rows(app, Recording)[0].id
+        with wave.open(str(app.spool.path_for(rows(app, Recording)[0].id))) as w:
+            assert w.getnchannels() == 1 and w.getnframes() > 8000
+        await until(lambda: rows(app, Call)[0].ended_at is not None, "call ended")
+        await until(lambda: len(app.calls) == 0, "call forgotten")
+
+    run(app, real, scenario)
+
+
+def test_real_decline_and_silence_are_not_recorded(app: App, real) -> None:  # type: ignore[no-untyped-def]
+    async def scenario(driver: Driver, svc: FreeswitchService) -> None:
+        await driver.originate(
+            "cc_in_rt_sales_talk", "'m:^:sleep:1200^send_dtmf:2^sleep:6000^hangup'"
+        )
+        await driver.originate("cc_in_default_talk", "'m:^:sleep:12000^hangup'")
+        await until(lambda: len(driver.hangups) >= 8, "both calls over", 40)
+        statuses = sorted(r.status for r in rows(app, ConsentRecord))
+        assert statuses == ["declined", "no_input"]
+        assert rows(app, Recording) == []
+        agents = [
+            e.get("variable_consent_status")
+            for e in driver.hangups
+            if "cc_agent_talk-a" in (e.get("Channel-Name") or "")
+        ]
+        assert sorted(agents) == ["declined", "no_input"]  # both callers were still served
+
+    run(app, real, scenario)
+
+
+def test_real_hangup_in_the_prompt(app: App, real) -> None:  # type: ignore[no-untyped-def]
+    async def scenario(driver: Driver, svc: FreeswitchService) -> None:
+        await driver.originate("cc_in_default_talk", "'m:^:sleep:300^hangup'")
+        await until(lambda: bool(rows(app, ConsentRecord)), "decision", 20)
+        d = decision(app)
+        assert (d.status, d.method) == ("no_input", "hangup")
+        await until(lambda: rows(app, Call)[0].ended_at is not None, "ended")
+        assert rows(app, Recording) == []
+
+    run(app, real, scenario)
+
+
+def test_real_service_down_falls_back_to_unavailable(app: App, real) -> None:  # type: ignore[no-untyped-def]
+    async def scenario(driver: Driver, svc: FreeswitchService) -> None:
+        await svc.outbound.stop()
+        await driver.originate("cc_in_rt_sales_talk", "'m:^:sleep:4000^hangup'")
+        await until(lambda: driver.leg("cc_agent_talk-a") is not None, "agent leg over", 30)
+        assert driver.leg("cc_agent_talk-a").get("variable_consent_status") == "unavailable"
+        assert rows(app, Call) == []
+
+    run(app, real, scenario)
+
+
+def test_real_agent_codes_start_mask_stop_discard(app: App, real) -> None:  # type: ignore[no-untyped-def]
+    async def scenario(driver: Driver, svc: FreeswitchService) -> None:
+        await driver.originate(
+            "cc_in_rt_ondemand_codes", "'m:^:playback:tone_stream://L=16;%(1000,0,440)^hangup'"
+        )
+        await until(lambda: driver.leg("cc_agent_codes-a") is not None, "agent done", 40)
+        await until(
+            lambda: bool(rows(app, Recording)) and rows(app, Recording)[0].state == "discarded",
+            "discarded",
+            10,
+        )
+        (rec,) = rows(app, Recording)  # the second *1 came after *9: refused
+        changes = [r.status for r in rows(app, ConsentRecord) if r.kind == "change"]
+        assert changes == ["granted", "declined"]
+        with wave.open(str(app.spool.path_for(rec.id))) as w:
+            frames = w.readframes(w.getnframes())
+        samples = memoryview(frames).cast("h")
+        longest = run_ = 0
+        for s in samples:
+            run_ = run_ + 1 if s == 0 else 0
+            longest = max(longest, run_)
+        assert longest >= 8000  # the masked stretch (~2 s) is digital silence
+
+    run(app, real, scenario)
