@@ -29,9 +29,11 @@ This module does no I/O; :mod:`agi.session` drives it over a socket.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 #: Keys Asterisk writes before ``agi_callerid``: the only ones a caller cannot forge.
 TRUSTED_KEYS = (
@@ -185,12 +187,12 @@ class EnvironmentReader:
 # -- replies --------------------------------------------------------------------------------
 
 _REPLY = re.compile(rb"^(\d{3})([ -])(.*)$")
-_RESULT = re.compile(r"^result=(-?\d*)(?: \((.*)\))?(?: endpos=(-?\d+))?$")
+_RESULT = re.compile(rb"^result=(-?\d*)(?: \((.*)\))?(?: endpos=(-?\d+))?$")
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """One reply. ``result`` is None when the line carries none (``510``, ``511``)."""
+class Reply(NamedTuple):
+    """One reply. ``result`` is None when the line carries none (``510``, ``511``). A tuple:
+    thousands of sessions build one per command."""
 
     code: int
     text: str
@@ -228,15 +230,21 @@ def parse_reply_line(line: bytes) -> Reply | None:
     m = _REPLY.match(line.rstrip(b"\r\n"))
     if m is None or m.group(2) != b" ":
         return None
-    code, rest = int(m.group(1)), m.group(3).decode("utf-8", "replace")
+    code, rest = int(m.group(1)), m.group(3)
+    text = rest.decode("utf-8", "replace")
     if code != 200:
-        return Reply(code, rest)
+        return Reply(code, text)
     r = _RESULT.match(rest)
     if r is None:
-        return Reply(code, rest)
-    result = int(r.group(1)) if r.group(1) not in ("", "-") else None
-    endpos = int(r.group(3)) if r.group(3) is not None else None
-    return Reply(code, rest, result, r.group(2), endpos)
+        return Reply(code, text)
+    number, data, endpos = r.groups()
+    return Reply(
+        code,
+        text,
+        int(number) if number not in (b"", b"-") else None,
+        data.decode("utf-8", "replace") if data is not None else None,
+        int(endpos) if endpos is not None else None,
+    )
 
 
 @dataclass
@@ -275,10 +283,14 @@ _EXEC_SAFE = re.compile(r"^[A-Za-z0-9_./,()=:+@-]*$")
 _APP_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 
 
+_LINE_BREAK = re.compile(r"[\r\n\x00]")
+_WORD = re.compile(r"[A-Z]+")
+
+
 def quote(arg: str) -> str:
     """One argument as Asterisk's parser reads it: in double quotes, ``\\`` and ``"``
     escaped. CR, LF and NUL are refused: they would end the command line."""
-    if any(ch in arg for ch in "\r\n\x00"):
+    if _LINE_BREAK.search(arg):
         raise UnsafeArgument(f"refusing to send an argument holding CR, LF or NUL: {arg[:40]!r}")
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -286,7 +298,7 @@ def quote(arg: str) -> str:
 def command(*words: str, args: Sequence[str] = ()) -> bytes:
     """A command line: fixed words (``GET``, ``VARIABLE``) then quoted arguments."""
     for w in words:
-        if not re.fullmatch(r"[A-Z]+", w):
+        if not _WORD.fullmatch(w):
             raise UnsafeArgument(f"not a command word: {w[:40]!r}")
     parts = [*words, *(quote(a) for a in args)]
     return (" ".join(parts) + "\n").encode()
@@ -314,6 +326,7 @@ def set_variable_command(name: str, value: str) -> bytes:
     return command("SET", "VARIABLE", args=(name, value))
 
 
+@functools.lru_cache(maxsize=512)
 def stream_file_command(path: str, escape_digits: str) -> bytes:
     """``STREAM FILE <path without extension> "<digits>"``; a path of ours, never caller data."""
     if not re.fullmatch(r"[0-9*#A-D]*", escape_digits):
@@ -321,22 +334,36 @@ def stream_file_command(path: str, escape_digits: str) -> bytes:
     return command("STREAM", "FILE", args=(safe_token(path, "prompt path"), escape_digits))
 
 
-def values_command(expressions: Sequence[str], channel: str | None = None) -> bytes:
+_EXPRESSION = re.compile(r"[A-Za-z0-9_${}()|,.-]+")
+
+
+@functools.lru_cache(maxsize=512)
+def values_command(
+    expressions: tuple[str, ...], channel: str | None = None, nonce: str | None = None
+) -> bytes:
     """One ``GET FULL VARIABLE`` reading several expressions, each base64-encoded and joined
-    by ``|`` (not in the base64 alphabet): the reply can be neither split nor forged."""
+    by ``|`` (not in the base64 alphabet): the reply can be neither split nor forged. With a
+    ``nonce`` first, the same round trip re-synchronises the session (see :func:`sync_command`).
+    Our expressions are constants, so the lines are cached."""
     for expr in expressions:
-        if not re.fullmatch(r"[A-Za-z0-9_${}()|,.-]+", expr):
+        if not _EXPRESSION.fullmatch(expr):
             raise UnsafeArgument(f"not an expression we send: {expr[:60]!r}")
     joined = "|".join("${BASE64_ENCODE(" + e + ")}" for e in expressions)
+    if nonce is not None:
+        joined = _checked_nonce(nonce) + "|" + joined
     args = (joined,) if channel is None else (joined, channel)
     return command("GET", "FULL", "VARIABLE", args=args)
 
 
-def decode_values(reply: Reply, count: int) -> list[str] | None:
+def decode_values(reply: Reply, count: int, nonce: str | None = None) -> list[str] | None:
     """The values of a :func:`values_command`; None when the channel was not found."""
     if reply.code != 200 or reply.result != 1 or reply.data is None:
         return None
     parts = reply.data.split("|")
+    if nonce is not None:
+        if parts[0] != nonce:
+            raise ProtocolError("the sync nonce is missing from the reply")
+        parts = parts[1:]
     if len(parts) != count:
         raise ProtocolError(f"expected {count} encoded values, got {len(parts)}")
     try:
@@ -345,12 +372,19 @@ def decode_values(reply: Reply, count: int) -> list[str] | None:
         raise ProtocolError(f"a value was not base64: {exc}") from None
 
 
-def sync_command(nonce: str) -> bytes:
-    """A command whose reply only Asterisk can produce (``200 result=1 (<nonce>)``)."""
+def _checked_nonce(nonce: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9-]{8,64}", nonce):
         raise UnsafeArgument("a sync nonce is letters, digits and '-'")
-    return command("GET", "FULL", "VARIABLE", args=(nonce,))
+    return nonce
+
+
+def sync_command(nonce: str) -> bytes:
+    """A command whose reply only Asterisk can produce (``200 result=1 (<nonce>)``)."""
+    return command("GET", "FULL", "VARIABLE", args=(_checked_nonce(nonce),))
 
 
 def is_sync_reply(event: Incoming, nonce: str) -> bool:
-    return isinstance(event, Reply) and event.ok and event.data == nonce
+    """The reply to :func:`sync_command`, or to a :func:`values_command` led by the nonce."""
+    if not isinstance(event, Reply) or not event.ok or event.data is None:
+        return False
+    return event.data == nonce or event.data.startswith(nonce + "|")

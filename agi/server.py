@@ -25,6 +25,7 @@ from agi.session import AgiSession, ChannelGone, CommandTimeout
 log = logging.getLogger("callconsent.agi")
 
 Handler = Callable[[AgiSession], Awaitable[None]]
+SWEEP_S = 0.2  # how often command deadlines are checked
 Router = Callable[[p.AgiEnvironment], "Handler | None"]
 
 
@@ -39,25 +40,96 @@ class ServerLimits:
     env_max_bytes: int = 16384
     command_timeout_s: float = 10.0
     backlog: int = 4096
+    max_line: int = 65536
 
 
-async def read_environment(
-    reader: asyncio.StreamReader, max_bytes: int = 16384
-) -> p.AgiEnvironment:
-    """Read up to the blank line; EOF first raises :class:`EnvironmentIncomplete`."""
-    env = p.EnvironmentReader(max_bytes=max_bytes)
-    while True:
-        try:
-            line = await reader.readline()
-        except ValueError:  # a line longer than the stream's limit
-            raise p.EnvironmentTooLarge("an AGI environment line is too long") from None
-        if not line.endswith(b"\n"):
-            raise EnvironmentIncomplete(
-                f"Asterisk closed the AGI socket before the environment ended "
-                f"(got {len(env.lines)} of ~23 lines)"
+class _AgiConnection(asyncio.Protocol):
+    """One TCP connection: lines are cut as bytes arrive (no reader task per session) and
+    fed first to the environment reader, then to the session."""
+
+    def __init__(self, server: FastAgiServer) -> None:
+        self.server = server
+        self.limits = server.limits
+        self.env = p.EnvironmentReader(max_bytes=self.limits.env_max_bytes)
+        self.session: AgiSession | None = None
+        self.transport: asyncio.Transport | None = None
+        self._rest = b""
+        self._timer: asyncio.TimerHandle | None = None
+        self._done = False  # refused, failed, or closed by us before a session existed
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        server = self.server
+        if server.connections >= self.limits.max_sessions:
+            server.refused += 1
+            log.warning("agi_session_refused", extra={"kv": {"limit": self.limits.max_sessions}})
+            self._fail(None)
+            return
+        server.connections += 1
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.limits.env_timeout_s, self._fail, "timeout")
+
+    def data_received(self, data: bytes) -> None:
+        if self._done:
+            return
+        lines = (self._rest + data).split(b"\n")
+        self._rest = lines.pop()
+        if len(self._rest) > self.limits.max_line:
+            self._fail("a line is too long")
+            return
+        for line in lines:
+            line += b"\n"
+            if self.session is not None:
+                self.session.feed_line(line)
+                if self.session.closed:
+                    return
+                continue
+            try:
+                complete = self.env.feed(line)
+            except p.EnvironmentTooLarge as exc:
+                self._fail(str(exc))
+                return
+            if complete:
+                self._start(p.parse_environment(self.env.lines))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.session is not None:
+            self.session.connection_lost()
+        elif not self._done:
+            why = EnvironmentIncomplete(
+                "Asterisk closed the AGI socket before the environment ended "
+                f"(got {len(self.env.lines)} of ~23 lines)"
             )
-        if env.feed(line):
-            return p.parse_environment(env.lines)
+            log.warning("agi_environment_failed", extra={"kv": {"error": str(why)}})
+        if not self._done or self.session is not None:
+            self.server.connections -= 1
+
+    def _fail(self, why: str | None) -> None:
+        if why is not None:
+            log.warning("agi_environment_failed", extra={"kv": {"error": why}})
+            self.server.connections -= 1
+        self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+        assert self.transport is not None
+        self.transport.close()
+
+    def _start(self, env: p.AgiEnvironment) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        assert self.transport is not None
+        session = AgiSession(
+            self.transport,
+            env,
+            command_timeout=self.limits.command_timeout_s,
+            close_on_hangup=self.server.close_on_hangup,
+            expect_sync=self.server.sync,
+        )
+        self.session = session
+        self.server._launch(session)
 
 
 class FastAgiServer:
@@ -78,14 +150,18 @@ class FastAgiServer:
         self.close_on_hangup = close_on_hangup
         self.sync = sync
         self.sessions: set[AgiSession] = set()
+        self.connections = 0
         self.refused = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._accept, self.host, self.port, backlog=self.limits.backlog, limit=65536
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _AgiConnection(self), self.host, self.port, backlog=self.limits.backlog
         )
+        self._sweeper = loop.create_task(self._sweep())
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("listening", extra={"kv": {"component": "fastagi", "address": self.address}})
 
@@ -106,41 +182,30 @@ class FastAgiServer:
                 await asyncio.wait(pending, timeout=1.0)
         if self._server is not None:
             await self._server.wait_closed()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
 
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
+    async def _sweep(self) -> None:
+        """Per-command timeouts, checked a few times a second for every session at once."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            now = loop.time()
+            for session in list(self.sessions):
+                session.expire_if_late(now)
+
+    def _launch(self, session: AgiSession) -> None:
+        self.sessions.add(session)
+        task = asyncio.get_running_loop().create_task(self._serve(session))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self.sessions) >= self.limits.max_sessions:
-            self.refused += 1
-            log.warning("agi_session_refused", extra={"kv": {"limit": self.limits.max_sessions}})
-            writer.close()
-            return
-        try:
-            env = await asyncio.wait_for(
-                read_environment(reader, self.limits.env_max_bytes), self.limits.env_timeout_s
-            )
-        except (TimeoutError, p.ProtocolError, ConnectionError) as exc:
-            why = "timeout" if isinstance(exc, TimeoutError) else str(exc)
-            log.warning("agi_environment_failed", extra={"kv": {"error": why}})
-            writer.close()
-            return
-        session = AgiSession(
-            reader,
-            writer,
-            env,
-            command_timeout=self.limits.command_timeout_s,
-            close_on_hangup=self.close_on_hangup,
-        )
-        self.sessions.add(session)
-        session.start()
+    async def _serve(self, session: AgiSession) -> None:
         try:
             await self._run(session)
         finally:
             self.sessions.discard(session)
-            await session.aclose()
+            session.close()
 
     async def _run(self, session: AgiSession) -> None:
         env = session.env
@@ -152,8 +217,6 @@ class FastAgiServer:
             log.warning("agi_no_route", extra={"kv": kv})
             return
         try:
-            if self.sync:
-                await session.sync()
             await handler(session)
         except ChannelGone as exc:
             log.debug("agi_channel_gone", extra={"kv": {**kv, "why": str(exc)}})

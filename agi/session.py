@@ -1,20 +1,25 @@
 """One FastAGI session: commands out, replies in, ``HANGUP`` noticed wherever it comes.
 
-A reader task owns the socket's input. It hands each reply to the one command waiting for it
-and treats ``HANGUP`` as what it is, a notification: it marks the session hung up and, by
-default, closes the socket at once, because Asterisk keeps the channel (and its recording)
-open until we do (capture ``linger_after_hangup``). A command in flight then fails with
-:class:`ChannelGone`, as does any command answered ``511`` (dead channel).
+The server's protocol object hands every line Asterisk sends to :meth:`AgiSession.feed_line`
+as it arrives. A reply completes the one command waiting for it; ``HANGUP`` is what it is, a
+notification: the session is marked hung up and, by default, the socket is closed at once,
+because Asterisk keeps the channel (and its recording) open until we do (capture
+``linger_after_hangup``). A command in flight then fails with :class:`ChannelGone`, as does any
+command answered ``511`` (dead channel).
 
-Every command has a timeout (``call_later`` on its future: cheap enough for thousands of
-sessions); a command that times out closes the session, since a late reply would otherwise
-be taken for the answer to the next command.
+Every command has a deadline; the server's sweeper (:meth:`expire_if_late`, a few times a
+second) fails a late command with :class:`CommandTimeout` and closes the session, since a late
+reply would otherwise be taken for the answer to the next command. One coarse sweep instead of
+a timer per command keeps thousands of sessions cheap.
+
+The session re-synchronises after the environment (the injection defence, see
+:mod:`agi.protocol`) in the same round trip as its first ``values`` read, or alone before any
+other first command.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from collections.abc import Callable
@@ -37,16 +42,15 @@ class CommandTimeout(Exception):
 class AgiSession:
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        transport: asyncio.WriteTransport,
         env: p.AgiEnvironment,
         *,
         command_timeout: float = 10.0,
         close_on_hangup: bool = True,
         on_hangup: Callable[[AgiSession], None] | None = None,
+        expect_sync: bool = False,
     ) -> None:
-        self.reader = reader
-        self.writer = writer
+        self.transport = transport
         self.env = env
         self.command_timeout = command_timeout
         self.close_on_hangup = close_on_hangup
@@ -58,32 +62,37 @@ class AgiSession:
         self._parser = p.ReplyParser()
         self._pending: asyncio.Future[p.Reply] | None = None
         self._sync_nonce: str | None = None
-        self._reader_task: asyncio.Task[None] | None = None
+        self._needs_sync = expect_sync
+        # lines that arrive before the sync (the rest of a cut-short environment)
+        self._early: list[bytes] | None = [] if expect_sync else None
+        self.deadline = 0.0  # loop time by which the pending command must be answered
+        self._pending_line = b""
         self._gone_reason = "the session is closed"
 
     # -- life cycle ------------------------------------------------------------------------
-
-    def start(self) -> None:
-        self._reader_task = asyncio.get_running_loop().create_task(self._read_loop())
 
     def close(self) -> None:
         """Close the socket now (idempotent); a command in flight fails with ChannelGone."""
         if not self.closed:
             self.closed = True
-            self.writer.close()
+            self.transport.close()
         self._fail_pending(ChannelGone(self._gone_reason))
 
-    async def aclose(self, wait_s: float = 2.0) -> None:
+    def connection_lost(self) -> None:
+        """Asterisk closed the connection (AGIEXITONHANGUP, the channel went away)."""
+        if not self.closed:
+            self._gone_reason = "Asterisk closed the AGI session"
         self.close()
-        with contextlib.suppress(TimeoutError, OSError):
-            await asyncio.wait_for(self.writer.wait_closed(), wait_s)
-        if self._reader_task is not None and not self._reader_task.done():
-            self._reader_task.cancel()
 
     # -- commands --------------------------------------------------------------------------
 
     async def command(self, line: bytes, wait_s: float | None = None) -> p.Reply:
         """Send one command line and return its reply. ``511`` raises ChannelGone."""
+        if self._needs_sync:
+            await self.sync()
+        return await self._send(line, wait_s)
+
+    async def _send(self, line: bytes, wait_s: float | None = None) -> p.Reply:
         if self.closed:
             raise ChannelGone(self._gone_reason)
         if self._pending is not None:
@@ -91,25 +100,36 @@ class AgiSession:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[p.Reply] = loop.create_future()
         self._pending = fut
-        timer = loop.call_later(wait_s or self.command_timeout, self._expire, fut, line)
+        self._pending_line = line
+        self.deadline = loop.time() + (wait_s or self.command_timeout)
         self.commands += 1
         try:
-            self.writer.write(line)
+            self.transport.write(line)
             reply = await fut
         finally:
-            timer.cancel()
             self._pending = None
         if reply.dead_channel:
             self.hung_up = True
             raise ChannelGone("511 Command Not Permitted on a dead channel")
         return reply
 
+    def _start_sync(self) -> str:
+        nonce = "cc-sync-" + secrets.token_hex(10)
+        self._sync_nonce = nonce
+        self._needs_sync = False
+        early, self._early = self._early or [], None
+        for line in early:
+            self.feed_line(line)
+        return nonce
+
     async def sync(self) -> None:
         """Discard whatever follows the environment up to the reply of a nonce only Asterisk
         can echo: lines injected by caller data can then never pass for a reply."""
-        nonce = "cc-sync-" + secrets.token_hex(10)
-        self._sync_nonce = nonce
-        await self.command(p.sync_command(nonce))
+        if self._needs_sync:
+            await self._send(p.sync_command(self._start_sync()))
+            self._log_strays()
+
+    def _log_strays(self) -> None:
         if self.stray_lines:
             log.warning(
                 "agi_stray_lines_discarded",
@@ -119,6 +139,11 @@ class AgiSession:
     async def values(self, *expressions: str, channel: str | None = None) -> list[str] | None:
         """Several dialplan expressions in one round trip, read base64-encoded; None when
         ``channel`` (another channel's name or uniqueid) does not exist."""
+        if self._needs_sync and channel is None:
+            nonce = self._start_sync()  # the first read re-synchronises too
+            reply = await self._send(p.values_command(expressions, None, nonce))
+            self._log_strays()
+            return p.decode_values(reply, len(expressions), nonce)
         reply = await self.command(p.values_command(expressions, channel))
         return p.decode_values(reply, len(expressions))
 
@@ -148,35 +173,35 @@ class AgiSession:
     async def verbose(self, message: str, level: int = 1) -> None:
         await self.command(p.command("VERBOSE", args=(message,))[:-1] + f" {level}\n".encode())
 
-    # -- input -----------------------------------------------------------------------------
+    # -- input (called by the server's protocol, for each line) ------------------------------
 
-    async def _read_loop(self) -> None:
-        reason = "Asterisk closed the AGI session"
+    def feed_line(self, line: bytes) -> None:
+        if self.closed:
+            return
+        if self._early is not None:
+            self._early.append(line)
+            if len(self._early) > MAX_STRAY_LINES:
+                self._gone_reason = "too many lines before the first command"
+                self.close()
+            return
         try:
-            while True:
-                line = await self.reader.readline()
-                if not line.endswith(b"\n"):
-                    break  # EOF (possibly after a partial line)
-                event = self._parser.feed(line)
-                if event is None:
-                    continue
-                if self._sync_nonce is not None:
-                    self._while_syncing(event)
-                elif isinstance(event, p.HangupNotice):
-                    self._hangup()
-                elif isinstance(event, p.StrayLine):
-                    reason = "Asterisk sent a line that is no reply"
-                    log.warning(
-                        "agi_protocol_error",
-                        extra={"kv": {"channel": self.env.uniqueid, "bytes": len(event.line)}},
-                    )
-                    break
-                else:
-                    self._deliver(event)
-        except (ConnectionError, ValueError, p.ProtocolError) as exc:
-            reason = f"AGI input failed: {type(exc).__name__}"
-        finally:
-            self._gone_reason = reason
+            event = self._parser.feed(line)
+            if event is None:
+                return
+            if self._sync_nonce is not None:
+                self._while_syncing(event)
+            elif isinstance(event, p.HangupNotice):
+                self._hangup()
+            elif isinstance(event, p.StrayLine):
+                log.warning(
+                    "agi_protocol_error",
+                    extra={"kv": {"channel": self.env.uniqueid, "bytes": len(event.line)}},
+                )
+                raise p.ProtocolError("Asterisk sent a line that is no reply")
+            else:
+                self._deliver(event)
+        except p.ProtocolError as exc:
+            self._gone_reason = str(exc)
             self.close()
 
     def _while_syncing(self, event: p.Incoming) -> None:
@@ -201,10 +226,12 @@ class AgiSession:
             self._gone_reason = "the channel hung up"
             self.close()
 
-    def _expire(self, fut: asyncio.Future[p.Reply], line: bytes) -> None:
-        if fut.done():
+    def expire_if_late(self, now: float) -> None:
+        """Called by the server's sweeper: fail a command past its deadline, and close."""
+        fut = self._pending
+        if fut is None or fut.done() or now < self.deadline:
             return
-        fut.set_exception(CommandTimeout(f"no reply to {line[:40]!r} in time"))
+        fut.set_exception(CommandTimeout(f"no reply to {self._pending_line[:40]!r} in time"))
         self._gone_reason = "an AGI command timed out"
         self.close()
 

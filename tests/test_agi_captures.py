@@ -95,7 +95,7 @@ async def run_capture(conn: AgiConnection, *, close_on_hangup: bool = False) -> 
 def test_capture_replays_byte_for_byte(conn: AgiConnection) -> None:
     run, result = asyncio.run(run_capture(conn))
     assert result.mismatches == []
-    assert result.sync_replies == 1
+    assert result.sync_replies == (1 if conn.tx_lines else 0)  # before the first command
     session = run.session
     assert session is not None
     trusted = {}
