@@ -24,13 +24,17 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from agi import agent, consent
 from agi.ami import AmiClient, AmiError, AmiUnavailable, Message, NoSuchChannel
 from agi.calls import CallRegistry
 from agi.closure import Closer
+from agi.control import AmiControl
 from agi.protocol import AgiEnvironment
 from agi.server import Handler
-from recorder.callbook import CallBook
+from recorder.callbook import CallBook, LiveCall, RecordingFile
+from recorder.models import ConsentRecord, Recording
 from recorder.spool import Spool
 
 log = logging.getLogger("callconsent.agi")
@@ -128,6 +132,21 @@ class AsteriskAdapter:
             # no ID, no file name (capture s1); logged, never relied upon
             log.debug("ami_event", extra={"kv": {"event": event, "uid": message.get("Uniqueid")}})
 
+    async def restore(self, live: LiveCall) -> None:
+        """A call decided before this daemon (re)started, rebuilt from the store: its customer
+        leg (the decision's channel), the recordings still open on it, and with AMI its
+        out-of-band control, so agents and ``callconsent record`` reach it again."""
+        uid, recordings = await asyncio.to_thread(_stored_leg, self.calls, live.ref.id)
+        call = self.registry.attach(live.ref.pbx_call_id, uid)
+        live.pbx_channel_id = live.pbx_channel_id or uid
+        for rec in recordings:
+            file = RecordingFile(Path(rec.spool_path), rec.format, rec.channels, rec.sample_rate)
+            call.files[rec.id] = file
+            call.open_recordings.add(rec.id)
+        if self.ami is not None and uid:
+            policy = live.machine.policy
+            live.control = AmiControl(self, call, policy, language=live.machine.language)
+
     def on_ami_ready(self) -> None:
         """After a (re)login: a Hangup may have been missed while we were away."""
         self.spawn(self._recheck_calls())
@@ -156,3 +175,17 @@ class AsteriskAdapter:
         await self.closer.drain(wait_s)
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=wait_s)
+
+
+def _stored_leg(calls: CallBook, call_id: str) -> tuple[str | None, list[Recording]]:
+    """The customer leg's uniqueid as the consent decision recorded it, and the recordings
+    the PBX is still writing."""
+    ledger = calls.ledger
+    with ledger.db.read() as s:
+        uid = s.scalar(
+            select(ConsentRecord.pbx_channel_id).where(
+                ConsentRecord.call_id == call_id, ConsentRecord.kind == "decision"
+            )
+        )
+    open_ = [r for r in ledger.recordings_of_call(call_id) if r.state == "recording"]
+    return uid, open_

@@ -93,7 +93,8 @@ class Closer:
 
     def release(self, call: AsteriskCall) -> None:
         """An AGI session of the call ended; forget the call if it is over and idle."""
-        if call.gone and call.agi_sessions == 0 and not call.open_recordings:
+        ending = call.key in self._ending  # _end_call forgets it itself when done
+        if call.gone and call.agi_sessions == 0 and not call.open_recordings and not ending:
             self._forget(call.key)
 
     async def drain(self, wait_s: float = 5.0) -> None:
@@ -144,11 +145,12 @@ class Closer:
             if live is not None:
                 await live.hung_up()
             log.info("call_ended", extra={"kv": {"call": key}})
-            self.release(call)
         except Exception:
             log.exception("call_end_failed", extra={"kv": {"call": key}})
         finally:
             self._ending.discard(key)
+        if (call := self.registry.get(key)) is not None:
+            self.release(call)
 
     def _forget(self, key: str) -> None:
         self.registry.drop(key)

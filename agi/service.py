@@ -51,6 +51,7 @@ class AsteriskService:
         self.adapter = AsteriskAdapter(
             calls, spool, options, prompt_dir, ami=ami, ami_system=system
         )
+        calls.restorers["asterisk"] = self.adapter.restore
         if ami is not None:
             ami.on_event = self.adapter.on_ami_event
             ami.on_ready = self.adapter.on_ami_ready

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -290,6 +290,9 @@ class CallBook:
         self.policies = policies  # a callable, so SIGHUP's new policies apply to new calls
         self.prompts = prompts
         self._calls: dict[tuple[str, str], LiveCall] = {}
+        #: per PBX, called with each call rebuilt from the store (an adapter gives it back its
+        #: out-of-band control, so `callconsent record` reaches it after a daemon restart)
+        self.restorers: dict[str, Callable[[LiveCall], Awaitable[None]]] = {}
 
     async def open(
         self,
@@ -358,6 +361,8 @@ class CallBook:
         log.info(
             "call_restored", extra={"kv": {"call": state.ref.id, "status": snapshot.status.value}}
         )
+        if (pbx, pbx_call_id) not in self._calls and pbx in self.restorers:
+            await self.restorers[pbx](live)
         self._calls.setdefault((pbx, pbx_call_id), live)
         return self._calls[(pbx, pbx_call_id)]
 

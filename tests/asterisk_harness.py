@@ -4,6 +4,7 @@ AMI server and FastAGI client running our rendered dialplan."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import struct
 from collections.abc import AsyncIterator
@@ -96,8 +97,15 @@ class Harness:
             return list(s.scalars(sa.select(AuditEntry.action).order_by(AuditEntry.seq)))
 
     async def settle(self) -> None:
-        """Let pending recording closures and call endings finish."""
-        await self.service.adapter.drain(5.0)
+        """Let AMI events in flight arrive, and the closures and call endings they start
+        finish (until nothing has been pending for a moment)."""
+        adapter = self.service.adapter
+        quiet = 0
+        while quiet < 3:
+            await asyncio.sleep(0.02)
+            busy = bool(adapter._tasks or adapter.closer._tasks)
+            await adapter.drain(5.0)
+            quiet = 0 if busy else quiet + 1
 
 
 def write_config(tmp: Path, policies: str, asterisk: str) -> Path:

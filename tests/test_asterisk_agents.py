@@ -166,3 +166,44 @@ def test_callconsent_record_reaches_the_call_through_the_daemon(tmp_path: Path) 
 
     run(tmp_path / "a", scenario)
     run(tmp_path / "b", scenario, system_user=SYSTEM_USER)
+
+
+def test_after_a_daemon_restart_the_cli_and_the_agents_still_reach_the_call(
+    tmp_path: Path,
+) -> None:
+    """The call book rebuilds a decided call from the store; the adapter gives it back its
+    customer leg, its open recording and its AMI control."""
+
+    async def scenario(h: Harness) -> None:
+        control = ControlServer(tmp_path / "control.sock", h.app.calls)
+        await control.start()
+        try:
+            script = [press("1", "consent", 1.0), hangup("talk", 60.0)]
+            agent_script = [press("*42", "talk", 30.0)]  # resume, long after the restart
+            call_task = asyncio.create_task(
+                h.sim.inbound("sales", script, agent_script=agent_script)
+            )
+            await h.sim.wait_until(lambda: h.sim.customers() and customer(h).peer is not None)
+            cust = customer(h)
+            h.app.calls.forget("asterisk", cust.linkedid)  # the daemon's memory is gone
+            h.service.adapter.registry.drop(cust.linkedid)
+            payload = {"op": "record", "verb": "pause", "call": cust.linkedid}
+            reply = await asyncio.to_thread(request, tmp_path / "control.sock", payload)
+            assert reply["ok"] and reply["done"] == ["PauseRecording"], reply
+            row = h.call_row(cust.linkedid)
+            (rec,) = h.recordings(row.id)
+            assert [e for e in cust.events if e[0] == "MixMonitorMute"] == [
+                ("MixMonitorMute", rec.pbx_ref, "1")
+            ]
+            await h.sim.wait_until(lambda: len(cust.events) >= 2, wait_s=10)  # *42: resume
+            h.sim.hangup(cust)
+            await call_task
+            await h.settle()
+            assert [e[2] for e in cust.events if e[0] == "MixMonitorMute"] == ["1", "0"]
+            (rec,) = h.recordings(row.id)
+            assert rec.state == "closed"  # the restored call's recording closed at hangup
+            assert h.call_row(cust.linkedid).ended_at is not None
+        finally:
+            await control.stop()
+
+    run(tmp_path, scenario)

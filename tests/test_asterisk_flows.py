@@ -231,3 +231,35 @@ def test_record_from_agent_answer_with_dial_needs_the_system_user(tmp_path: Path
 
     run(tmp_path / "a", without, policies=policies)
     run(tmp_path / "b", with_system, policies=policies, system_user=SYSTEM_USER)
+
+
+def test_record_from_agent_answer_with_queue_starts_on_the_customer_leg(tmp_path: Path) -> None:
+    """Queue's AGI argument runs on the caller's leg once a member answered: MixMonitor starts
+    there, in the call, without the write=system user; the queue wait is not recorded."""
+
+    async def scenario(h: Harness) -> None:
+        url = f"agi://127.0.0.1:{h.service.server.port}/answer"
+        task = asyncio.create_task(h.sim.inbound("sales", [press("1"), hangup("talk", 30.0)]))
+        await h.sim.wait_until(lambda: h.sim.customers() and h.sim.customers()[-1].agi is None)
+        cust = h.sim.customers()[-1]
+        row = h.call_row(cust.linkedid)
+        assert row.consent_status == "granted" and h.recordings(row.id) == []  # still queued
+        assert cust.vars["CONSENT_RECORDING_ID"]  # reserved for the agent's answer
+        assert await h.sim.run_agi(cust, url) == "SUCCESS"  # a member answered
+        (rec,) = h.recordings(row.id)
+        assert rec.id == cust.vars["CONSENT_RECORDING_ID"]
+        assert [e[0] for e in h.sim.exec_log] == [cust.name]
+        h.sim.hangup(cust)
+        await task
+        await h.settle()
+        assert h.recordings(row.id)[0].state == "closed"
+
+    run(tmp_path, scenario, policies='[policies.sales]\nrecord_from = "agent_answer"\n')
+
+
+def test_a_periodic_beep_is_asked_of_mixmonitor(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        await h.sim.inbound("sales", [press("1"), hangup("talk", 0.5)])
+        assert h.sim.exec_log[0][2].endswith(",i(MIXMON_ID)B(15)")
+
+    run(tmp_path, scenario, policies="[policies.sales]\nbeep_interval_s = 15\n")
