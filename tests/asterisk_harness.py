@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import sqlalchemy as sa
-from asterisk_sim import SimAsterisk
+from asterisk_sim import SimAsterisk, wav_header
 from asterisk_sim_ami import AmiUser
 
 from agi.adapter import AsteriskOptions
@@ -31,18 +31,9 @@ SYSTEM_USER, SYSTEM_SECRET = "callconsent-system", "system-s3cret"
 
 
 def write_wav(path: Path, seconds: float, level: int = 0) -> None:
-    frames = int(seconds * 8000)
-    data = struct.pack("<h", level) * frames
-    header = (
-        b"RIFF"
-        + struct.pack("<I", 36 + len(data))
-        + b"WAVEfmt "
-        + struct.pack("<IHHIIHH", 16, 1, 1, 8000, 16000, 2, 16)
-        + b"data"
-        + struct.pack("<I", len(data))
-    )
+    data = struct.pack("<h", level) * int(seconds * 8000)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(header + data)
+    path.write_bytes(wav_header(len(data)) + data)
 
 
 def make_prompts(root: Path, languages: tuple[str, ...] = ("en", "de")) -> None:
@@ -67,8 +58,22 @@ class SinkSpy:
         self.discarded.append(recording_id)
 
 
+class StoreView:
+    """What a test reads back from the store of its App."""
+
+    app: App
+
+    def evidence(self, call_id: str) -> list[ConsentRecord]:
+        with self.app.db.read() as s:
+            q = sa.select(ConsentRecord).where(ConsentRecord.call_id == call_id)
+            return list(s.scalars(q.order_by(ConsentRecord.decided_at)))
+
+    def recordings(self, call_id: str) -> list[Recording]:
+        return self.app.ledger.recordings_of_call(call_id)
+
+
 @dataclass
-class Harness:
+class Harness(StoreView):
     app: App
     service: AsteriskService
     sim: SimAsterisk
@@ -83,14 +88,6 @@ class Harness:
     def call_row(self, linkedid: str) -> Call:
         with self.app.db.read() as s:
             return s.scalars(sa.select(Call).where(Call.pbx_call_id == linkedid)).one()
-
-    def evidence(self, call_id: str) -> list[ConsentRecord]:
-        with self.app.db.read() as s:
-            q = sa.select(ConsentRecord).where(ConsentRecord.call_id == call_id)
-            return list(s.scalars(q.order_by(ConsentRecord.decided_at)))
-
-    def recordings(self, call_id: str) -> list[Recording]:
-        return self.app.ledger.recordings_of_call(call_id)
 
     def audit_actions(self) -> list[str]:
         with self.app.db.read() as s:

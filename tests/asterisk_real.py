@@ -144,19 +144,13 @@ def speech_wav(seconds: float, freq: int) -> bytes:
     """A tone standing in for speech, 8 kHz 16-bit (Local channels record while frames flow)."""
     import math
 
+    from asterisk_sim import wav_header
+
     n = int(seconds * 8000)
     data = b"".join(
         struct.pack("<h", int(4000 * math.sin(2 * math.pi * freq * i / 8000))) for i in range(n)
     )
-    return (
-        b"RIFF"
-        + struct.pack("<I", 36 + len(data))
-        + b"WAVEfmt "
-        + struct.pack("<IHHIIHH", 16, 1, 1, 8000, 16000, 2, 16)
-        + b"data"
-        + struct.pack("<I", len(data))
-        + data
-    )
+    return wav_header(len(data)) + data
 
 
 def new_secret() -> str:

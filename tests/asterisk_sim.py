@@ -79,7 +79,7 @@ class SimMixMonitor:
         self.muted_frames = 0
         with open(self.path, "wb") as f:
             if self.path.suffix == ".wav":
-                f.write(_wav_header(0, 1, final=False))  # sizes stay 0 until it closes
+                f.write(wav_header(0, 1, final=False))  # sizes stay 0 until it closes
         self._task = asyncio.get_running_loop().create_task(self._write())
 
     async def _write(self) -> None:
@@ -117,10 +117,11 @@ class SimMixMonitor:
             return
         size = self.path.stat().st_size
         with open(self.path, "r+b") as f:
-            f.write(_wav_header(size - 44, 1))
+            f.write(wav_header(size - 44, 1))
 
 
-def _wav_header(data_size: int, channels: int, final: bool = True) -> bytes:
+def wav_header(data_size: int, channels: int = 1, final: bool = True) -> bytes:
+    """The 44-byte header Asterisk writes (8 kHz 16-bit); sizes are 0 until the file closes."""
     riff = data_size + 36 if final else 0
     return (
         b"RIFF"
@@ -128,7 +129,7 @@ def _wav_header(data_size: int, channels: int, final: bool = True) -> bytes:
         + b"WAVEfmt "
         + struct.pack("<IHHIIHH", 16, 1, channels, 8000, 16000 * channels, 2 * channels, 16)
         + b"data"
-        + struct.pack("<I", data_size)
+        + struct.pack("<I", data_size if final else 0)
     )
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from asterisk_harness import SinkSpy, write_wav
+from asterisk_harness import SinkSpy, StoreView, write_wav
 from asterisk_real import (
     TEST_CONTEXTS,
     RealAsterisk,
@@ -37,7 +37,7 @@ from agi.service import AsteriskService
 from callconsent import config as config_mod
 from callconsent.app import App
 from consent_ivr.policy import PROMPT_IDS
-from recorder.models import Call, ConsentRecord, Recording
+from recorder.models import Call
 
 pytestmark = [pytest.mark.realpbx, pytest.mark.slow]
 DROP_INS = ("extensions_callconsent.conf", "features_callconsent.conf", "manager_callconsent.conf")
@@ -106,7 +106,7 @@ def lab() -> Iterator[Lab]:
 
 
 @dataclass
-class Real:
+class Real(StoreView):
     lab: Lab
     app: App
     service: AsteriskService
@@ -159,14 +159,6 @@ class Real:
     def last_call(self) -> Call:
         with self.app.db.read() as s:
             return s.scalars(sa.select(Call).order_by(Call.started_at.desc())).first()
-
-    def evidence(self, call_id: str) -> list[ConsentRecord]:
-        with self.app.db.read() as s:
-            q = sa.select(ConsentRecord).where(ConsentRecord.call_id == call_id)
-            return list(s.scalars(q.order_by(ConsentRecord.decided_at)))
-
-    def recordings(self, call_id: str) -> list[Recording]:
-        return self.app.ledger.recordings_of_call(call_id)
 
 
 @contextlib.asynccontextmanager
