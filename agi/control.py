@@ -220,10 +220,18 @@ class ChannelControl(_CustomerLeg):
         self.call.files[recording_id] = file
         self.call.open_recordings.add(recording_id)
         await self._agi(self.session.exec, "MixMonitor", str(file.path), options)
-        ref = await self._agi(self.session.value, "${" + MIXMON_VAR + "}")
-        if not ref:
-            log.error("mixmonitor_id_missing", extra={"kv": {"recording": recording_id}})
-        return str(ref) if ref else None
+        # the ID, and that it is ours: a MixMonitor that failed to start leaves the previous
+        # recording's ID in the variable
+        found = await self._agi(
+            self.session.values,
+            "${" + MIXMON_VAR + "}",
+            "${MIXMONITOR(${" + MIXMON_VAR + "},filename)}",
+        )
+        ref, filename = found if isinstance(found, list) else ("", "")
+        if not ref or filename != str(file.path):
+            log.error("mixmonitor_not_started", extra={"kv": {"recording": recording_id}})
+            return None
+        return ref
 
     async def stop_recording(self, recording_id: str, pbx_ref: str | None) -> None:
         if self.adapter.ami is not None:

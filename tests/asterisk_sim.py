@@ -77,6 +77,9 @@ class SimMixMonitor:
         self.active = True
         self.frames = 0
         self.muted_frames = 0
+        self._task: asyncio.Task[None] | None = None
+        if chan.sim.unwritable_spool:  # Asterisk logs an error; the monitor exists all the same
+            return
         with open(self.path, "wb") as f:
             if self.path.suffix == ".wav":
                 f.write(wav_header(0, 1, final=False))  # sizes stay 0 until it closes
@@ -109,11 +112,12 @@ class SimMixMonitor:
         if not self.active:
             return
         self.active = False
-        self._task.cancel()
+        if self._task is not None:
+            self._task.cancel()
         asyncio.get_running_loop().call_later(random.uniform(0.001, 0.015), self._finalize)
 
     def _finalize(self) -> None:
-        if self.path.suffix != ".wav":
+        if self.path.suffix != ".wav" or not self.path.exists():
             return
         size = self.path.stat().st_size
         with open(self.path, "r+b") as f:
@@ -315,6 +319,7 @@ class SimAsterisk:
         self.channels: dict[str, SimChannel] = {}
         self.agi_sighup = True  # AGISIGHUP (default yes)
         self.agi_exit_on_hangup = False  # AGIEXITONHANGUP (default no)
+        self.unwritable_spool = False  # MixMonitor cannot open its file
         self.exec_log: list[tuple[str, str, str]] = []
         self.agi_sent: list[bytes] = []  # every environment and reply sent, for conformance
         self.spied: list[tuple[str, str]] = []  # (listener, customer) pairs that were heard

@@ -166,3 +166,14 @@ def test_many_calls_at_once_keep_their_own_decisions(tmp_path: Path) -> None:
         assert len(h.sink.closed) == 20
 
     run(tmp_path, scenario)
+
+
+def test_a_recording_asterisk_could_not_write_is_discarded_not_kept_open(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        h.sim.unwritable_spool = True
+        call = await h.sim.inbound("sales", [press("1"), hangup("talk", 1.0)])
+        await h.settle()
+        (rec,) = h.recordings(h.call_row(call.customer.linkedid).id)
+        assert (rec.state, rec.discard_reason) == ("discarded", "pbx_wrote_no_file")
+
+    run(tmp_path, scenario)
