@@ -89,6 +89,7 @@ class AsteriskAdapter:
         self.registry = CallRegistry()
         self.closer = Closer(calls, self.registry, options.header_wait_s)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._watchers: set[asyncio.Task[None]] = set()
 
     # -- FastAGI routes ----------------------------------------------------------------------
 
@@ -171,10 +172,20 @@ class AsteriskAdapter:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def watch(self, coro: Any) -> None:
+        """Run ``coro`` in the background, not waited for on shutdown (a delayed check)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
     async def drain(self, wait_s: float) -> None:
         await self.closer.drain(wait_s)
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=wait_s)
+
+    def stop_watching(self) -> None:
+        for task in list(self._watchers):
+            task.cancel()
 
 
 def _stored_leg(calls: CallBook, call_id: str) -> tuple[str | None, list[Recording]]:

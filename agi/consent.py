@@ -10,6 +10,7 @@ registered, and registers it before ``MixMonitor`` writes a byte.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -113,24 +114,35 @@ async def answered(ad: AsteriskAdapter, session: AgiSession) -> None:
         if machine.policy.whisper and machine.status is not None:
             status_prompt = f"agent-status-{machine.status.value}"
             await play_agent_tone(ad, session, status_prompt, machine.language)
-        waiting = any(s is c.RecordingState.RESERVED for s in machine.recordings.values())
-        if waiting and ad.ami_system is None:
-            log.error(
-                "agent_answer_start_impossible",
-                extra={
-                    "kv": {
-                        "call": key,
-                        "why": "the agent leg cannot start MixMonitor on the customer leg: use "
-                        "Queue's AGI argument, or the write=system AMI user",
-                    }
-                },
-            )
+        if _reserved(live) and ad.ami_system is None:
+            # Queue's AGI argument starts it on the customer leg right after this; with Dial
+            # nothing will: say so if it is still waiting in a moment
+            ad.watch(_warn_if_never_started(live, key))
             return
         control = AmiControl(ad, call, machine.policy, agent_session=session)
         await live.feed(c.AgentAnswered(agent_name), control)
     finally:
         call.agi_sessions -= 1
         ad.closer.release(call)
+
+
+def _reserved(live: LiveCall) -> bool:
+    return any(s is c.RecordingState.RESERVED for s in live.machine.recordings.values())
+
+
+async def _warn_if_never_started(live: LiveCall, key: str, wait_s: float = 3.0) -> None:
+    await asyncio.sleep(wait_s)
+    if _reserved(live) and live.machine.phase is c.Phase.CONNECTED:
+        log.warning(
+            "agent_answer_recording_not_started",
+            extra={
+                "kv": {
+                    "call": key,
+                    "why": "record_from = agent_answer: the agent leg cannot start MixMonitor on "
+                    "the customer leg; use Queue's AGI argument or the write=system AMI user",
+                }
+            },
+        )
 
 
 async def withdraw(ad: AsteriskAdapter, session: AgiSession, digit: str) -> None:

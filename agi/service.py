@@ -112,6 +112,7 @@ class AsteriskService:
     async def stop(self) -> None:
         await self.server.stop(grace=min(5.0, self.options.command_timeout_s))
         await self.adapter.drain(5.0)
+        self.adapter.stop_watching()
         for client in (self.adapter.ami, self.adapter.ami_system):
             if client is not None:
                 await client.stop()
