@@ -14,7 +14,7 @@ CONFIG ?=
 # command -> Debian package, for what the test suite and the prompts need
 DEBIAN_TEST_PACKAGES := initdb:postgresql espeak-ng:espeak-ng ffmpeg:ffmpeg sox:sox systemd-analyze:systemd
 
-.PHONY: run test lint bench demo sql venv install debian-deps clean help
+.PHONY: run test lint bench demo sql dialplan venv install debian-deps clean help
 
 help:
 	@echo "make run    start the daemon on embedded defaults (SQLite, ./var/)"
@@ -22,6 +22,8 @@ help:
 	@echo "make lint   ruff"
 	@echo "make bench  run every benchmark (QUICK=1 for a short run)"
 	@echo "make sql    regenerate sql/*.sql from the migrations"
+	@echo "make demo   three consent calls through a simulated Asterisk, then what was kept"
+	@echo "make dialplan  regenerate dialplan/asterisk/*.conf from agi/templates/"
 
 $(VPY):
 	@echo ">>> creating virtualenv $(VENV) with $(PYTHON)"
@@ -82,6 +84,16 @@ bench: install
 sql: install
 	$(VENV)/bin/callconsent db sql --dialect sqlite > sql/sqlite.sql
 	$(VENV)/bin/callconsent db sql --dialect postgresql > sql/postgresql.sql
+
+demo: debian-deps install
+	@if [ "$$(id -u)" = 0 ] && ! getent passwd callconsent >/dev/null; then \
+	  useradd --system --user-group --no-create-home --shell /usr/sbin/nologin callconsent; \
+	fi
+	$(VPY) tests/asterisk_demo.py
+
+dialplan: install
+	$(VPY) -c 'from agi.dialplan import render, DialplanSettings; \
+	[open(f"dialplan/asterisk/{n}", "w").write(t) for n, t in render(DialplanSettings()).items()]'
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

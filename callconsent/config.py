@@ -101,6 +101,20 @@ class PromptsSection:
     dir: Path | None = None  # empty: <data_dir>/prompts
 
 
+def _feature_code(v: str) -> str | None:
+    ok = 1 <= len(v) <= 8 and all(ch in "0123456789*#" for ch in v)
+    return None if ok else f"expected 1 to 8 DTMF keys (0-9, *, #) such as *41; got {v!r}"
+
+
+def _word(v: str) -> str | None:
+    ok = 0 < len(v) <= 32 and all(ch.isascii() and (ch.isalnum() or ch in "_-") for ch in v)
+    return None if ok else f"expected letters, digits, '_' or '-'; got {v!r}"
+
+
+def _at_least_one(v: int) -> str | None:
+    return None if v >= 1 else f"expected 1 or more; got {v}"
+
+
 @dataclass(frozen=True)
 class AsteriskSection:
     enabled: bool = False
@@ -110,6 +124,18 @@ class AsteriskSection:
     ami_port: int = field(default=5038, metadata=_check(_port))
     ami_user: str = ""  # empty: no AMI client
     ami_secret: str = ""
+    ami_system_user: str = ""  # opt-in write=system user: starting recordings from the CLI
+    ami_system_secret: str = ""
+    max_sessions: int = field(default=5000, metadata=_check(_at_least_one))
+    env_timeout_s: float = field(default=5.0, metadata=_check(_positive))
+    command_timeout_s: float = field(default=10.0, metadata=_check(_positive))
+    header_wait_s: float = field(default=2.0, metadata=_check(_positive))
+    spy_group: str = field(default="consented", metadata=_check(_word))
+    feature_start: str = field(default="*41", metadata=_check(_feature_code))
+    feature_pause: str = field(default="*42", metadata=_check(_feature_code))
+    feature_stop: str = field(default="*43", metadata=_check(_feature_code))
+    feature_discard: str = field(default="*49", metadata=_check(_feature_code))
+    conf_dir: Path = Path("/etc/asterisk")  # read by `callconsent doctor`
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,20 @@ def _freeswitch(app: App) -> Component | None:
 COMPONENT_FACTORIES.append(_freeswitch)
 
 
+def _asterisk(app: App) -> Component | None:
+    section = app.config.asterisk
+    if not section.enabled:
+        return None
+    from agi.adapter import AsteriskOptions
+    from agi.service import AsteriskService
+
+    options = AsteriskOptions.from_settings(section)
+    return AsteriskService(app.calls, app.spool, options, app.config.prompt_dir)
+
+
+COMPONENT_FACTORIES.append(_asterisk)
+
+
 async def run(app: App, *, on_ready: Callable[[], None] | None = None) -> None:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -168,6 +182,7 @@ def _reload(app: App) -> None:
         if getattr(new, name) != getattr(app.config, name)
     ]
     app.config = new
+    app.prompts.reload()  # prompts rebuilt or replaced since: hashed again, heard at once
     log.info(
         "reloaded",
         extra={"kv": {"source": new.source, "restart_needed_for": ",".join(restart_needed) or "-"}},

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -131,7 +131,19 @@ class LiveCall:
     async def agent(
         self, verb: str, actor: str | None = None, control: CallControl | None = None
     ) -> list[c.Action]:
-        """An agent command (feature code or CLI). Refusals come back as ``RejectCommand``."""
+        """An agent command (feature code or CLI). Refusals come back as ``RejectCommand``.
+        A control that cannot start recordings (Asterisk's AMI without the opt-in
+        ``write=system`` user) says why in ``start_refusal``; start is then refused here."""
+        refusal = (
+            getattr(control or self.control, "start_refusal", None) if verb == "start" else None
+        )
+        if refusal:
+            log.info(
+                "agent_command_refused",
+                extra={"kv": {"call": self.ref.id, "verb": verb, "reason": refusal}},
+            )
+            metrics.AGENT_COMMANDS.labels(verb, "refused").inc()
+            return [c.RejectCommand(verb, refusal)]
         done = await self.feed(c.AgentCommand(verb, actor), control)  # type: ignore[arg-type]
         refused = any(isinstance(a, c.RejectCommand) for a in done)
         metrics.AGENT_COMMANDS.labels(verb, "refused" if refused else "done").inc()
@@ -278,6 +290,9 @@ class CallBook:
         self.policies = policies  # a callable, so SIGHUP's new policies apply to new calls
         self.prompts = prompts
         self._calls: dict[tuple[str, str], LiveCall] = {}
+        #: per PBX, called with each call rebuilt from the store (an adapter gives it back its
+        #: out-of-band control, so `callconsent record` reaches it after a daemon restart)
+        self.restorers: dict[str, Callable[[LiveCall], Awaitable[None]]] = {}
 
     async def open(
         self,
@@ -346,6 +361,8 @@ class CallBook:
         log.info(
             "call_restored", extra={"kv": {"call": state.ref.id, "status": snapshot.status.value}}
         )
+        if (pbx, pbx_call_id) not in self._calls and pbx in self.restorers:
+            await self.restorers[pbx](live)
         self._calls.setdefault((pbx, pbx_call_id), live)
         return self._calls[(pbx, pbx_call_id)]
 

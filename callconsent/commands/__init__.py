@@ -5,7 +5,9 @@ from callconsent.commands import (
     config_cmd,
     db_cmd,
     dialplan_cmd,
+    doctor_cmd,
     keys_cmd,
+    prompts_cmd,
     record_cmd,
     recordings_cmd,
     retention_cmd,
@@ -15,3 +17,4 @@ from callconsent.commands import (
 
 COMMAND_MODULES = [serve_cmd, config_cmd, db_cmd, record_cmd, audit_cmd, dialplan_cmd]
 COMMAND_MODULES += [keys_cmd, recordings_cmd, retention_cmd, subject_cmd]
+COMMAND_MODULES += [doctor_cmd, prompts_cmd]

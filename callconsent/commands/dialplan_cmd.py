@@ -23,8 +23,17 @@ def _freeswitch(cfg: Config, out: Path) -> list[Path]:
         raise CommandError(str(exc)) from None
 
 
-#: PBX name -> renderer; the Asterisk renderer is added beside this one.
-RENDERERS: dict[str, Renderer] = {"freeswitch": _freeswitch}
+def _asterisk(cfg: Config, out: Path) -> list[Path]:
+    from callconsent.dialplan_render_asterisk import render
+
+    try:
+        return render(cfg, out)
+    except ValueError as exc:  # agi.dialplan.RenderError
+        raise CommandError(str(exc)) from None
+
+
+#: PBX name -> renderer.
+RENDERERS: dict[str, Renderer] = {"freeswitch": _freeswitch, "asterisk": _asterisk}
 
 
 def register(sub: argparse._SubParsersAction) -> None:

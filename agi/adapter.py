@@ -1,0 +1,202 @@
+"""The Asterisk adapter's shared state and its routes.
+
+Every FastAGI URL the shipped dialplan uses, by path (the campaign comes from the path
+only: ``agi_arg_N`` come after the caller fields and can be forged, capture ``s7``):
+
+=============================== ============================================================
+``consent/<campaign>``          inbound consent dialogue on the customer leg
+``outbound/<campaign>/<agent>`` registers an outbound call, on the agent's channel
+``answer``                      a leg was answered: the outbound customer (dialogue), the
+                                inbound customer leg in a Queue (agent answered), or the agent
+                                leg (whisper; ``record_from = agent_answer``)
+``agent/<verb>``                an agent's feature code: start, pause (toggles), stop, discard
+``withdraw/<key>``              the caller's withdraw key (``0``-``9``, ``star``, ``hash``)
+=============================== ============================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from agi import agent, consent
+from agi.ami import AmiClient, AmiError, AmiUnavailable, Message, NoSuchChannel
+from agi.calls import CallRegistry
+from agi.closure import Closer
+from agi.control import AmiControl
+from agi.protocol import AgiEnvironment
+from agi.server import Handler
+from recorder.callbook import CallBook, LiveCall, RecordingFile
+from recorder.models import ConsentRecord, Recording
+from recorder.spool import Spool
+
+log = logging.getLogger("callconsent.agi")
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # campaigns, as in consent_ivr.policy
+AGENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}$")
+WITHDRAW_KEYS = {**{d: d for d in "0123456789"}, "star": "*", "hash": "#"}
+
+
+@dataclass(frozen=True)
+class AsteriskOptions:
+    """The ``[asterisk]`` settings the adapter uses (same names as in the config file)."""
+
+    agi_host: str = "127.0.0.1"
+    agi_port: int = 4573
+    ami_host: str = "127.0.0.1"
+    ami_port: int = 5038
+    ami_user: str = ""
+    ami_secret: str = ""
+    ami_system_user: str = ""
+    ami_system_secret: str = ""
+    max_sessions: int = 5000
+    env_timeout_s: float = 5.0
+    command_timeout_s: float = 10.0
+    header_wait_s: float = 2.0
+    spy_group: str = "consented"
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> AsteriskOptions:
+        """From any object with these attributes (the config's ``[asterisk]`` section)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{n: getattr(settings, n) for n in names if hasattr(settings, n)})
+
+
+class AsteriskAdapter:
+    def __init__(
+        self,
+        calls: CallBook,
+        spool: Spool,
+        options: AsteriskOptions,
+        prompt_dir: Path,
+        *,
+        ami: AmiClient | None = None,
+        ami_system: AmiClient | None = None,
+    ) -> None:
+        self.calls = calls
+        self.spool = spool
+        self.options = options
+        self.prompt_dir = prompt_dir
+        self.ami = ami
+        self.ami_system = ami_system
+        self.registry = CallRegistry()
+        self.closer = Closer(calls, self.registry, options.header_wait_s)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    # -- FastAGI routes ----------------------------------------------------------------------
+
+    def route(self, env: AgiEnvironment) -> Handler | None:
+        parts = env.script.split("/")
+        match parts:
+            case ["consent", campaign] if NAME.match(campaign):
+                return functools.partial(consent.inbound, self, campaign=campaign)
+            case ["outbound", campaign, agent_id] if NAME.match(campaign) and AGENT.match(agent_id):
+                return functools.partial(consent.outbound, self, campaign=campaign, agent=agent_id)
+            case ["answer"]:
+                return functools.partial(consent.answered, self)
+            case ["withdraw", key] if key in WITHDRAW_KEYS:
+                return functools.partial(consent.withdraw, self, digit=WITHDRAW_KEYS[key])
+            case ["agent", verb] if verb in agent.VERBS:
+                return functools.partial(agent.command, self, verb=verb)
+        return None
+
+    # -- AMI events ------------------------------------------------------------------------
+
+    def on_ami_event(self, message: Message) -> None:
+        event = str(message.get("Event", ""))
+        if event == "Hangup":
+            uid = str(message.get("Uniqueid", ""))
+            call = self.registry.by_customer(uid)
+            if call is not None:
+                self.closer.channel_gone(call.key)
+            spied = self.registry.by_spy(uid)
+            if spied is not None:
+                spied.spies.pop(uid, None)
+        elif event == "ChanSpyStart":
+            call = self.registry.by_customer(str(message.get("SpyeeUniqueid", "")))
+            if call is not None:
+                call.spies[str(message.get("SpyerUniqueid", ""))] = str(message.get("SpyerChannel"))
+                log.info("listener_started", extra={"kv": {"call": call.key}})
+        elif event == "ChanSpyStop":
+            call = self.registry.by_customer(str(message.get("SpyeeUniqueid", "")))
+            if call is not None:
+                call.spies.pop(str(message.get("SpyerUniqueid", "")), None)
+        elif event.startswith("MixMonitor"):
+            # no ID, no file name (capture s1); logged, never relied upon
+            log.debug("ami_event", extra={"kv": {"event": event, "uid": message.get("Uniqueid")}})
+
+    async def restore(self, live: LiveCall) -> None:
+        """A call decided before this daemon (re)started, rebuilt from the store: its customer
+        leg (the decision's channel), the recordings still open on it, and with AMI its
+        out-of-band control, so agents and ``callconsent record`` reach it again."""
+        uid, recordings = await asyncio.to_thread(_stored_leg, self.calls, live.ref.id)
+        call = self.registry.attach(live.ref.pbx_call_id, uid)
+        live.pbx_channel_id = live.pbx_channel_id or uid
+        for rec in recordings:
+            file = RecordingFile(Path(rec.spool_path), rec.format, rec.channels, rec.sample_rate)
+            call.files[rec.id] = file
+            call.open_recordings.add(rec.id)
+        if self.ami is not None and uid:
+            policy = live.machine.policy
+            live.control = AmiControl(self, call, policy, language=live.machine.language)
+
+    def on_ami_ready(self) -> None:
+        """After a (re)login: a Hangup may have been missed while we were away."""
+        self.spawn(self._recheck_calls())
+
+    async def _recheck_calls(self) -> None:
+        if self.ami is None:
+            return
+        for call in self.registry.live():
+            if not call.customer_uid:
+                continue
+            try:
+                await self.ami.action("Getvar", Channel=call.customer_uid, Variable="UNIQUEID")
+            except NoSuchChannel:
+                log.info("call_ended_while_ami_was_away", extra={"kv": {"call": call.key}})
+                self.closer.channel_gone(call.key)
+            except (AmiError, AmiUnavailable, TimeoutError):
+                return
+
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` in the background; :meth:`drain` waits for it on shutdown."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def watch(self, coro: Any) -> None:
+        """Run ``coro`` in the background, not waited for on shutdown (a delayed check)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    async def drain(self, wait_s: float) -> None:
+        await self.closer.drain(wait_s)
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=wait_s)
+
+    def stop_watching(self) -> None:
+        for task in list(self._watchers):
+            task.cancel()
+
+
+def _stored_leg(calls: CallBook, call_id: str) -> tuple[str | None, list[Recording]]:
+    """The customer leg's uniqueid as the consent decision recorded it, and the recordings
+    the PBX is still writing."""
+    ledger = calls.ledger
+    with ledger.db.read() as s:
+        uid = s.scalar(
+            select(ConsentRecord.pbx_channel_id).where(
+                ConsentRecord.call_id == call_id, ConsentRecord.kind == "decision"
+            )
+        )
+    open_ = [r for r in ledger.recordings_of_call(call_id) if r.state == "recording"]
+    return uid, open_

@@ -1,0 +1,157 @@
+"""When a recording's file is final, tell the recorder; when the customer leg is gone, end
+the call.
+
+Asterisk writes a WAV's header only when it closes the file: 1–15 ms after the channel hangs
+up (no event says so; capture ``s3_stereo``) or after ``StopMixMonitor`` returns.
+``MixMonitorStop`` is never sent on hangup. So a recording is handed on only once its RIFF
+and data sizes match the file's size, checked in a short, bounded poll. A ``.raw`` file has no
+header: it is closed when the channel is gone (or the stop returned) and its size is stable.
+A header that never becomes final (the PBX died mid-call) is left alone: the finalizer
+repairs stale files from their size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import struct
+from pathlib import Path
+
+from agi.calls import AsteriskCall, CallRegistry
+from recorder.callbook import CallBook, RecordingFile
+
+log = logging.getLogger("callconsent.agi")
+PBX = "asterisk"
+
+
+def header_final(path: Path) -> bool:
+    """True when the WAV at ``path`` has a header whose sizes match the file: closed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(4096)
+    if size < 44 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return False
+    if struct.unpack_from("<I", head, 4)[0] != size - 8:
+        return False
+    offset = 12
+    while offset + 8 <= len(head):
+        chunk, length = head[offset : offset + 4], struct.unpack_from("<I", head, offset + 4)[0]
+        if chunk == b"data":
+            return length == size - offset - 8
+        offset += 8 + length + (length & 1)
+    return False
+
+
+async def wait_closed(file: RecordingFile, wait_s: float) -> bool:
+    """Poll until the file is final (WAV) or stable (raw), for at most ``wait_s``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    delay, last_size = 0.002, -1
+    while True:
+        if file.fmt == "wav":
+            if header_final(file.path):
+                return True
+        else:
+            try:
+                size = file.path.stat().st_size
+            except OSError:
+                size = -1
+            if size >= 0 and size == last_size:
+                return True
+            last_size = size
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+class Closer:
+    """Hands closed recordings to the recorder and ended calls to the call book, each once."""
+
+    def __init__(self, calls: CallBook, registry: CallRegistry, wait_s: float = 2.0) -> None:
+        self.calls = calls
+        self.registry = registry
+        self.wait_s = wait_s
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ending: set[str] = set()
+
+    def recording_stopped(self, call: AsteriskCall, recording_id: str) -> None:
+        """A StopMixMonitor returned: the file closes now (the channel lives on)."""
+        self._spawn(self._close_one(call, recording_id))
+
+    def channel_gone(self, key: str) -> None:
+        """The customer leg hung up (AMI ``Hangup``, or ``HANGUP`` in our AGI session)."""
+        if key in self._ending:
+            return
+        self._ending.add(key)
+        self._spawn(self._end_call(key))
+
+    def release(self, call: AsteriskCall) -> None:
+        """An AGI session of the call ended; forget the call if it is over and idle."""
+        ending = call.key in self._ending  # _end_call forgets it itself when done
+        if call.gone and call.agi_sessions == 0 and not call.open_recordings and not ending:
+            self._forget(call.key)
+
+    async def drain(self, wait_s: float = 5.0) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=wait_s)
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _close_one(self, call: AsteriskCall, rid: str) -> None:
+        if rid not in call.open_recordings:
+            return
+        call.open_recordings.discard(rid)
+        file = call.files.get(rid)
+        kv = {"call": call.key, "recording": rid}
+        if file is None:
+            return
+        if not file.path.exists():
+            # MixMonitor never opened it (bad path, full disk): nothing to keep or finalize
+            log.error("recording_file_missing", extra={"kv": kv})
+            await asyncio.to_thread(self.calls.ledger.discard, rid, "pbx_wrote_no_file", None)
+            return
+        if not await wait_closed(file, self.wait_s):
+            log.warning("recording_not_final", extra={"kv": {**kv, "after_s": self.wait_s}})
+            return  # the finalizer repairs the header of a stale file
+        live = self.calls.find(PBX, call.key)
+        try:
+            if live is not None:
+                await live.recording_closed(rid)
+            else:
+                await asyncio.to_thread(self.calls.ledger.recording_closed, rid)
+        except Exception:
+            log.exception("recording_close_failed", extra={"kv": kv})
+            return
+        log.info("recording_closed", extra={"kv": kv})
+
+    async def _end_call(self, key: str) -> None:
+        try:
+            call = self.registry.get(key)
+            if call is None:
+                return
+            call.gone = True
+            pending = [self._close_one(call, rid) for rid in list(call.open_recordings)]
+            await asyncio.gather(*pending)
+            live = self.calls.find(PBX, key)
+            if live is not None:
+                await live.hung_up()
+            log.info("call_ended", extra={"kv": {"call": key}})
+        except Exception:
+            log.exception("call_end_failed", extra={"kv": {"call": key}})
+        finally:
+            self._ending.discard(key)
+        if (call := self.registry.get(key)) is not None:
+            self.release(call)
+
+    def _forget(self, key: str) -> None:
+        self.registry.drop(key)
+        self.calls.forget(PBX, key)

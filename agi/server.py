@@ -1,0 +1,228 @@
+"""Our asyncio FastAGI server.
+
+Not panoramisk's ``fast_agi``: against Asterisk it spins the event loop when a client
+disconnects before the blank line (``reader.read`` returns ``b''`` forever in its loop), and it
+reads the unsolicited ``HANGUP`` as the reply to the next command, so every later result is
+off by one. Here the environment is read line by line with a size limit and a deadline, an
+early EOF ends the session, and :class:`agi.session.AgiSession` treats ``HANGUP`` as a
+notification.
+
+A session beyond ``max_sessions`` is closed at once, before its environment: Asterisk then
+reports ``AGISTATUS=SUCCESS`` with nothing set, which the shipped dialplan maps to
+``CONSENT_STATUS=unavailable`` — the call goes on, unrecorded (capture ``s4b``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from agi import protocol as p
+from agi.session import AgiSession, ChannelGone, CommandTimeout
+
+log = logging.getLogger("callconsent.agi")
+
+Handler = Callable[[AgiSession], Awaitable[None]]
+SWEEP_S = 0.2  # how often command deadlines are checked
+Router = Callable[[p.AgiEnvironment], "Handler | None"]
+
+
+class EnvironmentIncomplete(p.ProtocolError):
+    """The connection ended before the environment's blank line."""
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    max_sessions: int = 5000
+    env_timeout_s: float = 5.0
+    env_max_bytes: int = 16384
+    command_timeout_s: float = 10.0
+    backlog: int = 4096
+    max_line: int = 65536
+
+
+class _AgiConnection(asyncio.Protocol):
+    """One TCP connection: lines are cut as bytes arrive (no reader task per session) and
+    fed first to the environment reader, then to the session."""
+
+    def __init__(self, server: FastAgiServer) -> None:
+        self.server = server
+        self.limits = server.limits
+        self.env = p.EnvironmentReader(max_bytes=self.limits.env_max_bytes)
+        self.session: AgiSession | None = None
+        self.transport: asyncio.Transport | None = None
+        self._rest = b""
+        self._timer: asyncio.TimerHandle | None = None
+        self._done = False  # refused, failed, or closed by us before a session existed
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        server = self.server
+        if server.connections >= self.limits.max_sessions:
+            server.refused += 1
+            log.warning("agi_session_refused", extra={"kv": {"limit": self.limits.max_sessions}})
+            self._fail(None)
+            return
+        server.connections += 1
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.limits.env_timeout_s, self._fail, "timeout")
+
+    def data_received(self, data: bytes) -> None:
+        if self._done:
+            return
+        lines = (self._rest + data).split(b"\n")
+        self._rest = lines.pop()
+        if len(self._rest) > self.limits.max_line:
+            self._fail("a line is too long")
+            return
+        for line in lines:
+            line += b"\n"
+            if self.session is not None:
+                self.session.feed_line(line)
+                if self.session.closed:
+                    return
+                continue
+            try:
+                complete = self.env.feed(line)
+            except p.EnvironmentTooLarge as exc:
+                self._fail(str(exc))
+                return
+            if complete:
+                self._start(p.parse_environment(self.env.lines))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.session is not None:
+            self.session.connection_lost()
+        elif not self._done:
+            why = EnvironmentIncomplete(
+                "Asterisk closed the AGI socket before the environment ended "
+                f"(got {len(self.env.lines)} of ~23 lines)"
+            )
+            log.warning("agi_environment_failed", extra={"kv": {"error": str(why)}})
+        if not self._done or self.session is not None:
+            self.server.connections -= 1
+
+    def _fail(self, why: str | None) -> None:
+        if why is not None:
+            log.warning("agi_environment_failed", extra={"kv": {"error": why}})
+            self.server.connections -= 1
+        self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+        assert self.transport is not None
+        self.transport.close()
+
+    def _start(self, env: p.AgiEnvironment) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        assert self.transport is not None
+        session = AgiSession(
+            self.transport,
+            env,
+            command_timeout=self.limits.command_timeout_s,
+            close_on_hangup=self.server.close_on_hangup,
+            expect_sync=self.server.sync,
+        )
+        self.session = session
+        self.server._launch(session)
+
+
+class FastAgiServer:
+    def __init__(
+        self,
+        router: Router,
+        host: str = "127.0.0.1",
+        port: int = 4573,
+        limits: ServerLimits | None = None,
+        *,
+        close_on_hangup: bool = True,
+        sync: bool = True,
+    ) -> None:
+        self.router = router
+        self.host = host
+        self.port = port
+        self.limits = limits or ServerLimits()
+        self.close_on_hangup = close_on_hangup
+        self.sync = sync
+        self.sessions: set[AgiSession] = set()
+        self.connections = 0
+        self.refused = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _AgiConnection(self), self.host, self.port, backlog=self.limits.backlog
+        )
+        self._sweeper = loop.create_task(self._sweep())
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("listening", extra={"kv": {"component": "fastagi", "address": self.address}})
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting; let running sessions finish for ``grace`` seconds, then close them
+        (Asterisk continues the dialplan; the wrapper maps an undecided call to unavailable)."""
+        if self._server is not None:
+            self._server.close()
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for session in list(self.sessions):
+                session.close()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        if self._server is not None:
+            await self._server.wait_closed()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+    async def _sweep(self) -> None:
+        """Per-command timeouts, checked a few times a second for every session at once."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            now = loop.time()
+            for session in list(self.sessions):
+                session.expire_if_late(now)
+
+    def _launch(self, session: AgiSession) -> None:
+        self.sessions.add(session)
+        task = asyncio.get_running_loop().create_task(self._serve(session))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, session: AgiSession) -> None:
+        try:
+            await self._run(session)
+        finally:
+            self.sessions.discard(session)
+            session.close()
+
+    async def _run(self, session: AgiSession) -> None:
+        env = session.env
+        kv = {"channel": env.uniqueid, "script": env.script[:80]}
+        if env.hostile:
+            log.warning("agi_environment_anomaly", extra={"kv": {**kv, "why": env.anomalies[0]}})
+        handler = self.router(env)
+        if handler is None:
+            log.warning("agi_no_route", extra={"kv": kv})
+            return
+        try:
+            await handler(session)
+        except ChannelGone as exc:
+            log.debug("agi_channel_gone", extra={"kv": {**kv, "why": str(exc)}})
+        except CommandTimeout as exc:
+            log.warning("agi_command_timeout", extra={"kv": {**kv, "why": str(exc)}})
+        except (p.ProtocolError, p.UnsafeArgument) as exc:
+            log.warning("agi_session_failed", extra={"kv": {**kv, "why": str(exc)}})
+        except Exception:
+            log.exception("agi_handler_crashed", extra={"kv": kv})

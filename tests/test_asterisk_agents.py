@@ -1,0 +1,209 @@
+"""Outbound calls, listen-in that follows consent, the caller's withdraw key, the whisper,
+and ``callconsent record`` through the daemon's control socket — against the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from asterisk_harness import SYSTEM_USER, Harness
+from asterisk_sim import SimChannel, hangup, press
+from test_asterisk_flows import run
+
+from callconsent.control import ControlServer, request
+
+
+def customer(h: Harness) -> SimChannel:
+    return h.sim.customers()[-1]
+
+
+def test_outbound_on_demand_the_agent_starts_pauses_and_stops(tmp_path: Path) -> None:
+    policies = '[policies.support]\nmode = "on_demand"\n'
+    agent_script = [press("*41", "talk", 1.0), press("*42", "talk", 1.0), press("*43", "talk", 1.0)]
+
+    async def scenario(h: Harness) -> None:
+        call = await h.sim.outbound(
+            "support", "alice", "+4930123456", [hangup("talk", 10.0)], agent_script
+        )
+        await h.settle()
+        cust = call.customer
+        row = h.call_row(cust.linkedid)
+        assert (row.direction, row.agent, row.number_kind) == ("outbound", "alice", "e164")
+        decision, change = h.evidence(row.id)
+        assert (decision.status, decision.method) == ("not_required", "policy")
+        assert (change.status, change.method, change.actor) == (
+            "granted",
+            "agent_attested",
+            "alice",
+        )
+        (rec,) = h.recordings(row.id)
+        assert rec.state == "closed" and rec.pbx_channel == cust.uid  # the customer's leg
+        assert [e[2] for e in cust.events if e[0] == "MixMonitorMute"] == ["1"]
+        assert "DYNAMIC_FEATURES" not in cust.vars  # the customer never gets the agent codes
+        assert call.agent is not None and "ccstart" in call.agent.vars["DYNAMIC_FEATURES"]
+
+    run(tmp_path, scenario, policies=policies)
+
+
+def test_outbound_always_announces_and_records_from_the_answer(tmp_path: Path) -> None:
+    policies = '[policies.collections]\nmode = "always"\nlegal_basis = "legal_obligation"\n'
+
+    async def scenario(h: Harness) -> None:
+        call = await h.sim.outbound("collections", "bob", "+4930123456", [hangup("talk", 2.0)], [])
+        await h.settle()
+        cust = call.customer
+        assert cust.heard == ["notice"]
+        row = h.call_row(cust.linkedid)
+        assert h.evidence(row.id)[0].method == "notice"
+        (rec,) = h.recordings(row.id)
+        assert rec.state == "closed"
+
+    run(tmp_path, scenario, policies=policies)
+
+
+def test_outbound_never_refuses_the_start_code(tmp_path: Path) -> None:
+    policies = '[policies.quiet]\nmode = "never"\n'
+
+    async def scenario(h: Harness) -> None:
+        call = await h.sim.outbound(
+            "quiet", "carol", "+4930123456", [hangup("talk", 3.0)], [press("*41", "talk", 1.0)]
+        )
+        await h.settle()
+        assert h.recordings(h.call_row(call.customer.linkedid).id) == []
+        assert call.agent is not None and call.agent.heard_dtmf == ["#"]  # refused: a tone
+
+    run(tmp_path, scenario, policies=policies)
+
+
+def test_listening_follows_consent_and_a_withdrawal_cuts_the_listener_off(tmp_path: Path) -> None:
+    policies = '[policies.care]\nmonitoring_allowed = true\nwithdraw_digit = "9"\n'
+
+    async def scenario(h: Harness) -> None:
+        script = [press("1", "consent", 1.0), press("9", "talk", 5.0), hangup("talk", 3.0)]
+        call_task = asyncio.create_task(h.sim.inbound("care", script, agent_script=[]))
+        await h.sim.wait_until(lambda: h.sim.customers() and customer(h).peer is not None)
+        cust = customer(h)
+        assert cust.vars["SPYGROUP"] == "consented"
+        assert cust.vars["DYNAMIC_FEATURES"] == "ccwithdraw_9"  # the caller's key, own leg only
+        assert await h.sim.listen(cust)  # a supervisor hears the consented call
+        spy_uid = h.sim.spied[-1][0]
+        await h.sim.wait_until(lambda: h.service.adapter.registry.by_spy(spy_uid) is not None)
+        call = await call_task
+        await h.settle()
+        assert call.customer.vars["CONSENT_STATUS"] == "withdrawn"
+        assert call.customer.vars["SPYGROUP"] == ""
+        assert call.customer.vars["DYNAMIC_FEATURES"] == ""
+        assert h.sim.find_channel(spy_uid) is None  # the listener was hung up
+        row = h.call_row(call.customer.linkedid)
+        assert [(e.status, e.method) for e in h.evidence(row.id)] == [
+            ("granted", "prompt"),
+            ("withdrawn", "caller_withdrew"),
+        ]
+        (rec,) = h.recordings(row.id)
+        assert (rec.state, rec.discard_reason) == ("discarded", "consent_withdrawn")
+        assert (call.agent is not None and "DYNAMIC_FEATURES" not in call.agent.vars) or (
+            "ccwithdraw" not in call.agent.vars.get("DYNAMIC_FEATURES", "")
+        )
+
+    run(tmp_path, scenario, policies=policies)
+
+
+def test_a_declined_call_cannot_be_listened_to(tmp_path: Path) -> None:
+    policies = "[policies.care]\nmonitoring_allowed = true\n"
+
+    async def scenario(h: Harness) -> None:
+        script = [press("2", "consent", 1.0), hangup("talk", 5.0)]
+        call_task = asyncio.create_task(h.sim.inbound("care", script, agent_script=[]))
+        await h.sim.wait_until(lambda: h.sim.customers() and customer(h).peer is not None)
+        assert not await h.sim.listen(customer(h))  # ChanSpy ...S returns at once
+        await call_task
+
+    run(tmp_path, scenario, policies=policies)
+
+
+def test_the_agent_hears_the_consent_status_when_the_campaign_asks(tmp_path: Path) -> None:
+    policies = "[policies.sales]\nwhisper = true\n"
+
+    async def scenario(h: Harness) -> None:
+        call = await h.sim.inbound("sales", [press("1"), hangup("talk", 1.0)], agent_script=[])
+        assert call.agent is not None and call.agent.heard == ["agent-status-granted"]
+
+    run(tmp_path, scenario, policies=policies)
+
+
+def test_callconsent_record_reaches_the_call_through_the_daemon(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        control = ControlServer(tmp_path / "control.sock", h.app.calls)
+        await control.start()
+        try:
+            script = [press("1", "consent", 1.0), hangup("talk", 30.0)]
+            call_task = asyncio.create_task(h.sim.inbound("sales", script, agent_script=[]))
+            await h.sim.wait_until(lambda: h.sim.customers() and customer(h).peer is not None)
+            cust = customer(h)
+
+            async def record(verb: str) -> dict:
+                payload = {"op": "record", "verb": verb, "call": cust.linkedid, "actor": "dpo"}
+                return await asyncio.to_thread(request, tmp_path / "control.sock", payload)
+
+            assert (await record("pause"))["done"] == ["PauseRecording"]
+            assert (await record("stop"))["done"] == ["StopRecording"]
+            started = await record("start")
+            if h.service.adapter.ami_system is None:
+                assert not started["ok"] and "write=system" in started["error"]
+            else:
+                assert started["ok"] and "StartRecording" in started["done"]
+            h.sim.hangup(cust)
+            await call_task
+            await h.settle()
+            row = h.call_row(cust.linkedid)
+            states = [r.state for r in h.recordings(row.id)]
+            assert states == (
+                ["closed"] if h.service.adapter.ami_system is None else ["closed"] * 2
+            )
+            assert next(e for e in cust.events if e[0] == "MixMonitorMute")[2] == "1"
+        finally:
+            await control.stop()
+
+    run(tmp_path / "a", scenario)
+    run(tmp_path / "b", scenario, system_user=SYSTEM_USER)
+
+
+def test_after_a_daemon_restart_the_cli_and_the_agents_still_reach_the_call(
+    tmp_path: Path,
+) -> None:
+    """The call book rebuilds a decided call from the store; the adapter gives it back its
+    customer leg, its open recording and its AMI control."""
+
+    async def scenario(h: Harness) -> None:
+        control = ControlServer(tmp_path / "control.sock", h.app.calls)
+        await control.start()
+        try:
+            script = [press("1", "consent", 1.0), hangup("talk", 60.0)]
+            agent_script = [press("*42", "talk", 30.0)]  # resume, long after the restart
+            call_task = asyncio.create_task(
+                h.sim.inbound("sales", script, agent_script=agent_script)
+            )
+            await h.sim.wait_until(lambda: h.sim.customers() and customer(h).peer is not None)
+            cust = customer(h)
+            h.app.calls.forget("asterisk", cust.linkedid)  # the daemon's memory is gone
+            h.service.adapter.registry.drop(cust.linkedid)
+            payload = {"op": "record", "verb": "pause", "call": cust.linkedid}
+            reply = await asyncio.to_thread(request, tmp_path / "control.sock", payload)
+            assert reply["ok"] and reply["done"] == ["PauseRecording"], reply
+            row = h.call_row(cust.linkedid)
+            (rec,) = h.recordings(row.id)
+            assert [e for e in cust.events if e[0] == "MixMonitorMute"] == [
+                ("MixMonitorMute", rec.pbx_ref, "1")
+            ]
+            await h.sim.wait_until(lambda: len(cust.events) >= 2, wait_s=10)  # *42: resume
+            h.sim.hangup(cust)
+            await call_task
+            await h.settle()
+            assert [e[2] for e in cust.events if e[0] == "MixMonitorMute"] == ["1", "0"]
+            (rec,) = h.recordings(row.id)
+            assert rec.state == "closed"  # the restored call's recording closed at hangup
+            assert h.call_row(cust.linkedid).ended_at is not None
+        finally:
+            await control.stop()
+
+    run(tmp_path, scenario)
