@@ -23,6 +23,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "subject.export": frozenset({"dpo", "admin"}),
     "subject.erase": frozenset({"dpo", "admin"}),
     "retention.recompute": frozenset({"dpo", "admin"}),
+    "keys.destroy": frozenset({"dpo", "admin"}),
 }
 
 
