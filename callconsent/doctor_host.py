@@ -178,11 +178,11 @@ def _ami(host: str, port: int, user: str, secret: str) -> Finding:
             s.settimeout(TIMEOUT_S)
             banner = s.makefile("rb").readline().decode(errors="replace").strip()
             if not banner.startswith("Asterisk Call Manager"):
-                return Finding("error", "asterisk", f"{host}:{port} is not AMI ({banner[:40]!r})")
+                return Finding("error", "ami", f"{host}:{port} is not AMI ({banner[:40]!r})")
             if not user:
                 return Finding(
                     "warn",
-                    "asterisk",
+                    "ami",
                     f"AMI answers ({banner}) but [asterisk] "
                     "ami_user is not set: no recording control",
                     "configure the write=call user of manager_callconsent.conf",
@@ -196,15 +196,15 @@ def _ami(host: str, port: int, user: str, secret: str) -> Finding:
     except OSError as exc:
         return Finding(
             "error",
-            "asterisk",
+            "ami",
             f"AMI {host}:{port} unreachable: {exc}",
             "is Asterisk running, with manager enabled on that address?",
         )
     if "Response: Success" in reply:
-        return Finding("ok", "asterisk", f"AMI {host}:{port} accepts user {user!r}")
+        return Finding("ok", "ami", f"AMI {host}:{port} accepts user {user!r}")
     return Finding(
         "error",
-        "asterisk",
+        "ami",
         f"AMI refused user {user!r}",
         "check ami_user/ami_secret against manager_callconsent.conf",
     )
@@ -216,11 +216,11 @@ def _esl(host: str, port: int, user: str, password: str) -> Finding:
         with socket.create_connection((host, port), TIMEOUT_S) as s:
             s.settimeout(TIMEOUT_S)
             if "auth/request" not in _block(s, b"\n\n"):
-                return Finding("error", "freeswitch", f"{host}:{port} is not an event socket")
+                return Finding("error", "esl", f"{host}:{port} is not an event socket")
             if not password:
                 return Finding(
                     "warn",
-                    "freeswitch",
+                    "esl",
                     "ESL answers but [freeswitch] esl_password is not set",
                     "configure the ESL user of dialplan/freeswitch",
                 )
@@ -231,15 +231,15 @@ def _esl(host: str, port: int, user: str, password: str) -> Finding:
     except OSError as exc:
         return Finding(
             "error",
-            "freeswitch",
+            "esl",
             f"ESL {host}:{port} unreachable: {exc}",
             "is FreeSWITCH running, with mod_event_socket on that address?",
         )
     if "+OK accepted" in reply:
-        return Finding("ok", "freeswitch", f"ESL {host}:{port} accepts our credential")
+        return Finding("ok", "esl", f"ESL {host}:{port} accepts our credential")
     return Finding(
         "error",
-        "freeswitch",
+        "esl",
         "ESL refused our credential",
         "check esl_user/esl_password against the ESL user snippet",
     )

@@ -90,7 +90,7 @@ def test_ami_login_is_checked(ami: int, secret: str, level: str, tmp_path: Path)
         f'[asterisk]\nenabled = true\nami_port = {ami}\nami_user = "cc"\nami_secret = "{secret}"\n',
     )
     (finding,) = doctor_host.pbx(cfg)
-    assert (finding.check, finding.level) == ("asterisk", level)
+    assert (finding.check, finding.level) == ("ami", level)
 
 
 @pytest.mark.parametrize(("esl", "level"), [(True, "ok"), (False, "error")], indirect=["esl"])
@@ -101,7 +101,7 @@ def test_esl_credential_is_checked(esl: int, level: str, tmp_path: Path) -> None
         'esl_user = "callconsent@default"\nesl_password = "good"\n',
     )
     (finding,) = doctor_host.pbx(cfg)
-    assert (finding.check, finding.level) == ("freeswitch", level)
+    assert (finding.check, finding.level) == ("esl", level)
 
 
 def test_an_unreachable_pbx_is_an_error(tmp_path: Path) -> None:
