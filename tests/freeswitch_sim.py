@@ -551,6 +551,23 @@ class FakeFreeSwitch:
             )
         return agent
 
+    async def dial_out(self, agent: Leg, number: str) -> Leg:
+        """An agent's leg (after ``callconsent_out_<campaign>``) bridges out to a customer: the
+        agent's leg runs ``bridge``, so CHANNEL_BRIDGE is its event, the customer the other leg."""
+        customer = self.new_leg(number, number, call_uuid=agent.call_uuid)
+        customer.name = f"loopback/{number}-a"
+        customer.answer_state, customer.state = "answered", "CS_EXCHANGE_MEDIA"
+        agent.peer, customer.peer = customer, agent
+        self.emit(
+            "CHANNEL_BRIDGE",
+            agent,
+            Bridge_A_Unique_ID=agent.uuid,
+            Bridge_B_Unique_ID=customer.uuid,
+            Other_Leg_Unique_ID=customer.uuid,
+            Other_Leg_Channel_Name=customer.name,
+        )
+        return customer
+
     def press(self, leg: Leg, digits: str) -> None:
         """The phone on ``leg`` sends ``digits``: the leg's bindings take what they match (and
         fire the shipped dialplan's events); the rest reaches the other party."""

@@ -141,6 +141,25 @@ def test_codes_come_from_the_config(app: App, tmp_path: Path) -> None:
     run(app, scenario, fs)
 
 
+def test_codes_on_an_agents_outbound_call(app: App) -> None:
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        agent = fs.new_leg("callconsent_out_outbound", "7001", socket_path="outbound/outbound")
+        agent.variables |= {"callconsent_agent": "7001", "callconsent_number": "4915112345"}
+        sim = await fs.call(svc.outbound.port, agent, Caller([]))  # callconsent_out_outbound
+        assert sim.exited and sorted(agent.keys.bindings) == ["*41", "*42", "*43", "*49"]
+        customer = await fs.dial_out(agent, "4915112345")
+        fs.press(customer, "*41")  # the customer's keys reach the agent, nothing else
+        fs.press(agent, "*41")
+        await until(lambda: bool(customer.recordings), "recording on the customer's leg")
+        assert agent.keys.passed == "*41" and not agent.recordings
+        (rec,) = rows(app, Recording)
+        fs.press(agent, "*49")
+        await until(lambda: rows(app, Recording)[0].state == "discarded", "discarded")
+        assert f"uuid_record {customer.uuid} stop {app.spool.path_for(rec.id)}" in fs.api_log
+
+    run(app, scenario)
+
+
 # -- the caller's withdraw key -------------------------------------------------------------------
 
 

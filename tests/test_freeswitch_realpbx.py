@@ -338,7 +338,7 @@ def test_real_agent_codes_start_mask_stop_discard(app: App, real) -> None:  # ty
             "discarded",
             10,
         )
-        (rec,) = rows(app, Recording)  # the second *1 came after *9: refused
+        (rec,) = rows(app, Recording)  # the second *41 came after *49: refused
         changes = [r.status for r in rows(app, ConsentRecord) if r.kind == "change"]
         assert changes == ["granted", "declined"]
         with wave.open(str(app.spool.path_for(rec.id))) as w:
