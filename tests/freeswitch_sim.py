@@ -528,45 +528,42 @@ class FakeFreeSwitch:
         customer's, with the customer's exported variables; then, as captured, the customer's
         ``bridge_pre_execute_bleg_app`` runs on the agent's leg (the shipped dialplan binds the
         agents' codes there)."""
-        agent = self.new_leg(agent_name, customer.number, call_uuid=customer.call_uuid)
-        agent.name = f"loopback/{agent_name}-a"
-        agent.answer_state, agent.state = "answered", "CS_EXCHANGE_MEDIA"
+        agent = self._answered_leg(agent_name, customer)
         agent.variables.update(
             {k: customer.variables[k] for k in customer.exports if k in customer.variables}
         )
         agent.variables.update(agent_vars)  # the dial string's {callconsent_agent=…}
-        customer.peer, agent.peer = agent, customer
-        self.emit(
-            "CHANNEL_BRIDGE",
-            customer,
-            Bridge_A_Unique_ID=customer.uuid,
-            Bridge_B_Unique_ID=agent.uuid,
-            Other_Leg_Unique_ID=agent.uuid,
-            Other_Leg_Channel_Name=agent.name,
-        )
-        app = customer.variables.get("bridge_pre_execute_bleg_app")
-        if app:
-            self.dialplan.run(
-                agent, app, customer.variables.get("bridge_pre_execute_bleg_data", "")
-            )
+        self._bridged(customer, agent)
+        if app := customer.variables.get("bridge_pre_execute_bleg_app"):
+            data = customer.variables.get("bridge_pre_execute_bleg_data", "")
+            self.dialplan.run(agent, app, data)
         return agent
 
     async def dial_out(self, agent: Leg, number: str) -> Leg:
         """An agent's leg (after ``callconsent_out_<campaign>``) bridges out to a customer: the
         agent's leg runs ``bridge``, so CHANNEL_BRIDGE is its event, the customer the other leg."""
-        customer = self.new_leg(number, number, call_uuid=agent.call_uuid)
-        customer.name = f"loopback/{number}-a"
-        customer.answer_state, customer.state = "answered", "CS_EXCHANGE_MEDIA"
-        agent.peer, customer.peer = customer, agent
+        customer = self._answered_leg(number, agent)
+        self._bridged(agent, customer)
+        return customer
+
+    def _answered_leg(self, name: str, other: Leg) -> Leg:
+        """The far leg ``bridge`` creates: the caller's Channel-Call-UUID, answered."""
+        leg = self.new_leg(name, other.number, call_uuid=other.call_uuid)
+        leg.name = f"loopback/{name}-a"
+        leg.answer_state, leg.state = "answered", "CS_EXCHANGE_MEDIA"
+        return leg
+
+    def _bridged(self, a: Leg, b: Leg) -> None:
+        """CHANNEL_BRIDGE is the event of the leg that ran ``bridge`` (``a``)."""
+        a.peer, b.peer = b, a
         self.emit(
             "CHANNEL_BRIDGE",
-            agent,
-            Bridge_A_Unique_ID=agent.uuid,
-            Bridge_B_Unique_ID=customer.uuid,
-            Other_Leg_Unique_ID=customer.uuid,
-            Other_Leg_Channel_Name=customer.name,
+            a,
+            Bridge_A_Unique_ID=a.uuid,
+            Bridge_B_Unique_ID=b.uuid,
+            Other_Leg_Unique_ID=b.uuid,
+            Other_Leg_Channel_Name=b.name,
         )
-        return customer
 
     def press(self, leg: Leg, digits: str) -> None:
         """The phone on ``leg`` sends ``digits``: the leg's bindings take what they match (and

@@ -46,13 +46,19 @@ legal_basis = "legitimate_interest"
 """
 
 
+def open_app(tmp_path: Path, config: str, languages: tuple[str, ...]) -> App:
+    """An App on ``config`` with prompts in ``languages`` (the caller closes it)."""
+    path = tmp_path / "callconsent.toml"
+    path.write_text(config)
+    application = App.open(config_mod.load(path))
+    make_prompts(application.config.prompt_dir, languages)
+    application.prompts.reload()
+    return application
+
+
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[App]:
-    path = tmp_path / "callconsent.toml"
-    path.write_text(CONFIG)
-    application = App.open(config_mod.load(path))
-    make_prompts(application.config.prompt_dir, ("en", "de"))
-    application.prompts.reload()
+    application = open_app(tmp_path, CONFIG, ("en", "de"))
     yield application
     application.close()
 

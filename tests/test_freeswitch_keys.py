@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 from freeswitch_sim import Caller, FakeFreeSwitch
-from test_callbook import make_prompts
-from test_freeswitch_consent import call, decision, rows, run, until
+from test_freeswitch_consent import call, decision, open_app, rows, run, until
 
 from callconsent import config as config_mod
 from callconsent.app import App
@@ -45,11 +44,7 @@ TONE = "tone_stream://L=2;%(150,100,400)"
 
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[App]:
-    path = tmp_path / "callconsent.toml"
-    path.write_text(CONFIG)
-    application = App.open(config_mod.load(path))
-    make_prompts(application.config.prompt_dir, ("en",))
-    application.prompts.reload()
+    application = open_app(tmp_path, CONFIG, ("en",))
     yield application
     application.close()
 
