@@ -42,6 +42,7 @@ SUBSCRIPTIONS = (
     "CHANNEL_HANGUP_COMPLETE",
     "CHANNEL_BRIDGE",
     "CUSTOM consent::agent_cmd consent::listen",
+    "CUSTOM consent::withdraw",
 )
 HANDLED = frozenset(
     {"RECORD_START", "RECORD_STOP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_BRIDGE", "CUSTOM"}
