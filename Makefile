@@ -60,15 +60,18 @@ debian-deps:
 	  echo "!!! missing Debian packages:$$missing (not root or no apt-get): the tests that need them will skip"; \
 	fi
 
-run: install
+# The daemon never runs as root: started as root it switches to this account.
+daemon-account:
 	@if [ "$$(id -u)" = 0 ] && ! getent passwd callconsent >/dev/null; then \
 	  echo ">>> running as root: creating the unprivileged system user 'callconsent' for the daemon"; \
 	  useradd --system --user-group --no-create-home --shell /usr/sbin/nologin callconsent; \
 	fi
+
+run: install daemon-account
 	@echo ">>> starting callconsent serve (Ctrl-C to stop)"
 	$(VENV)/bin/callconsent $(if $(CONFIG),--config $(CONFIG)) serve
 
-test: debian-deps install
+test: debian-deps install daemon-account
 	@echo ">>> running the test suite"
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
@@ -85,10 +88,7 @@ sql: install
 	$(VENV)/bin/callconsent db sql --dialect sqlite > sql/sqlite.sql
 	$(VENV)/bin/callconsent db sql --dialect postgresql > sql/postgresql.sql
 
-demo: debian-deps install
-	@if [ "$$(id -u)" = 0 ] && ! getent passwd callconsent >/dev/null; then \
-	  useradd --system --user-group --no-create-home --shell /usr/sbin/nologin callconsent; \
-	fi
+demo: debian-deps install daemon-account
 	$(VPY) tests/asterisk_demo.py
 
 dialplan: install

@@ -31,6 +31,8 @@ from typing import Any
 from panoramisk import Manager
 from panoramisk.message import Message
 
+from recorder import metrics
+
 log = logging.getLogger("callconsent.ami")
 
 OUR_ACTIONS = (
@@ -95,6 +97,7 @@ class _Manager(Manager):
     def connection_lost(self, exc: Exception | None) -> None:
         self._connected = False
         self.authenticated = False
+        metrics.PBX_CONNECTED.labels("asterisk", self.client.name).set(0)
         if self.pinger:
             self.pinger.cancel()
             self.pinger = None
@@ -185,6 +188,7 @@ class AmiClient:
     # -- connection life cycle (called by _Manager) --------------------------------------
 
     def _logged_in(self, ok: bool, response: Message) -> None:
+        metrics.PBX_CONNECTED.labels("asterisk", self.name).set(1 if ok else 0)
         if ok:
             self.logins += 1
             self._delay = self._backoff_min

@@ -33,10 +33,11 @@ import asyncio
 import base64
 import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _common import free_port, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SESSION_LIMIT_S = 60.0
@@ -273,29 +274,6 @@ async def load(
 # -- orchestration ------------------------------------------------------------------------
 
 
-def start_server(kind: str, port: int) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", kind, "--port", str(port)],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if line.strip() != "READY":
-        proc.kill()
-        raise RuntimeError(f"{kind} server did not start: {line!r}")
-    return proc
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short run (< 1 min)")
@@ -325,7 +303,7 @@ def main() -> int:
     results: dict[str, dict[str, dict[str, float]]] = {}
     for kind in ("ours", "panoramisk"):
         port = free_port()
-        proc = start_server(kind, port)
+        proc = start_server(__file__, kind, port)
         try:
             asyncio.run(load(port, min(100, n), 0, env))  # warm-up
             results[kind] = {

@@ -32,6 +32,8 @@ import time
 import uuid
 from pathlib import Path
 
+from _common import free_port, start_server
+
 ROOT = Path(__file__).resolve().parent.parent
 GENESIS_VENV = ROOT / "bench" / ".venv-genesis"
 GENESIS_PYTHON = ("/usr/bin/python3.11", "python3.11", "/usr/bin/python3")
@@ -303,29 +305,6 @@ def _runs(python: str) -> bool:
         return False
 
 
-def start_server(python: str, kind: str, port: int) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [python, __file__, "--serve", kind, "--port", str(port)],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if line.strip() != "READY":
-        proc.kill()
-        raise RuntimeError(f"{kind} server did not start: {line!r}")
-    return proc
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short run (< 1 min)")
@@ -348,7 +327,7 @@ def main() -> int:
     runs = [r for r in runs if not args.only or r[0] == args.only]
     for kind, python in runs:
         port = free_port()
-        proc = start_server(python, kind, port)
+        proc = start_server(__file__, kind, port, python)
         try:
             asyncio.run(load(port, min(50, n), args.prompt_ms, frames))  # warm-up
             results[kind] = asyncio.run(load(port, n, args.prompt_ms, frames))

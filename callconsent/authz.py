@@ -3,9 +3,14 @@ every refusal audited (with the OS user beside the named actor, as every audit r
 
 from __future__ import annotations
 
+import argparse
 import os
 import pwd
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from callconsent import config as config_mod
+from callconsent.app import App
 from callconsent.config import Config
 from callconsent.errors import CommandError
 from recorder import audit
@@ -18,6 +23,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "subject.export": frozenset({"dpo", "admin"}),
     "subject.erase": frozenset({"dpo", "admin"}),
     "retention.recompute": frozenset({"dpo", "admin"}),
+    "keys.destroy": frozenset({"dpo", "admin"}),
 }
 
 
@@ -62,3 +68,25 @@ def authorize(
             details={"permission": permission, "reason": why},
         )
     raise NotAllowed(f"refused: {why}")
+
+
+@contextmanager
+def authorized_app(
+    args: argparse.Namespace, permission: str, subject_type: str, subject_id: str | None
+) -> Iterator[App]:
+    """The app, opened from ``--config``, once ``--actor`` is allowed ``permission``; closed
+    at the end of the block whatever happens."""
+    app = App.open(config_mod.load(args.config))
+    try:
+        authorize(
+            app.config,
+            app.db,
+            app.audit_ctx,
+            actor=args.actor,
+            permission=permission,
+            subject_type=subject_type,
+            subject_id=subject_id,
+        )
+        yield app
+    finally:
+        app.close()

@@ -148,6 +148,11 @@ class FreeswitchSection:
     esl_user: str = ""  # userauth user@domain; empty with a password: plain `auth`
     esl_password: str = ""  # required when enabled: RECORD_STOP arrives only on inbound ESL
     eavesdrop_group: str = "consented"  # set on consenting customer legs (listen-in)
+    # the agents' codes, written into callconsent.xml by `callconsent dialplan render freeswitch`
+    feature_start: str = field(default="*41", metadata=_check(_feature_code))
+    feature_pause: str = field(default="*42", metadata=_check(_feature_code))
+    feature_stop: str = field(default="*43", metadata=_check(_feature_code))
+    feature_discard: str = field(default="*49", metadata=_check(_feature_code))
 
 
 @dataclass(frozen=True)

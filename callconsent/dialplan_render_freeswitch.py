@@ -1,9 +1,10 @@
 """``callconsent dialplan render freeswitch``: the shipped ``dialplan/freeswitch`` files with this
-host's values (outbound-socket address, listen-in group, ESL password) filled in.
+host's values (outbound-socket address, listen-in group, ESL password, the agents' feature
+codes) filled in.
 
 The shipped files are complete, working examples with the defaults (``127.0.0.1:8084``,
-``consented``, a ``CHANGE-ME`` password): an admin can copy them as they are; rendering only
-swaps those tokens, so the two can never drift apart.
+``consented``, a ``CHANGE-ME`` password, ``*41 *42 *43 *49``): an admin can copy them as they
+are; rendering only swaps those tokens, so the two can never drift apart.
 """
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ DEFAULT_GROUP = "consented"
 PLACEHOLDER_PASSWORD = "CHANGE-ME-callconsent-esl"  # noqa: S105 - the token we replace
 _GROUP = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _XML_ATTR_SAFE = re.compile(r'^[^"<>&\s]{1,128}$')
+#: The agents' codes in the shipped file: config key -> (default, the command it fires).
+FEATURE_CODES = {
+    "feature_start": ("*41", "start"),
+    "feature_pause": ("*42", "mask"),
+    "feature_stop": ("*43", "stop"),
+    "feature_discard": ("*49", "discard"),
+}
 
 
 class RenderError(Exception):
@@ -41,6 +49,7 @@ def render(cfg: Config, out: Path) -> list[Path]:
     if not _GROUP.match(user):
         raise RenderError(f"freeswitch.esl_user: {fs.esl_user!r} is not user@domain")
     replacements['<user id="callconsent">'] = f'<user id="{user}">'
+    replacements |= _feature_codes(fs)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name in FILES:
@@ -54,3 +63,18 @@ def render(cfg: Config, out: Path) -> list[Path]:
             target.chmod(0o640)  # it holds the ESL password
         written.append(target)
     return written
+
+
+def _feature_codes(fs: object) -> dict[str, str]:
+    """``bind_digit_action callconsent_agent,<code>,…`` for each configured code. Codes are
+    DTMF keys only (checked when the config loads); two commands on one code would leave one
+    unreachable, so that is refused."""
+    codes = {key: getattr(fs, key, default) for key, (default, _) in FEATURE_CODES.items()}
+    if len(set(codes.values())) != len(codes):
+        raise RenderError(f"freeswitch.feature_*: two commands share one code: {codes}")
+    return {
+        f"callconsent_agent,{default},exec[H]:execute_extension,callconsent_cmd_{verb} ": (
+            f"callconsent_agent,{codes[key]},exec[H]:execute_extension,callconsent_cmd_{verb} "
+        )
+        for key, (default, verb) in FEATURE_CODES.items()
+    }

@@ -1,13 +1,14 @@
 """What we know of each call on FreeSWITCH beyond its consent machine, and what the inbound
 event stream tells us about it: recordings closing, legs hanging up, bridges, agent feature
-codes and supervisors listening in.
+codes, the caller's withdraw key and supervisors listening in.
 
 Why the inbound connection and not the outbound socket: the outbound session ends with our
 ``exit`` (the call goes on to an agent), long before the recording stops. So ``RECORD_STOP``
 (the only moment the WAV header is valid), the customer's ``CHANNEL_HANGUP_COMPLETE``, the
-``CHANNEL_BRIDGE`` to an agent and the agent's ``CUSTOM consent::agent_cmd`` all arrive on the
-inbound connection, for every channel, and are routed here by ``Channel-Call-UUID`` (the agent
-leg carries the customer's while bridged) and by the channel's own ``Unique-ID``.
+``CHANNEL_BRIDGE`` to an agent, the agent's ``CUSTOM consent::agent_cmd`` and the caller's
+``CUSTOM consent::withdraw`` all arrive on the inbound connection, for every channel, and are
+routed here by ``Channel-Call-UUID`` (the agent leg carries the customer's while bridged) and by
+the channel's own ``Unique-ID``. What we send back is in :mod:`esl_listener.remote`.
 """
 
 from __future__ import annotations
@@ -15,17 +16,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import consent_ivr as c
-from esl_listener import commands as cmd
-from esl_listener.connection import ApiReply, EslError
+from esl_listener.connection import ApiReply
 from esl_listener.protocol import Event
-from recorder.callbook import CallBook, CallGone, LiveCall, RecordingFile
+from esl_listener.remote import RemoteControl
+from recorder.callbook import CallBook, LiveCall
 from recorder.ledger import LedgerError
-from recorder.prompts import PromptFile
 from recorder.spool import Spool
 
 log = logging.getLogger("callconsent.esl.calls")
@@ -33,6 +33,7 @@ log = logging.getLogger("callconsent.esl.calls")
 PBX = "freeswitch"
 AGENT_CMD = "consent::agent_cmd"
 LISTEN = "consent::listen"
+WITHDRAW = "consent::withdraw"
 #: CUSTOM ``cc_cmd`` values the shipped feature codes send; ``mask`` toggles mask/unmask.
 AGENT_VERBS = {
     "start": "start",
@@ -173,6 +174,8 @@ class CallRegistry:
                 await self._bridge(event)
             elif name == "CUSTOM" and event.subclass == AGENT_CMD:
                 await self._agent_command(event)
+            elif name == "CUSTOM" and event.subclass == WITHDRAW:
+                await self._withdraw(event)
             elif name == "CUSTOM" and event.subclass == LISTEN:
                 self._listen(event)
         except (c.IllegalTransition, LedgerError) as exc:
@@ -261,7 +264,7 @@ class CallRegistry:
             customer_uuid=(event.get("Other-Leg-Unique-ID") or None) if outbound else key,
         )
         if agent_leg and agent_leg == call.customer_uuid:
-            # bind_meta_app sits on the agent's leg only; a code from the customer's own leg
+            # the codes are bound on the agent's leg only; a code from the customer's own leg
             # means a misconfigured dialplan, and the customer must never control recording
             log.warning("agent_command_from_customer_leg", extra={"kv": {"call": key, "cmd": raw}})
             return
@@ -270,6 +273,28 @@ class CallRegistry:
             live.control = self.control(call)
         log.info("agent_command", extra={"kv": {"call": key, "cmd": raw, "verb": verb}})
         await live.agent(verb, actor, control=self.control(call, agent_leg))
+
+    async def _withdraw(self, event: Event) -> None:
+        """The caller's withdraw key (bound on the customer's leg by the consent session). The
+        consent machine decides what follows: stop, discard under ``stop_and_discard``, no
+        more listen-in; a key from any other leg is refused, so no agent can withdraw for them."""
+        key = event.call_uuid
+        live = await self.calls.lookup(PBX, key)
+        if live is None or live.machine.phase not in (c.Phase.CONFIRMING, c.Phase.CONNECTED):
+            log.warning("withdraw_ignored", extra={"kv": {"call": key, "why": "no live call"}})
+            return
+        call = self._by_key.get(key) or self.track(  # decided before a daemon restart
+            key,
+            direction=live.ref.direction,
+            customer_uuid=key if live.ref.direction == "inbound" else None,
+        )
+        if not event.unique_id or event.unique_id != call.customer_uuid:
+            log.warning("withdraw_from_another_leg", extra={"kv": {"call": key}})
+            return
+        if live.control is None:
+            live.control = self.control(call)
+        log.info("caller_withdraw_key", extra={"kv": {"call": key}})
+        await live.feed(c.CallerWithdrew(), self.control(call))
 
     def _listen(self, event: Event) -> None:
         target = event.get("cc_target", "") or ""
@@ -280,7 +305,7 @@ class CallRegistry:
 
 
 def _toggle(live: LiveCall) -> str:
-    """``*2`` masks a running recording and unmasks a masked one."""
+    """``*42`` masks a running recording and unmasks a masked one."""
     rid = live.machine.current_recording
     state = live.machine.recordings.get(rid) if rid else None
     return "resume" if state is c.RecordingState.PAUSED else "pause"
@@ -288,115 +313,3 @@ def _toggle(live: LiveCall) -> str:
 
 def _actor(value: str | None) -> str | None:
     return value if value and _ACTOR.match(value) else None
-
-
-class RemoteControl:
-    """A call's out-of-band :class:`CallControl`: inbound ESL ``api`` commands on the customer
-    leg, for what happens after the dialogue (agent codes, CLI, bridges, withdrawal)."""
-
-    def __init__(self, registry: CallRegistry, call: FsCall, agent_uuid: str | None) -> None:
-        self.registry = registry
-        self.call = call
-        self.agent_uuid = agent_uuid
-
-    async def _api(self, command: str) -> ApiReply | None:
-        try:
-            reply = await self.registry.api(command)
-        except EslError as exc:
-            log.error(
-                "esl_api_unavailable", extra={"kv": {"call": self.call.key, "error": str(exc)}}
-            )
-            return None
-        if not reply.ok:
-            log.warning(
-                "esl_api_refused",
-                extra={
-                    "kv": {
-                        "call": self.call.key,
-                        "api": command.split(" ", 1)[0],
-                        "reply": reply.first_line,
-                    }
-                },
-            )
-        return reply
-
-    def _leg(self) -> str:
-        if not self.call.customer_uuid:
-            raise CallGone("the customer's leg of this call is not known (not bridged yet)")
-        return self.call.customer_uuid
-
-    async def play(self, prompt: c.PlayPrompt, file: PromptFile) -> c.Event:
-        log.error(
-            "play_out_of_band", extra={"kv": {"call": self.call.key, "prompt": prompt.prompt_id}}
-        )
-        return c.PromptFailed(prompt.prompt_id, "no media path outside the dialogue")
-
-    async def collect(self, collect: c.CollectDigit) -> c.Event:
-        return c.InputTimedOut()
-
-    async def set_variables(self, variables: Mapping[str, str]) -> None:
-        for name, value in variables.items():
-            if name in cmd.CHANNEL_VARIABLES and self.call.customer_uuid:
-                await self._api(
-                    cmd.uuid_setvar(
-                        self.call.customer_uuid, cmd.CHANNEL_VARIABLES[name], value or None
-                    )
-                )
-
-    def recording_file(self, recording_id: str, stereo: bool) -> RecordingFile:
-        return RecordingFile(self.registry.spool.path_for(recording_id), "wav", 2 if stereo else 1)
-
-    async def start_recording(self, recording_id: str, file: RecordingFile) -> str | None:
-        leg = self._leg()
-        reply = await self._api(cmd.uuid_record(leg, "start", file.path, file.channels == 2))
-        if reply is None:
-            raise CallGone("the inbound ESL connection to FreeSWITCH is down")
-        if "Cannot locate session" in reply.text:
-            raise CallGone(f"FreeSWITCH: {reply.first_line}")
-        if not reply.ok:
-            await self.registry.not_started(recording_id)
-            return None
-        self.registry.recording_started(self.call, recording_id, str(file.path))
-        return str(file.path)
-
-    async def _record(self, action: str, recording_id: str, pbx_ref: str | None) -> ApiReply | None:
-        path = pbx_ref or str(self.registry.spool.path_for(recording_id))
-        if not self.call.customer_uuid:
-            return None
-        return await self._api(cmd.uuid_record(self.call.customer_uuid, action, path))
-
-    async def pause_recording(self, recording_id: str, pbx_ref: str | None) -> None:
-        reply = await self._record("mask", recording_id, pbx_ref)
-        if reply is not None and "Cannot locate session" in reply.text:
-            raise CallGone(f"FreeSWITCH: {reply.first_line}")
-
-    async def resume_recording(self, recording_id: str, pbx_ref: str | None) -> None:
-        reply = await self._record("unmask", recording_id, pbx_ref)
-        if reply is not None and "Cannot locate session" in reply.text:
-            raise CallGone(f"FreeSWITCH: {reply.first_line}")
-
-    async def stop_recording(self, recording_id: str, pbx_ref: str | None) -> None:
-        # never raises: a discard follows a stop in the same batch and must not be skipped
-        await self._record("stop", recording_id, pbx_ref)
-
-    async def allow_monitoring(self) -> None:
-        if self.call.customer_uuid:
-            await self._api(
-                cmd.uuid_setvar(
-                    self.call.customer_uuid, "eavesdrop_group", self.registry.eavesdrop_group
-                )
-            )
-
-    async def stop_monitoring(self) -> None:
-        """Withdrawn consent: no new listener (group removed), and current ones cut off."""
-        if self.call.customer_uuid:
-            await self._api(cmd.uuid_setvar(self.call.customer_uuid, "eavesdrop_group", None))
-        for leg in sorted(self.call.listeners):
-            await self._api(f"uuid_kill {cmd.uuid(leg)}")
-
-    async def reject(self, verb: str, reason: str) -> None:
-        if self.agent_uuid:
-            await self._api(f"uuid_broadcast {cmd.uuid(self.agent_uuid)} {cmd.tone()} aleg")
-
-    async def hand_back(self) -> None:
-        return None

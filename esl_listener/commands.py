@@ -28,6 +28,11 @@ DIGIT_VAR = "callconsent_digit"
 #: consent machine decides which keys are valid, so an invalid key reaches it as evidence.
 ANY_KEY = "^[0-9*A-D]$"
 RECORD_ACTIONS = ("start", "stop", "mask", "unmask")
+#: The caller's withdraw key: its ``bind_digit_action`` realm, and the shipped dialplan's
+#: extension it runs (which fires ``CUSTOM consent::withdraw`` on the customer's leg).
+WITHDRAW_REALM = "callconsent_withdraw"
+WITHDRAW_TARGET = "callconsent_withdraw XML callconsent"
+_KEY = re.compile(r"^[0-9*#A-D]$")
 #: The neutral variable names of the consent machine, as FreeSWITCH channel variables.
 CHANNEL_VARIABLES = {
     "CONSENT_STATUS": "consent_status",
@@ -100,6 +105,17 @@ def play_and_get_digits(prompt: str | Path, timeout_ms: int) -> str:
         f"1 1 1 {int(timeout_ms)} # {path(prompt)} silence_stream://250 {DIGIT_VAR} {ANY_KEY} "
         f"{int(timeout_ms)}"
     )
+
+
+def withdraw_binding(key: str) -> str:
+    """``bind_digit_action <realm>,<key>,exec[H]:execute_extension,<target>``: one DTMF key on
+    the leg it runs on. ``bind_digit_action`` splits its argument on commas, so the action is an
+    extension (``event`` needs commas); ``exec[H]`` runs it in the leg's own thread without the
+    hold music plain ``exec:`` plays to the bridged agent meanwhile (measured on 1.10.12). A
+    leading ``~`` or ``=`` would make the key a regex or change matching: one plain key only."""
+    if not _KEY.match(key):
+        raise UnsafeValue(f"not one DTMF key: {key!r}")
+    return f"{WITHDRAW_REALM},{key},exec[H]:execute_extension,{WITHDRAW_TARGET}"
 
 
 def terminators(digits: str) -> str:

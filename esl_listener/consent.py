@@ -14,7 +14,10 @@ A session, as the captures show FreeSWITCH wants it (``tests/fixtures/freeswitch
 4. ``export`` of ``consent_status``, ``consent_id``, ``consent_recording_id`` (``set`` would
    not reach the agent's leg), ``record_session`` on accept (into our spool, named by our
    recording id, ``RECORD_PRE_BUFFER_FRAMES=0``), thanks / declined.
-5. ``exit``: FreeSWITCH answers ``+OK bye``, sends a disconnect notice and closes; the call is
+5. On consent, the caller's withdraw key (policy ``withdraw_digit``) is bound on this leg with
+   ``bind_digit_action``: it outlives the session and fires ``CUSTOM consent::withdraw``,
+   which the inbound connection hands to the consent machine as ``CallerWithdrew``.
+6. ``exit``: FreeSWITCH answers ``+OK bye``, sends a disconnect notice and closes; the call is
    *not* hung up, the dialplan goes on to the agent. We never hang up a caller.
 
 ``+OK`` to a ``sendmsg`` proves nothing (a dead channel says it too); only events do.
@@ -242,6 +245,23 @@ class SessionControl:
     async def reject(self, verb: str, reason: str) -> None:
         return None  # no agent is on the line during the dialogue; the refusal is logged
 
+    async def bind_withdraw_key(self, status: c.ConsentStatus | None) -> None:
+        """The caller's withdraw key, on the customer's leg only and only once they consented
+        (the agent's leg never gets it; an agent pressing the key sends it to the caller)."""
+        key = self.policy.withdraw_digit
+        if key is None or status is not c.ConsentStatus.GRANTED:
+            return
+        if self.info.direction != "inbound" or self.call.customer_uuid != self.info.unique_id:
+            return
+        try:
+            await self._must("bind_digit_action", cmd.withdraw_binding(key))
+        except cmd.UnsafeValue as exc:
+            log.error("withdraw_key_unusable", extra={"kv": {"error": str(exc)}})
+            return
+        except CallGone:
+            return
+        log.info("withdraw_key_bound", extra={"kv": {"call": self.call.key}})
+
     async def hand_back(self) -> None:
         self.handed_back = True
 
@@ -289,6 +309,8 @@ class ConsentSessions:
                 await control._run("set", "playback_terminators=none")
                 await control._run("answer")
             await live.run_dialogue(control)
+        if live.machine.phase in (c.Phase.CONFIRMING, c.Phase.CONNECTED) and not conn.channel_gone:
+            await control.bind_withdraw_key(live.status)
         if conn.channel_gone:
             call.hung_up = True
             await live.hung_up()

@@ -30,6 +30,7 @@ from esl_listener.connection import (
     open_inbound,
 )
 from esl_listener.protocol import Event
+from recorder import metrics
 
 log = logging.getLogger("callconsent.esl.inbound")
 
@@ -41,6 +42,7 @@ SUBSCRIPTIONS = (
     "CHANNEL_HANGUP_COMPLETE",
     "CHANNEL_BRIDGE",
     "CUSTOM consent::agent_cmd consent::listen",
+    "CUSTOM consent::withdraw",
 )
 HANDLED = frozenset(
     {"RECORD_START", "RECORD_STOP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_BRIDGE", "CUSTOM"}
@@ -172,6 +174,7 @@ class InboundClient:
             self._conn = conn
             self.connections += 1
             self.connected.set()
+            metrics.PBX_CONNECTED.labels("freeswitch", "esl").set(1)
             log.info("esl_connected", extra={"kv": {"addr": f"{self.host}:{self.port}"}})
             await conn.closed.wait()
             log.warning("esl_disconnected", extra={"kv": {"reason": conn.close_reason}})
@@ -179,6 +182,7 @@ class InboundClient:
             log.warning("esl_session_failed", extra={"kv": {"error": str(exc)}})
         finally:
             self.connected.clear()
+            metrics.PBX_CONNECTED.labels("freeswitch", "esl").set(0)
             await conn.close()
 
     # -- ordered per call, concurrent across calls ---------------------------------------------

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 
 from consent_ivr.evidence import ConsentEvidence
@@ -128,15 +128,15 @@ class Ledger:
             return found
         return _ref(call)
 
+    def _by_pbx_id(self, pbx: str, pbx_call_id: str) -> Select[tuple[Call]]:
+        """This node's call with that PBX call id (unique per node and PBX)."""
+        return select(Call).where(
+            Call.node == self.ctx.node[:64], Call.pbx == pbx, Call.pbx_call_id == pbx_call_id
+        )
+
     def find_call(self, pbx: str, pbx_call_id: str) -> CallRef | None:
         with self.db.read() as s:
-            call = s.execute(
-                select(Call).where(
-                    Call.node == self.ctx.node[:64],
-                    Call.pbx == pbx,
-                    Call.pbx_call_id == pbx_call_id,
-                )
-            ).scalar_one_or_none()
+            call = s.execute(self._by_pbx_id(pbx, pbx_call_id)).scalar_one_or_none()
             return _ref(call) if call else None
 
     def call_ended(self, call_id: str) -> None:
@@ -352,13 +352,7 @@ class Ledger:
     def call_state(self, pbx: str, pbx_call_id: str) -> CallState | None:
         """The decided call with this PBX id on this node, or None (unknown or undecided)."""
         with self.db.read() as s:
-            call = s.execute(
-                select(Call).where(
-                    Call.node == self.ctx.node[:64],
-                    Call.pbx == pbx,
-                    Call.pbx_call_id == pbx_call_id,
-                )
-            ).scalar_one_or_none()
+            call = s.execute(self._by_pbx_id(pbx, pbx_call_id)).scalar_one_or_none()
             if call is None:
                 return None
             decision = s.execute(

@@ -204,6 +204,11 @@ class Retention:
             ).scalars()
         )
 
+    def spent_epochs(self) -> list[str]:
+        """Expiry epochs whose week is over and that no live recording needs, right now."""
+        with self.db.read() as s:
+            return self._spent_epochs(s, self.clock())
+
     def shred(self, now: datetime, report: PurgeReport) -> None:
         with self.db.read() as s:
             due = self._spent_epochs(s, now)

@@ -19,6 +19,10 @@ Built from the captures (``tests/fixtures/freeswitch``), not from memory:
 * recordings are real WAV files in the spool whose header sizes stay 0 until RECORD_STOP;
   a masked stretch is digital silence; ``RECORD_STEREO`` gives two channels.
 
+Keys are pressed with :meth:`FakeFreeSwitch.press`: the shipped ``callconsent.xml`` binds them
+(``bind_digit_action``) and fires their events as the real one does (see
+:mod:`freeswitch_sim_dialplan`).
+
 Audio time is virtual: :meth:`FakeFreeSwitch.talk` appends that many seconds of audio to every
 running recording of a call, so tests never depend on the wall clock.
 """
@@ -35,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import fs_captures as fc
+from freeswitch_sim_dialplan import Dialplan, Keys
 
 from esl_listener import protocol as p
 
@@ -74,6 +79,7 @@ def _captured_events() -> dict[str, list[tuple[str, str]]]:
         "accept_record_session",
         "caller_hangup_during_prompt",
         "s1_campaign_socket_path_close/inbound-monitor",
+        "s7_bind_digit_action/inbound-monitor",  # CUSTOM: the agent codes' event
         "s3_agent_meta_app_mask/inbound-monitor",
     ):
         for step in fc.load(name).steps:
@@ -130,6 +136,7 @@ _SPECIFIC = {
     "Bridge-B-Unique-ID",
     "Event-Subclass",
     "cc_cmd",
+    "cc_agent",
     "cc_customer_uuid",
 }
 
@@ -158,6 +165,7 @@ class Leg:
     exports: set[str] = field(default_factory=set)
     recordings: dict[str, Recording] = field(default_factory=dict)
     peer: Leg | None = None
+    keys: Keys = field(default_factory=Keys)  # bind_digit_action bindings on this leg
 
 
 @dataclass
@@ -236,6 +244,7 @@ class FakeFreeSwitch:
         *,
         password: str = "ClueCon",
         users: dict[str, tuple[str, set[str] | None, set[str] | None]] | None = None,
+        dialplan: str | None = None,
     ) -> None:
         self.password = password
         self.users = users or {}  # user@domain -> (password, allowed events, allowed api)
@@ -246,6 +255,7 @@ class FakeFreeSwitch:
         self._server: asyncio.base_events.Server | None = None
         self._seq = itertools.count(1000)
         self.port = 0
+        self.dialplan = Dialplan(self.emit, dialplan)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -513,28 +523,56 @@ class FakeFreeSwitch:
         leg.state = "CS_REPORTING"
         self.emit("CHANNEL_HANGUP_COMPLETE", leg, wire, Hangup_Cause=cause)
 
-    async def bridge(self, customer: Leg, agent_name: str = "agent1") -> Leg:
+    async def bridge(self, customer: Leg, agent_name: str = "agent1", **agent_vars: str) -> Leg:
         """The dialplan goes on to ``bridge``: an agent leg whose Channel-Call-UUID is the
-        customer's, with the customer's exported variables."""
-        agent = self.new_leg(agent_name, customer.number, call_uuid=customer.call_uuid)
-        agent.name = f"loopback/{agent_name}-a"
-        agent.answer_state, agent.state = "answered", "CS_EXCHANGE_MEDIA"
+        customer's, with the customer's exported variables; then, as captured, the customer's
+        ``bridge_pre_execute_bleg_app`` runs on the agent's leg (the shipped dialplan binds the
+        agents' codes there)."""
+        agent = self._answered_leg(agent_name, customer)
         agent.variables.update(
             {k: customer.variables[k] for k in customer.exports if k in customer.variables}
         )
-        customer.peer, agent.peer = agent, customer
-        self.emit(
-            "CHANNEL_BRIDGE",
-            customer,
-            Bridge_A_Unique_ID=customer.uuid,
-            Bridge_B_Unique_ID=agent.uuid,
-            Other_Leg_Unique_ID=agent.uuid,
-            Other_Leg_Channel_Name=agent.name,
-        )
+        agent.variables.update(agent_vars)  # the dial string's {callconsent_agent=…}
+        self._bridged(customer, agent)
+        if app := customer.variables.get("bridge_pre_execute_bleg_app"):
+            data = customer.variables.get("bridge_pre_execute_bleg_data", "")
+            self.dialplan.run(agent, app, data)
         return agent
 
+    async def dial_out(self, agent: Leg, number: str) -> Leg:
+        """An agent's leg (after ``callconsent_out_<campaign>``) bridges out to a customer: the
+        agent's leg runs ``bridge``, so CHANNEL_BRIDGE is its event, the customer the other leg."""
+        customer = self._answered_leg(number, agent)
+        self._bridged(agent, customer)
+        return customer
+
+    def _answered_leg(self, name: str, other: Leg) -> Leg:
+        """The far leg ``bridge`` creates: the caller's Channel-Call-UUID, answered."""
+        leg = self.new_leg(name, other.number, call_uuid=other.call_uuid)
+        leg.name = f"loopback/{name}-a"
+        leg.answer_state, leg.state = "answered", "CS_EXCHANGE_MEDIA"
+        return leg
+
+    def _bridged(self, a: Leg, b: Leg) -> None:
+        """CHANNEL_BRIDGE is the event of the leg that ran ``bridge`` (``a``)."""
+        a.peer, b.peer = b, a
+        self.emit(
+            "CHANNEL_BRIDGE",
+            a,
+            Bridge_A_Unique_ID=a.uuid,
+            Bridge_B_Unique_ID=b.uuid,
+            Other_Leg_Unique_ID=b.uuid,
+            Other_Leg_Channel_Name=b.name,
+        )
+
+    def press(self, leg: Leg, digits: str) -> None:
+        """The phone on ``leg`` sends ``digits``: the leg's bindings take what they match (and
+        fire the shipped dialplan's events); the rest reaches the other party."""
+        self.dialplan.press(leg, digits)
+
     def feature_code(self, leg: Leg, cmd: str, agent: str = "7001") -> None:
-        """A ``bind_meta_app`` code on ``leg`` fires the shipped CUSTOM event."""
+        """The CUSTOM event of an agent code, fired on ``leg`` whatever is bound there (what a
+        misconfigured dialplan could send: any ``cc_cmd``, from any leg)."""
         headers = {"Event-Subclass": "consent::agent_cmd", "cc_cmd": cmd, "cc_agent": agent}
         if leg.peer is not None:
             headers |= {
@@ -549,7 +587,14 @@ class FakeFreeSwitch:
         )
 
     async def call(self, port: int, leg: Leg, caller: Caller) -> SimCall:
-        """The ``socket`` app: connect to our outbound server and obey it until it exits."""
+        """The shipped entry extension (``callconsent_in_<campaign>`` for ``consent/…``,
+        ``callconsent_out_<campaign>`` for ``outbound/…``) up to its ``socket`` app, then the
+        ``socket`` app: connect to our outbound server and obey it until it exits."""
+        kind, _, campaign = leg.socket_path.partition("/")
+        entry = {"consent": "callconsent_in_", "outbound": "callconsent_out_"}.get(kind)
+        if entry:
+            with contextlib.suppress(LookupError):  # a campaign name no extension takes
+                self.dialplan.enter(leg, "callconsent", entry + campaign)
         sim_call = SimCall(self, leg, caller)
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -703,6 +748,8 @@ class SimCall:
         elif app == "record_session":
             path, _, rest = arg.partition(" ")
             fs._start_recording(leg, path, _bracket_vars(rest) if rest else {}, wire)
+        elif app == "bind_digit_action":
+            fs.dialplan.bind(leg, arg)
         fs.emit(
             "CHANNEL_EXECUTE_COMPLETE", leg, wire, **_h(info | {"Application-Response": response})
         )

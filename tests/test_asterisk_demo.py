@@ -27,6 +27,10 @@ def _demo_account_missing() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 @pytest.mark.skipif(
+    os.geteuid() == 0 and os.path.realpath(sys.executable).startswith("/root/"),
+    reason="as root the demo runs the CLI as 'callconsent', who cannot read this interpreter",
+)
+@pytest.mark.skipif(
     _demo_account_missing(), reason="as root the demo needs the callconsent account"
 )
 def test_make_demo_shows_three_decisions_and_a_decrypted_recording() -> None:

@@ -86,14 +86,26 @@ def test_config_check_exits_2_with_the_key(
     assert "numbers.default_region: expected a string" in capsys.readouterr().err
 
 
-def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
-    parser = cli.build_parser()
-    actions = [a for a in parser._actions if a.dest == "command"]
-    for name in actions[0].choices:
+def _commands(parser, prefix=()):  # type: ignore[no-untyped-def]
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name)
+                yield from _commands(sub, (*prefix, name))
+
+
+def test_every_command_and_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    commands = list(_commands(cli.build_parser()))
+    assert ("recordings", "hold") in commands and ("subject", "erase") in commands
+    assert ("retention", "run") in commands and ("audit", "export") in commands
+    for command in commands:
         with pytest.raises(SystemExit) as exit_:
-            cli.main([name, "--help"])
-        assert exit_.value.code == 0
-        assert "usage: callconsent" in capsys.readouterr().out
+            cli.main([*command, "--help"])
+        assert exit_.value.code == 0, command
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: callconsent {' '.join(command)}"), command
 
 
 def test_audit_cli_verifies_and_exports(

@@ -46,13 +46,19 @@ legal_basis = "legitimate_interest"
 """
 
 
+def open_app(tmp_path: Path, config: str, languages: tuple[str, ...]) -> App:
+    """An App on ``config`` with prompts in ``languages`` (the caller closes it)."""
+    path = tmp_path / "callconsent.toml"
+    path.write_text(config)
+    application = App.open(config_mod.load(path))
+    make_prompts(application.config.prompt_dir, languages)
+    application.prompts.reload()
+    return application
+
+
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[App]:
-    path = tmp_path / "callconsent.toml"
-    path.write_text(CONFIG)
-    application = App.open(config_mod.load(path))
-    make_prompts(application.config.prompt_dir, ("en", "de"))
-    application.prompts.reload()
+    application = open_app(tmp_path, CONFIG, ("en", "de"))
     yield application
     application.close()
 
@@ -311,65 +317,7 @@ def test_esl_password_is_required() -> None:
         FreeswitchService(None, None, Settings())  # type: ignore[arg-type]
 
 
-# -- agents: feature codes, the CLI, listen-in -------------------------------------------------
-
-
-def test_agent_start_mask_stop_discard(app: App) -> None:
-    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
-        leg = await call(fs, svc, "outbound", Caller([]))  # on_demand: nothing asked, nothing kept
-        assert decision(app).status == "not_required" and rows(app, Recording) == []
-        agent = await fs.bridge(leg)
-        fs.feature_code(agent, "start")  # *1
-        await until(lambda: bool(leg.recordings), "agent start reached FreeSWITCH")
-        (rec,) = rows(app, Recording)
-        path = app.spool.path_for(rec.id)
-        vars_ = "{RECORD_STEREO=false,RECORD_PRE_BUFFER_FRAMES=0}"
-        assert f"uuid_record {leg.uuid} start {path} 0 {vars_}" in fs.api_log
-        fs.talk(leg, 0.5)
-        fs.feature_code(agent, "mask")  # *2: card data
-        await until(lambda: f"uuid_record {leg.uuid} mask {path}" in fs.api_log, "masked")
-        fs.talk(leg, 0.5)
-        fs.feature_code(agent, "mask")  # *2 again: unmask
-        await until(lambda: f"uuid_record {leg.uuid} unmask {path}" in fs.api_log, "unmasked")
-        fs.talk(leg, 0.5)
-        fs.feature_code(agent, "stop")  # *3
-        await until(lambda: rows(app, Recording)[0].state == "closed", "stopped and closed")
-        with wave.open(str(path)) as w:
-            frames = w.readframes(w.getnframes())
-        assert len(frames) == 2 * 12000
-        assert set(frames[8000:16000]) == {0}  # the masked half second is digital silence
-        assert set(frames[:8000]) != {0} and set(frames[16000:]) != {0}
-        live = app.calls.find("freeswitch", leg.call_uuid)
-        assert live is not None and live.status.value == "granted"  # agent attested (on_demand)
-        fs.feature_code(agent, "discard")  # *9: the customer said no
-        await until(lambda: rows(app, Recording)[0].state == "discarded", "discarded")
-        assert leg.variables["consent_status"] == "declined"
-        fs.feature_code(agent, "start")  # refused after a decline: a tone to the agent
-        await until(
-            lambda: (
-                f"uuid_broadcast {agent.uuid} tone_stream://L=2;%(150,100,400) aleg" in fs.api_log
-            ),
-            "tone",
-        )
-        assert len(rows(app, Recording)) == 1
-        changes = [r.status for r in rows(app, ConsentRecord) if r.kind == "change"]
-        assert changes == ["granted", "declined"]
-
-    run(app, scenario)
-
-
-def test_the_customer_leg_cannot_trigger_agent_commands(app: App) -> None:
-    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
-        leg = await call(fs, svc, "outbound", Caller([]))
-        agent = await fs.bridge(leg)
-        fs.feature_code(leg, "start")  # a misconfigured dialplan binding *1 on the customer
-        fs.feature_code(agent, "bogus")
-        fs.feature_code(agent, "stop")  # marker: handled after the two above
-        await until(lambda: any("uuid_broadcast" in c for c in fs.api_log), "stop refused")
-        assert rows(app, Recording) == []
-        assert not any(c.startswith("uuid_record") for c in fs.api_log)
-
-    run(app, scenario)
+# -- agents: the CLI, listen-in (the keys: test_freeswitch_keys.py) ------------------------------
 
 
 def test_cli_record_commands_reach_the_call_through_inbound_esl(app: App) -> None:
@@ -399,7 +347,7 @@ def test_listen_in_follows_consent(app: App) -> None:
         agent = await fs.bridge(leg)
         supervisor = fs.new_leg("callconsent_listen", "2001")
         fs.listen(supervisor, leg.uuid)
-        fs.feature_code(agent, "discard")  # consent gone: the group goes, listeners are cut
+        fs.press(agent, "*49")  # consent gone: the group goes, listeners are cut
         await until(lambda: not supervisor.up, "listener cut off")
         assert f"uuid_setvar {leg.uuid} eavesdrop_group" in fs.api_log
         assert "eavesdrop_group" not in leg.variables

@@ -6,7 +6,9 @@ simulator tests, driven by loopback calls.
 test adds two ``X-PRE-PROCESS include`` lines to the PBX's ``freeswitch.xml`` once
 (``callconsent/dialplan/*.xml``, ``callconsent/directory/*.xml``), writes the rendered files
 there, and ``reloadxml``. Our outbound server must listen on 127.0.0.1:8084, the address the
-shipped dialplan dials. Loopback callers send DTMF with ``~`` so bind_meta_app sees it.
+shipped dialplan dials. Loopback phones send DTMF with ``~``: plain ``send_dtmf`` marks digits
+as already processed, so the far leg's ``bind_digit_action`` codes would never see them (a real
+phone's RFC 2833 digits are not marked).
 """
 
 from __future__ import annotations
@@ -56,18 +58,36 @@ TEST_DIALPLAN = """<include>
         <action application="set" data="playback_terminators=none"/>
         <action application="answer"/>
         <action application="playback" data="tone_stream://L=1;%(1000,0,880)"/>
-        <action application="send_dtmf" data="~*1"/>
+        <action application="send_dtmf" data="~*41"/>
         <action application="playback" data="tone_stream://L=2;%(1000,0,880)"/>
-        <action application="send_dtmf" data="~*2"/>
+        <action application="send_dtmf" data="~*42"/>
         <action application="playback" data="tone_stream://L=2;%(1000,0,880)"/>
-        <action application="send_dtmf" data="~*2"/>
+        <action application="send_dtmf" data="~*42"/>
         <action application="playback" data="tone_stream://L=2;%(1000,0,880)"/>
-        <action application="send_dtmf" data="~*3"/>
+        <action application="send_dtmf" data="~*43"/>
         <action application="playback" data="tone_stream://L=1;%(1000,0,880)"/>
-        <action application="send_dtmf" data="~*9"/>
+        <action application="send_dtmf" data="~*49"/>
         <action application="playback" data="tone_stream://L=1;%(1000,0,880)"/>
-        <action application="send_dtmf" data="~*1"/>
+        <action application="send_dtmf" data="~*41"/>
         <action application="playback" data="tone_stream://L=2;%(1000,0,880)"/>
+        <action application="hangup"/>
+      </condition>
+    </extension>
+    <extension name="cc_agent_late">
+      <condition field="destination_number" expression="^cc_agent_late$">
+        <action application="set" data="playback_terminators=none"/>
+        <action application="answer"/>
+        <action application="playback" data="tone_stream://L=4;%(1000,0,880)"/>
+        <action application="send_dtmf" data="~*41"/>
+        <action application="playback" data="tone_stream://L=3;%(1000,0,880)"/>
+        <action application="hangup"/>
+      </condition>
+    </extension>
+    <extension name="cc_agent_idle">
+      <condition field="destination_number" expression="^cc_agent_idle$">
+        <action application="set" data="playback_terminators=none"/>
+        <action application="answer"/>
+        <action application="playback" data="tone_stream://L=9;%(1000,0,880)"/>
         <action application="hangup"/>
       </condition>
     </extension>
@@ -86,6 +106,9 @@ digit_timeout_ms = 2500
 monitoring_allowed = true
 [policies.rt_ondemand]
 mode = "on_demand"
+[policies.rt_withdraw]
+withdraw_digit = "9"
+monitoring_allowed = true
 """
 CALLER = "{origination_caller_id_number=4915112345}"
 
@@ -163,16 +186,29 @@ def app(tmp_path: Path, real: tuple[str, int, str, Path]) -> Iterator[App]:
 
 
 class Driver:
-    """Our admin connection: reloadxml, originate, and every CHANNEL_HANGUP_COMPLETE seen."""
+    """Our admin connection: reloadxml, originate, and every CHANNEL_HANGUP_COMPLETE, DTMF and
+    callconsent CUSTOM event seen."""
 
     def __init__(self, conn: EslConnection) -> None:
         self.conn = conn
         self.hangups: list[Event] = []
+        self.events: list[Event] = []
         conn.add_listener(self._on)
 
     def _on(self, event: Event) -> None:
         if event.name == "CHANNEL_HANGUP_COMPLETE":
             self.hangups.append(event)
+        elif event.name in ("DTMF", "CUSTOM"):
+            self.events.append(event)
+
+    def seen(self, name: str, channel_part: str) -> list[str]:
+        """``cc_cmd`` of the CUSTOM events (``DTMF-Digit`` of DTMF) from that channel."""
+        key = "cc_cmd" if name == "CUSTOM" else "DTMF-Digit"
+        return [
+            e.get(key) or ""
+            for e in self.events
+            if e.name == name and channel_part in (e.get("Channel-Name") or "")
+        ]
 
     async def originate(self, dest: str, app: str) -> str:
         reply = await self.conn.api(
@@ -200,7 +236,9 @@ def run(app: App, real: tuple[str, int, str, Path], scenario) -> None:  # type: 
         admin = await open_inbound(host, port, admin_pw)
         driver = Driver(admin)
         assert (await admin.api("reloadxml")).ok
-        await admin.send("event plain CHANNEL_HANGUP_COMPLETE")
+        await admin.send(
+            "event plain CHANNEL_HANGUP_COMPLETE DTMF CUSTOM consent::agent_cmd consent::withdraw"
+        )
         svc = FreeswitchService.from_config(app.calls, app.spool, app.config.freeswitch)
         await svc.start()
         try:
@@ -300,7 +338,7 @@ def test_real_agent_codes_start_mask_stop_discard(app: App, real) -> None:  # ty
             "discarded",
             10,
         )
-        (rec,) = rows(app, Recording)  # the second *1 came after *9: refused
+        (rec,) = rows(app, Recording)  # the second *41 came after *49: refused
         changes = [r.status for r in rows(app, ConsentRecord) if r.kind == "change"]
         assert changes == ["granted", "declined"]
         with wave.open(str(app.spool.path_for(rec.id))) as w:
@@ -311,5 +349,49 @@ def test_real_agent_codes_start_mask_stop_discard(app: App, real) -> None:  # ty
             run_ = run_ + 1 if s == 0 else 0
             longest = max(longest, run_)
         assert longest >= 8000  # the masked stretch (~2 s) is digital silence
+
+    run(app, real, scenario)
+
+
+def test_real_codes_are_bound_on_the_agent_leg_only(app: App, real) -> None:  # type: ignore[no-untyped-def]
+    """The customer's *41 reaches the agent's phone as plain keys and fires nothing; the
+    agent's *41, a few seconds later, starts the recording."""
+
+    async def scenario(driver: Driver, svc: FreeswitchService) -> None:
+        await driver.originate(
+            "cc_in_rt_ondemand_late",
+            "'m:^:sleep:2000^send_dtmf:~*41^playback:tone_stream://L=8;%(1000,0,440)^hangup'",
+        )
+        await until(lambda: driver.leg("cc_agent_late-a") is not None, "agent done", 40)
+        await until(lambda: bool(rows(app, Recording)), "the agent's *41 started it", 10)
+        assert driver.seen("CUSTOM", "cc_agent_late-a") == ["start"]
+        assert driver.seen("CUSTOM", "cc_in_rt_ondemand_late") == []
+        assert driver.seen("DTMF", "cc_agent_late-b") == ["*", "4", "1"]  # the agent heard it
+        assert [r.status for r in rows(app, ConsentRecord) if r.kind == "change"] == ["granted"]
+
+    run(app, real, scenario)
+
+
+def test_real_withdraw_key(app: App, real) -> None:  # type: ignore[no-untyped-def]
+    async def scenario(driver: Driver, svc: FreeswitchService) -> None:
+        await driver.originate(
+            "cc_in_rt_withdraw_idle",
+            "'m:^:set:sleep_eat_digits=true^sleep:1200^send_dtmf:1^sleep:5000^send_dtmf:~9"
+            "^sleep:3000^hangup'",
+        )
+        await until(
+            lambda: bool(rows(app, Recording)) and rows(app, Recording)[0].state == "discarded",
+            "withdrawn: stopped and discarded",
+            40,
+        )
+        (rec,) = rows(app, Recording)
+        assert [r.status for r in rows(app, ConsentRecord)] == ["granted", "withdrawn"]
+        await until(lambda: driver.leg("cc_in_rt_withdraw_idle-b") is not None, "over", 30)
+        customer = driver.leg("cc_in_rt_withdraw_idle-b")
+        assert customer.get("variable_consent_status") == "withdrawn"
+        assert customer.get("variable_eavesdrop_group") is None  # listen-in ended
+        assert driver.seen("CUSTOM", "cc_in_rt_withdraw_idle-b") == ["withdraw"]
+        with wave.open(str(app.spool.path_for(rec.id))) as w:  # FreeSWITCH closed it
+            assert w.getnframes() > 8000
 
     run(app, real, scenario)

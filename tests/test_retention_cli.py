@@ -130,3 +130,28 @@ def test_recompute_is_explicit_and_for_dpos(
     with rig.app.db.read() as s:
         rec = s.get(Recording, rid)
     assert rec.expires_at == rec.started_at + timedelta(days=90)
+
+
+def test_keys_destroy_only_a_spent_epoch(
+    rig: Rig, config_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import recorder.retention
+
+    rid = encrypted(rig)
+    with rig.app.db.read() as s:
+        epoch = s.get(Recording, rid).key_epoch
+    assert run(config_file, "keys", "destroy", epoch, "--reason", "r", "--actor", "dana") == 1
+    assert "is not spent" in capsys.readouterr().err
+    assert (rig.app.keydir.path / f"epoch-{epoch}.key").exists()
+    with rig.app.db.write() as s:  # the recording is purged: nothing needs the epoch now
+        s.get(Recording, rid).state = "purged"
+
+    class Later(datetime):
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[no-untyped-def, override]
+            return datetime.now(tz) + timedelta(days=60)  # the epoch's week is over
+
+    monkeypatch.setattr(recorder.retention, "datetime", Later)
+    assert run(config_file, "keys", "destroy", epoch, "--reason", "r", "--actor", "bob") == 1
+    assert run(config_file, "keys", "destroy", epoch, "--reason", "spent", "--actor", "dana") == 0
+    assert not (rig.app.keydir.path / f"epoch-{epoch}.key").exists()

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from callconsent import config
 from callconsent.app import App
-from callconsent.authz import authorize
+from callconsent.authz import authorized_app
 from callconsent.commands.keys_cmd import add_secret_args, unlock
 from callconsent.errors import CommandError
 from callconsent.recordings import custody
@@ -37,22 +36,11 @@ def register_actions(cmds: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace, permission: str, act) -> None:  # type: ignore[no-untyped-def]
-    app = App.open(config.load(args.config))
-    try:
-        authorize(
-            app.config,
-            app.db,
-            app.audit_ctx,
-            actor=args.actor,
-            permission=permission,
-            subject_type="recording",
-            subject_id=args.id,
-        )
-        act(app)
-    except CustodyError as exc:
-        raise CommandError(str(exc)) from None
-    finally:
-        app.close()
+    with authorized_app(args, permission, "recording", args.id) as app:
+        try:
+            act(app)
+        except CustodyError as exc:
+            raise CommandError(str(exc)) from None
 
 
 def hold(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from callconsent import config, doctor
+from callconsent import config, doctor, doctor_host  # noqa: F401 - registers the host checks
 
 
 def register(sub: argparse._SubParsersAction) -> None:

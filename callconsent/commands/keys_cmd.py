@@ -96,6 +96,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("-o", "--out", help="file to write (default: standard output)")
     add_reason_args(e)
     e.set_defaults(func=export_public)
+    d = cmds.add_parser(
+        "destroy",
+        help="destroy a spent epoch's private key on this host (crypto-shredding; dpo/admin)",
+        description="For an epoch whose week is over and that no live recording needs: delete "
+        "its private key file here, so its recordings are unreadable everywhere. The retention "
+        "pass does this by itself where the keys live; run this where they are kept elsewhere.",
+    )
+    d.add_argument("epoch", help="e.g. 2026-W50")
+    d.add_argument("--reason", required=True)
+    d.add_argument("--actor", required=True, help="a dpo or admin from [actors]")
+    d.set_defaults(func=destroy)
 
 
 def _horizon(app: App) -> list[str]:
@@ -221,4 +232,20 @@ def export_public(args: argparse.Namespace) -> int:
             sys.stdout.write(text)
     finally:
         app.close()
+    return 0
+
+
+def destroy(args: argparse.Namespace) -> int:
+    from callconsent.authz import authorized_app
+    from callconsent.recordings import retention
+
+    with authorized_app(args, "keys.destroy", "key_epoch", args.epoch) as app:
+        if args.epoch not in retention(app).spent_epochs():
+            raise CommandError(
+                f"epoch {args.epoch} is not spent: its week is not over, a live recording still "
+                "needs it, or it is destroyed already (see callconsent keys list)"
+            )
+        if not key_store(app).destroy_private(args.epoch, args.actor, args.reason):
+            raise CommandError(f"the private key of {args.epoch} is not on this host")
+    print(f"{args.epoch}: private key destroyed")
     return 0

@@ -8,7 +8,7 @@ import json
 
 from callconsent import config
 from callconsent.app import App
-from callconsent.authz import authorize
+from callconsent.authz import authorized_app
 from callconsent.recordings import retention, retention_rule
 
 
@@ -67,17 +67,7 @@ def run_pass(args: argparse.Namespace) -> int:
 
 
 def recompute(args: argparse.Namespace) -> int:
-    app = App.open(config.load(args.config))
-    try:
-        authorize(
-            app.config,
-            app.db,
-            app.audit_ctx,
-            actor=args.actor,
-            permission="retention.recompute",
-            subject_type="campaign",
-            subject_id=args.campaign,
-        )
+    with authorized_app(args, "retention.recompute", "campaign", args.campaign) as app:
         changed = retention(app).recompute(
             retention_rule(app.config),
             lambda campaign: app.config.policies.for_campaign(campaign).retention_category,
@@ -85,8 +75,6 @@ def recompute(args: argparse.Namespace) -> int:
             reason=args.reason,
             campaign=args.campaign,
         )
-    finally:
-        app.close()
     for rid, old, new in changed:
         print(f"{rid}: expires {old:%Y-%m-%d %H:%M} -> {new:%Y-%m-%d %H:%M} UTC")
     print(f"{len(changed)} recording(s) changed")

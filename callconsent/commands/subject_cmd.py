@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from callconsent import config
-from callconsent.app import App
-from callconsent.authz import authorize
+from callconsent.authz import authorized_app
 from callconsent.commands.keys_cmd import add_secret_args, unlock
 from callconsent.errors import CommandError
 from callconsent.recordings import subjects
@@ -40,34 +38,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     er.set_defaults(func=erase)
 
 
-def _open(args: argparse.Namespace, permission: str) -> App:
-    app = App.open(config.load(args.config))
-    try:
-        authorize(
-            app.config,
-            app.db,
-            app.audit_ctx,
-            actor=args.actor,
-            permission=permission,
-            subject_type="subject",
-            subject_id=None,
-        )
-    except BaseException:
-        app.close()
-        raise
-    return app
-
-
 def export(args: argparse.Namespace) -> int:
-    app = _open(args, "subject.export")
-    try:
-        manifest = subjects(app).export(
-            args.number, args.out, unlock(app, args), actor=args.actor, reason=args.reason
-        )
-    except (NotAPhoneNumber, SubjectError) as exc:
-        raise CommandError(str(exc)) from None
-    finally:
-        app.close()
+    with authorized_app(args, "subject.export", "subject", None) as app:
+        try:
+            manifest = subjects(app).export(
+                args.number, args.out, unlock(app, args), actor=args.actor, reason=args.reason
+            )
+        except (NotAPhoneNumber, SubjectError) as exc:
+            raise CommandError(str(exc)) from None
     recs = sum(len(c["recordings"]) for c in manifest["calls"])
     print(
         f"{args.out}: {len(manifest['calls'])} call(s), {recs} recording(s), "
@@ -77,13 +55,11 @@ def export(args: argparse.Namespace) -> int:
 
 
 def erase(args: argparse.Namespace) -> int:
-    app = _open(args, "subject.erase")
-    try:
-        result = subjects(app).erase(args.number, actor=args.actor, reason=args.reason)
-    except (NotAPhoneNumber, CustodyError) as exc:
-        raise CommandError(str(exc)) from None
-    finally:
-        app.close()
+    with authorized_app(args, "subject.erase", "subject", None) as app:
+        try:
+            result = subjects(app).erase(args.number, actor=args.actor, reason=args.reason)
+        except (NotAPhoneNumber, CustodyError) as exc:
+            raise CommandError(str(exc)) from None
     print(
         f"erased: {result.calls} call(s) no longer carry the number; "
         f"{len(result.deleted)} recording(s) deleted"

@@ -1,0 +1,34 @@
+"""What the load benchmarks share: a free loopback port, and a server started in its own
+process (the benchmark script itself, with ``--serve KIND --port N``) that says READY."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(
+    script: str, kind: str, port: int, python: str = sys.executable
+) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [python, script, "--serve", kind, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line.strip() != "READY":
+        proc.kill()
+        raise RuntimeError(f"{kind} server did not start: {line!r}")
+    return proc

@@ -1,0 +1,232 @@
+"""Keys pressed during a FreeSWITCH call, against the simulated FreeSWITCH running the shipped
+``callconsent.xml``: the agents' codes (``*41 *42 *43 *49``, as on Asterisk, bound with
+``bind_digit_action`` on the agent's leg only) and the caller's withdraw key (bound by the
+consent session on the customer's leg only, once they consented)."""
+
+from __future__ import annotations
+
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from freeswitch_sim import Caller, FakeFreeSwitch
+from test_freeswitch_consent import call, decision, open_app, rows, run, until
+
+from callconsent import config as config_mod
+from callconsent.app import App
+from callconsent.dialplan_render_freeswitch import render
+from esl_listener.service import FreeswitchService
+from recorder.models import ConsentRecord, Recording
+
+CONFIG = """
+[daemon]
+data_dir = "data"
+node = "pbx-keys"
+
+[policies.default]
+digit_timeout_ms = 3000
+
+[policies.outbound]
+mode = "on_demand"
+
+[policies.withdraw]
+withdraw_digit = "9"
+monitoring_allowed = true
+
+[policies.withdraw_keep]
+withdraw_digit = "#"
+on_withdrawal = "stop"
+"""
+BIND = "callconsent_withdraw,{},exec[H]:execute_extension,callconsent_withdraw XML callconsent"
+TONE = "tone_stream://L=2;%(150,100,400)"
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[App]:
+    application = open_app(tmp_path, CONFIG, ("en",))
+    yield application
+    application.close()
+
+
+def changes(app: App) -> list[str]:
+    return [r.status for r in rows(app, ConsentRecord) if r.kind == "change"]
+
+
+# -- the agents' codes -------------------------------------------------------------------------
+
+
+def test_agent_codes_start_mask_stop_discard(app: App) -> None:
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        leg = await call(fs, svc, "outbound", Caller([]))  # on_demand: nothing asked, nothing kept
+        assert decision(app).status == "not_required" and rows(app, Recording) == []
+        agent = await fs.bridge(leg, callconsent_agent="7001")
+        assert sorted(agent.keys.bindings) == ["*41", "*42", "*43", "*49"]
+        assert leg.keys.bindings == {}  # nothing on the customer's leg
+        fs.press(agent, "*41")
+        await until(lambda: bool(leg.recordings), "agent start reached FreeSWITCH")
+        (rec,) = rows(app, Recording)
+        path = app.spool.path_for(rec.id)
+        vars_ = "{RECORD_STEREO=false,RECORD_PRE_BUFFER_FRAMES=0}"
+        assert f"uuid_record {leg.uuid} start {path} 0 {vars_}" in fs.api_log
+        fs.talk(leg, 0.5)
+        fs.press(agent, "*42")  # card data
+        await until(lambda: f"uuid_record {leg.uuid} mask {path}" in fs.api_log, "masked")
+        fs.talk(leg, 0.5)
+        fs.press(agent, "*42")  # again: unmask
+        await until(lambda: f"uuid_record {leg.uuid} unmask {path}" in fs.api_log, "unmasked")
+        fs.talk(leg, 0.5)
+        fs.press(agent, "*43")
+        await until(lambda: rows(app, Recording)[0].state == "closed", "stopped and closed")
+        with wave.open(str(path)) as w:
+            frames = w.readframes(w.getnframes())
+        assert len(frames) == 2 * 12000
+        assert set(frames[8000:16000]) == {0}  # the masked half second is digital silence
+        assert set(frames[:8000]) != {0} and set(frames[16000:]) != {0}
+        live = app.calls.find("freeswitch", leg.call_uuid)
+        assert live is not None and live.status.value == "granted"  # agent attested (on_demand)
+        attested = next(r for r in rows(app, ConsentRecord) if r.kind == "change")
+        assert attested.actor == "7001"  # ${callconsent_agent} of the agent's leg
+        fs.press(agent, "*49")  # the customer said no
+        await until(lambda: rows(app, Recording)[0].state == "discarded", "discarded")
+        assert leg.variables["consent_status"] == "declined"
+        fs.press(agent, "*41")  # refused after a decline: a tone to the agent
+        await until(lambda: f"uuid_broadcast {agent.uuid} {TONE} aleg" in fs.api_log, "tone")
+        assert len(rows(app, Recording)) == 1 and changes(app) == ["granted", "declined"]
+        assert leg.keys.passed == ""  # no code reached the customer
+
+    run(app, scenario)
+
+
+def test_the_customer_pressing_agent_codes_triggers_nothing(app: App) -> None:
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        leg = await call(fs, svc, "outbound", Caller([]))
+        agent = await fs.bridge(leg)
+        fs.press(leg, "*41")  # no binding on the customer's leg: the agent just hears it
+        fs.press(agent, "*5")  # no code: the customer hears it (after *, nothing matches *5)
+        fs.press(agent, "*4")  # only a prefix: let through at the digit timeout
+        fs.feature_code(leg, "start")  # a misconfigured dialplan firing the event anyway
+        fs.feature_code(agent, "bogus")
+        fs.press(agent, "*43")  # marker: stop with nothing running is refused with a tone
+        await until(lambda: any("uuid_broadcast" in c for c in fs.api_log), "stop refused")
+        assert agent.keys.passed == "*41" and leg.keys.passed == "*5*4"
+        assert rows(app, Recording) == []
+        assert not any(c.startswith("uuid_record") for c in fs.api_log)
+
+    run(app, scenario)
+
+
+def test_codes_come_from_the_config(app: App, tmp_path: Path) -> None:
+    cfg = tmp_path / "codes.toml"
+    cfg.write_text(CONFIG + '\n[freeswitch]\nfeature_start = "#71"\n')
+    (xml,) = [
+        p for p in render(config_mod.load(cfg), tmp_path / "out") if p.name == "callconsent.xml"
+    ]
+    fs = FakeFreeSwitch(dialplan=xml.read_text())
+
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        leg = await call(fs, svc, "outbound", Caller([]))
+        agent = await fs.bridge(leg)
+        assert sorted(agent.keys.bindings) == ["#71", "*42", "*43", "*49"]
+        fs.press(agent, "*41")  # no longer a code: the customer hears it
+        fs.press(agent, "#71")
+        await until(lambda: bool(leg.recordings), "started with the configured code")
+        assert leg.keys.passed == "*41"
+
+    run(app, scenario, fs)
+
+
+def test_codes_on_an_agents_outbound_call(app: App) -> None:
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        agent = fs.new_leg("callconsent_out_outbound", "7001", socket_path="outbound/outbound")
+        agent.variables |= {"callconsent_agent": "7001", "callconsent_number": "4915112345"}
+        sim = await fs.call(svc.outbound.port, agent, Caller([]))  # callconsent_out_outbound
+        assert sim.exited and sorted(agent.keys.bindings) == ["*41", "*42", "*43", "*49"]
+        customer = await fs.dial_out(agent, "4915112345")
+        fs.press(customer, "*41")  # the customer's keys reach the agent, nothing else
+        fs.press(agent, "*41")
+        await until(lambda: bool(customer.recordings), "recording on the customer's leg")
+        assert agent.keys.passed == "*41" and not agent.recordings
+        (rec,) = rows(app, Recording)
+        fs.press(agent, "*49")
+        await until(lambda: rows(app, Recording)[0].state == "discarded", "discarded")
+        assert f"uuid_record {customer.uuid} stop {app.spool.path_for(rec.id)}" in fs.api_log
+
+    run(app, scenario)
+
+
+# -- the caller's withdraw key -------------------------------------------------------------------
+
+
+def test_withdraw_key_stops_discards_and_ends_listen_in(app: App) -> None:
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        leg = await call(fs, svc, "withdraw", Caller(["1"]))
+        sim = leg.sim  # type: ignore[attr-defined]
+        assert ("bind_digit_action", BIND.format("9")) in sim.executed
+        assert sim.executed.index(("bind_digit_action", BIND.format("9"))) == len(sim.executed) - 1
+        assert sim.exited and list(leg.keys.bindings) == ["9"]
+        (rec,) = rows(app, Recording)
+        agent = await fs.bridge(leg)
+        assert "9" not in agent.keys.bindings  # the agent's leg has only the agents' codes
+        supervisor = fs.new_leg("callconsent_listen", "2001")
+        fs.listen(supervisor, leg.uuid)
+        fs.talk(leg, 0.5)
+        fs.press(agent, "9")  # the agent cannot withdraw for the caller: the caller hears it
+        fs.press(leg, "5")  # another key of the caller reaches the agent
+        assert leg.keys.passed == "9" and agent.keys.passed == "5"
+        fs.press(leg, "9")
+        await until(lambda: not supervisor.up, "listener cut off")
+        await until(lambda: rows(app, Recording)[0].state == "discarded", "discarded")
+        assert f"uuid_record {leg.uuid} stop {app.spool.path_for(rec.id)}" in fs.api_log
+        assert f"uuid_setvar {leg.uuid} eavesdrop_group" in fs.api_log
+        assert "eavesdrop_group" not in leg.variables
+        assert leg.variables["consent_status"] == "withdrawn"
+        assert changes(app) == ["withdrawn"] and rows(app, Recording)[0].id == rec.id
+        fs.press(agent, "*41")  # no new recording after a withdrawal
+        await until(lambda: any("uuid_broadcast" in c for c in fs.api_log), "start refused")
+        assert len(rows(app, Recording)) == 1
+
+    run(app, scenario)
+
+
+def test_withdraw_under_stop_keeps_what_was_recorded(app: App) -> None:
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        leg = await call(fs, svc, "withdraw_keep", Caller(["1"]))
+        assert ("bind_digit_action", BIND.format("#")) in leg.sim.executed  # type: ignore[attr-defined]
+        await fs.bridge(leg)
+        fs.talk(leg, 0.5)
+        fs.press(leg, "#")
+        await until(lambda: rows(app, Recording)[0].state == "closed", "stopped, kept")
+        assert changes(app) == ["withdrawn"]
+        with wave.open(str(app.spool.path_for(rows(app, Recording)[0].id))) as w:
+            assert w.getnframes() == 4000
+
+    run(app, scenario)
+
+
+@pytest.mark.parametrize(("campaign", "answers"), [("withdraw", ["2"]), ("default", ["1"])])
+def test_no_withdraw_key_without_consent_or_policy(
+    app: App, campaign: str, answers: list[str]
+) -> None:
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        leg = await call(fs, svc, campaign, Caller(answers))  # declined / no withdraw_digit
+        sim = leg.sim  # type: ignore[attr-defined]
+        assert sim.exited and "bind_digit_action" not in [a for a, _ in sim.executed]
+        agent = await fs.bridge(leg)
+        fs.press(leg, "9")
+        assert agent.keys.passed == "9" and changes(app) == []
+
+    run(app, scenario)
+
+
+def test_a_withdraw_event_from_the_agents_leg_is_refused(app: App) -> None:
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        leg = await call(fs, svc, "withdraw", Caller(["1"]))
+        agent = await fs.bridge(leg)
+        # what a misconfigured dialplan binding the key on the agent's leg would fire
+        fs.dialplan.run(agent, "execute_extension", "callconsent_withdraw XML callconsent")
+        fs.press(agent, "*43")  # marker, handled after it: the recording stops, consent holds
+        await until(lambda: rows(app, Recording)[0].state == "closed", "stopped by the agent")
+        assert changes(app) == [] and leg.variables["consent_status"] == "granted"
+
+    run(app, scenario)
