@@ -239,9 +239,9 @@ class ChannelControl(_CustomerLeg):
         self.call.files[recording_id] = file
         self.call.open_recordings.add(recording_id)
         if self.prompts_follow and self.policy.beep_interval_s:
-            # The beep is a ChanSpy whisper, and since Asterisk 22.11.0 a whisper on a
-            # channel stalls the file it plays (measured: the 1 s thanks prompt took 11 s; a
-            # prompt to a silent caller never ended). So a beeping recording starts when the
+            # The beep is a ChanSpy whisper, and on Asterisk 22.11 a whisper on a channel
+            # stalls the file it plays (tests/fixtures/asterisk-real/agi-r3_*: the 1 s thanks
+            # prompt had not ended 11 s later). So a beeping recording starts when the
             # dialogue hands the call back, after its last prompt.
             self._held = (recording_id, file)
             self.call.held.add(recording_id)

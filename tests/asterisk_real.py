@@ -116,7 +116,7 @@ def with_system_user(manager_conf: str, secret: str) -> str:
     assert sep, "the shipped file has no commented-out system user"
     lines = []
     for line in (sep + tail).splitlines():
-        if line.startswith(";") and "=" in line or line.startswith(";["):
+        if (line.startswith(";") and "=" in line) or line.startswith(";["):
             line = line[1:]
         if line.startswith("secret"):
             line = f"secret = {secret}"
@@ -220,9 +220,10 @@ def lab_lock(target: RealAsterisk) -> Iterator[None]:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            except BlockingIOError:
+            except BlockingIOError as exc:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"another test run held {f.name} for {LOCK_WAIT_S} s")
+                    msg = f"another test run held {f.name} for {LOCK_WAIT_S} s"
+                    raise TimeoutError(msg) from exc
                 time.sleep(1)
         try:
             yield

@@ -50,8 +50,9 @@ class Transcript:
     def write(self, directory: Path) -> list[Path]:
         directory.mkdir(parents=True, exist_ok=True)
         heads = {
-            "agi": f"# scenario {self.scenario}: FastAGI, recorded by tests/asterisk_real_capture.py."
-            " Columns: seconds since the scenario's start (same clock as the ami file),"
+            "agi": f"# scenario {self.scenario}: FastAGI, recorded by"
+            " tests/asterisk_real_capture.py. Columns: seconds since the scenario's start"
+            " (same clock as the ami file),"
             " #connection, RX (Asterisk->us) / TX (us->Asterisk), the exact bytes of one line.",
             "ami": f"# scenario {self.scenario}: AMI events of the scenario's calls, recorded by"
             " tests/asterisk_real_capture.py. Columns: seconds, AMI user, RX, the exact bytes of"
@@ -177,9 +178,10 @@ async def _queue_scenario(r: object) -> None:
 
 
 def main(out: Path) -> None:
-    import agi.control
     from asterisk_real import from_environment, open_lab, why_not_reachable
     from asterisk_real_harness import go
+
+    import agi.control
 
     target = from_environment()
     reason = why_not_reachable(target)
@@ -214,4 +216,4 @@ def main(out: Path) -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent))
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]).resolve())  # Asterisk reads the prompts: an absolute path

@@ -229,10 +229,8 @@ async def real(
     """The daemon's Asterisk component against the lab, with an observer; ``system`` adds the
     opt-in write=system AMI user; ``capture`` records both sides (FastAGI through a tap)."""
     spool = lab.target.spool / f"cct-{secrets.token_hex(4)}"
-    spool.mkdir(mode=0o2770)
-    os.chmod(spool, 0o2770)
     scratch = Path(f"{spool}-scratch")
-    scratch.mkdir()
+    await asyncio.to_thread(_make_dirs, spool, scratch)
     prompt_dir = tmp / "prompts"
     cfg_path = tmp / "callconsent.toml"
     agi_port = lab.agi_port if capture is None else free_port()  # the tap takes lab.agi_port
@@ -339,3 +337,9 @@ def tone_seconds(path: str | Path, freq: float, window_s: float = 0.05) -> float
 def duration_s(path: str | Path) -> float:
     data, rate = samples(path)
     return len(data) / rate
+
+
+def _make_dirs(spool: Path, scratch: Path) -> None:
+    spool.mkdir(mode=0o2770)
+    os.chmod(spool, 0o2770)  # the mode, whatever the umask
+    scratch.mkdir()
