@@ -41,6 +41,7 @@ log = logging.getLogger("callconsent.agi")
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # campaigns, as in consent_ivr.policy
 AGENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}$")
+PBX = "asterisk"
 WITHDRAW_KEYS = {**{d: d for d in "0123456789"}, "star": "*", "hash": "#"}
 
 
@@ -147,6 +148,13 @@ class AsteriskAdapter:
         if self.ami is not None and uid:
             policy = live.machine.policy
             live.control = AmiControl(self, call, policy, language=live.machine.language)
+
+    async def recording_ref(self, key: str, recording_id: str, ref: str) -> None:
+        """A recording's MixMonitorID learnt after its start returned (a held-back start)."""
+        live = self.calls.find(PBX, key)
+        if live is not None:
+            live.pbx_refs[recording_id] = ref
+        await asyncio.to_thread(self.calls.ledger.set_pbx_ref, recording_id, ref)
 
     def on_ami_ready(self) -> None:
         """After a (re)login: a Hangup may have been missed while we were away."""

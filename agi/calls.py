@@ -18,6 +18,7 @@ class AsteriskCall:
     customer_uid: str | None = None  # the customer leg's uniqueid: the recorded channel
     files: dict[str, RecordingFile] = field(default_factory=dict)  # recording id -> file
     open_recordings: set[str] = field(default_factory=set)  # started, not yet closed
+    held: set[str] = field(default_factory=set)  # registered, MixMonitor not yet run (beep)
     spies: dict[str, str] = field(default_factory=dict)  # listener uniqueid -> channel name
     agi_sessions: int = 0
     gone: bool = False  # the customer leg hung up

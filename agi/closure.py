@@ -114,6 +114,11 @@ class Closer:
         kv = {"call": call.key, "recording": rid}
         if file is None:
             return
+        if rid in call.held and not file.path.exists():
+            # held back for its beep until the dialogue's last prompt; the call ended first
+            log.info("recording_never_started", extra={"kv": kv})
+            await asyncio.to_thread(self.calls.ledger.discard, rid, "call_ended_before_start", None)
+            return
         if not file.path.exists():
             # MixMonitor never opened it (bad path, full disk): nothing to keep or finalize
             log.error("recording_file_missing", extra={"kv": kv})

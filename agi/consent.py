@@ -181,7 +181,7 @@ async def _run_on_customer_leg(
     agent: str | None = None,
 ) -> None:
     machine = live.machine
-    control = ChannelControl(ad, call, machine.policy, session)
+    control = ChannelControl(ad, call, machine.policy, session, prompts_follow=True)
     if ad.ami is not None:
         live.control = AmiControl(ad, call, machine.policy, language=machine.language)
     call.agi_sessions += 1

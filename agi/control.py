@@ -17,6 +17,7 @@ are read back without the underscores (``GET VARIABLE __CONSENT_STATUS`` answers
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
@@ -110,7 +111,21 @@ class _CustomerLeg:
             "MixMonitorMute", Channel=self.uid, MixMonitorID=ref, Direction="both", State=state
         )
 
+    async def _stop_held(self, recording_id: str) -> bool:
+        """A recording held back for its beep and stopped before it started: no audio exists,
+        so there is nothing to stop or keep. True if that was the case."""
+        if recording_id not in self.call.held:
+            return False
+        self.call.held.discard(recording_id)
+        self.call.open_recordings.discard(recording_id)
+        reason = "stopped_before_start"
+        await asyncio.to_thread(self.adapter.calls.ledger.discard, recording_id, reason, None)
+        log.info("recording_never_started", extra={"kv": {"call": self.call.key, "why": reason}})
+        return True
+
     async def _stop_by_ami(self, recording_id: str, pbx_ref: str | None) -> None:
+        if await self._stop_held(recording_id):
+            return
         ref = await self._mixmon_id(pbx_ref)
         try:
             await self._ami("StopMixMonitor", Channel=self.uid, MixMonitorID=ref)
@@ -151,10 +166,15 @@ class ChannelControl(_CustomerLeg):
         policy: c.Policy,
         session: AgiSession,
         agent_channel: str | None = None,
+        *,
+        prompts_follow: bool = False,
     ) -> None:
         super().__init__(adapter, call, policy)
         self.session = session
         self.agent_channel = agent_channel  # who pressed the peer feature code, if anyone
+        # the consent dialogue: a recording may start before its last prompt (thanks)
+        self.prompts_follow = prompts_follow
+        self._held: tuple[str, RecordingFile] | None = None
 
     async def play(self, prompt: c.PlayPrompt, file: PromptFile) -> c.Event:
         path = str(file.path.with_suffix(""))  # Asterisk picks the format by extension
@@ -216,9 +236,35 @@ class ChannelControl(_CustomerLeg):
             await self._agi(self.session.set_variable, name, value)
 
     async def start_recording(self, recording_id: str, file: RecordingFile) -> str | None:
-        options = mixmonitor_options(file.fmt == "raw", self.policy.beep_interval_s)
         self.call.files[recording_id] = file
         self.call.open_recordings.add(recording_id)
+        if self.prompts_follow and self.policy.beep_interval_s:
+            # The beep is a ChanSpy whisper, and on Asterisk 22.11 a whisper on a channel
+            # stalls the file it plays (tests/fixtures/asterisk-real/agi-r3_*: the 1 s thanks
+            # prompt had not ended 11 s later). So a beeping recording starts when the
+            # dialogue hands the call back, after its last prompt.
+            self._held = (recording_id, file)
+            self.call.held.add(recording_id)
+            return None
+        return await self._mixmonitor(recording_id, file)
+
+    async def hand_back(self) -> None:
+        """The dialogue is over: start the recording held back for its beep."""
+        if self._held is None:
+            return
+        recording_id, file = self._held
+        self._held = None
+        if recording_id not in self.call.held:
+            return  # stopped before the dialogue ended: never started
+        try:
+            ref = await self._mixmonitor(recording_id, file)
+        finally:
+            self.call.held.discard(recording_id)
+        if ref:
+            await self.adapter.recording_ref(self.call.key, recording_id, ref)
+
+    async def _mixmonitor(self, recording_id: str, file: RecordingFile) -> str | None:
+        options = mixmonitor_options(file.fmt == "raw", self.policy.beep_interval_s)
         await self._agi(self.session.exec, "MixMonitor", str(file.path), options)
         # the ID, and that it is ours: a MixMonitor that failed to start leaves the previous
         # recording's ID in the variable
@@ -234,6 +280,8 @@ class ChannelControl(_CustomerLeg):
         return ref
 
     async def stop_recording(self, recording_id: str, pbx_ref: str | None) -> None:
+        if await self._stop_held(recording_id):
+            return
         if self.adapter.ami is not None:
             await self._stop_by_ami(recording_id, pbx_ref)
             return

@@ -1,15 +1,17 @@
-# ruff: noqa: E501 - the embedded dialplan has long lines, as Asterisk dialplans do
-"""Driving a real Asterisk for the ``realpbx`` tests.
+"""Driving a real Asterisk for the ``realpbx`` tests: the lab it offers, and loading our files
+into it.
 
 ``CALLCONSENT_ASTERISK=ami://user:secret@host:port?conf=<etc dir>&spool=<dir>`` names a running
 Asterisk whose ``extensions.conf``, ``features.conf`` (inside ``[applicationmap]``) and
 ``manager.conf`` ``#tryinclude`` the drop-ins ``extensions_callconsent.conf``,
-``features_callconsent.conf`` and ``manager_callconsent.conf`` (see ``/work/pbx/README.md``).
+``features_callconsent.conf`` and ``manager_callconsent.conf`` (see ``/work/pbx/README.md``);
+for the Queue tests, app_queue loaded and ``queues.conf`` including ``queues_callconsent.conf``.
 The AMI user there must have ``write=all`` (the test originates calls and reloads modules).
 
-The test loads our rendered files into those drop-ins, plus test contexts that play the
-customer's and the agent's phones (Local channels, as in the captures), and puts the test
-sounds where that Asterisk finds them. Everything is restored afterwards.
+:func:`open_lab` loads our rendered files into those drop-ins, plus the test contexts of
+``asterisk_real_contexts.conf`` (the customer's, agent's and supervisor's phones, as Local
+channels like in the captures), a test queue, and the test sounds (tones standing in for speech,
+and the ``beep`` MixMonitor's ``B()`` plays); it puts every file back as it was afterwards.
 
 The lab's own ``extensions.conf`` already defines ``[callconsent-inbound]`` and feature names
 ``ccstart``/``ccpause``/``ccstop`` (from the captures), which would shadow ours; the test
@@ -19,15 +21,36 @@ nothing else changed.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import math
 import os
 import re
 import secrets
+import socket
 import struct
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from agi.dialplan import DialplanSettings, render
+
 ENV = "CALLCONSENT_ASTERISK"
+DROP_INS = ("extensions_callconsent.conf", "features_callconsent.conf", "manager_callconsent.conf")
+QUEUE_DROP_IN = "queues_callconsent.conf"
+QUEUE = "cct-support"
+CONTEXTS = Path(__file__).with_name("asterisk_real_contexts.conf")
+# the test sounds: (name, seconds, Hz); the beep is what MixMonitor's B() plays
+SOUNDS = (
+    ("cct-caller-speech", 2.0, 440),
+    ("cct-agent-speech", 2.0, 660),
+    ("cct-wait-tone", 0.2, 880),
+    ("beep", 0.25, 1400),
+)
+RELOAD = ("dialplan reload", "module reload features", "manager reload")
+LOCK = ".callconsent-realpbx.lock"  # in the conf dir: one test run at a time changes the drop-ins
+LOCK_WAIT_S = 900
 
 
 @dataclass(frozen=True)
@@ -44,6 +67,18 @@ class RealAsterisk:
         text = (self.conf / "asterisk.conf").read_text()
         m = re.search(r"^astdatadir\s*=>\s*(\S+)", text, re.M)
         return Path(m.group(1) if m else "/var/lib/asterisk") / "sounds"
+
+
+@dataclass(frozen=True)
+class Lab:
+    target: RealAsterisk
+    agi_port: int
+    ami_user: str
+    ami_secret: str
+    system_user: str
+    system_secret: str
+    queue: str | None  # why not: see queue_missing
+    queue_missing: str = ""
 
 
 def from_environment() -> RealAsterisk | None:
@@ -74,81 +109,28 @@ def prefixed(files: dict[str, str]) -> dict[str, str]:
     return out
 
 
-TEST_CONTEXTS = """
-; ---- test contexts of tests/test_asterisk_realpbx.py (removed after the test run) ----
-[cct-in]
-; the customer leg (Local ;2): Gosub into our inbound subroutine, report, then an agent or hold
-exten => cust,1,Answer()
- same => n,Set(CHANNEL(hangup_handler_push)=cct-end,s,1)
- same => n,Gosub(t-callconsent-inbound,s,1(${CAMPAIGN}))
- same => n,UserEvent(CCTest,Token: ${CCTOKEN},Uniqueid: ${UNIQUEID},Status: ${CONSENT_STATUS},Agistatus: ${AGISTATUS},Retval: ${GOSUB_RETVAL},Rec: ${CONSENT_RECORDING_ID},Mixmon: ${MIXMON_ID})
- same => n,GotoIf($["${AGENT}" = ""]?hold)
- same => n,Dial(Local/${AGENT}@cct-agents/n,30,b(t-callconsent-agent-predial^s^1)U(t-callconsent-agent^s^1))
- same => n,Hangup()
- same => n(hold),Wait(${HOLD})
- same => n,Hangup()
-
-[cct-end]
-; a hangup handler: runs wherever the customer leg hangs up (in a Gosub, there is no h of ours)
-exten => s,1,UserEvent(CCTestEnd,Token: ${CCTOKEN},Status: ${CONSENT_STATUS},Features: ${DYNAMIC_FEATURES},End: 1)
- same => n,Return()
-
-[cct-phone]
-; the customer's phone (Local ;1)
-exten => accept,1,Wait(1)
- same => n,SendDTMF(1)
- same => n,Playback(cct-caller-speech)
- same => n,Wait(${TALK})
- same => n,Hangup()
-exten => decline,1,Wait(1)
- same => n,SendDTMF(2)
- same => n,Wait(${TALK})
- same => n,Hangup()
-exten => silence,1,Wait(${TALK})
- same => n,Hangup()
-exten => early,1,Wait(0.8)
- same => n,Hangup()
-exten => talkhang,1,Wait(1)
- same => n,SendDTMF(1)
- same => n,Playback(cct-caller-speech)
- same => n,Playback(cct-caller-speech)
- same => n,Hangup()
-exten => talkloop,1,Wait(1)
- same => n,SendDTMF(1)
- same => n(loop),Playback(cct-caller-speech)
- same => n,SendDTMF(*41)
- same => n,Goto(loop)
-
-[cct-agents]
-; the agent's phone (Local ;2): its DTMF reaches the agent leg, where the codes are enabled
-exten => agent-feat,1,Wait(0.3)
- same => n,Answer()
- same => n,Playback(cct-agent-speech)
- same => n,SendDTMF(*42)
- same => n,Playback(cct-agent-speech)
- same => n,SendDTMF(*42)
- same => n,Playback(cct-agent-speech)
- same => n,SendDTMF(*43)
- same => n,Wait(1.5)
- same => n,SendDTMF(*41)
- same => n,Playback(cct-agent-speech)
- same => n,SendDTMF(*49)
- same => n,Wait(1.5)
- same => n,SendDTMF(*41)
- same => n,Wait(1.5)
- same => n,Hangup()
-"""
+def with_system_user(manager_conf: str, secret: str) -> str:
+    """The shipped ``manager_callconsent.conf`` with its opt-in write=system user uncommented,
+    exactly as the README tells an admin to (only the secret filled in)."""
+    head, sep, tail = manager_conf.partition(";[")
+    assert sep, "the shipped file has no commented-out system user"
+    lines = []
+    for line in (sep + tail).splitlines():
+        if (line.startswith(";") and "=" in line) or line.startswith(";["):
+            line = line[1:]
+        if line.startswith("secret"):
+            line = f"secret = {secret}"
+        lines.append(line)
+    return head + "\n".join(lines) + "\n"
 
 
-def speech_wav(seconds: float, freq: int) -> bytes:
+def tone_wav(seconds: float, freq: int, level: int = 4000) -> bytes:
     """A tone standing in for speech, 8 kHz 16-bit (Local channels record while frames flow)."""
-    import math
-
     from asterisk_sim import wav_header
 
     n = int(seconds * 8000)
     data = b"".join(
-        struct.pack("<h", int(4000 * math.sin(2 * math.pi * freq * i / 8000))) for i in range(n)
+        struct.pack("<h", int(level * math.sin(2 * math.pi * freq * i / 8000))) for i in range(n)
     )
     return wav_header(len(data)) + data
 
@@ -157,10 +139,14 @@ def new_secret() -> str:
     return secrets.token_hex(12)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def ami_command(target: RealAsterisk, *commands: str) -> list[str]:
     """Run CLI commands over AMI as the test user (blocking; for setup and teardown)."""
-    import socket
-
     out: list[str] = []
     with socket.create_connection((target.host, target.port), timeout=10) as s:
         f = s.makefile("rwb")
@@ -183,3 +169,128 @@ def ami_command(target: RealAsterisk, *commands: str) -> list[str]:
             out += send(Action="Command", Command=command)
         send(Action="Logoff")
     return out
+
+
+def why_not_reachable(target: RealAsterisk | None) -> str | None:
+    """The reason the realpbx tests cannot run against ``target``, or None."""
+    if target is None:
+        return f"{ENV} is not set: no real Asterisk to test against"
+    try:
+        ami_command(target, "core show version")
+    except (OSError, RuntimeError) as exc:
+        return f"the Asterisk AMI at {target.host}:{target.port} does not answer: {exc}"
+    missing = [n for n in DROP_INS if not (target.conf / n).exists()]
+    if missing:
+        return f"{target.conf} has no drop-in files {missing} to load our dialplan into"
+    return None
+
+
+def _queue_support(target: RealAsterisk) -> str:
+    """Why the Queue tests cannot run here ('' if they can)."""
+    out = "\n".join(ami_command(target, "module show like app_queue"))
+    if "app_queue.so" not in out:
+        return "app_queue is not loaded in this Asterisk (the lab's modules.conf has noload)"
+    queues = target.conf / "queues.conf"
+    if not queues.exists() or QUEUE_DROP_IN not in queues.read_text():
+        return f"{queues} does not #tryinclude {QUEUE_DROP_IN}"
+    return ""
+
+
+QUEUE_CONF = f"""; the test queue of tests/asterisk_real.py (removed after the test run)
+[{QUEUE}]
+strategy = ringall
+timeout = 30
+retry = 1
+ringinuse = yes
+joinempty = yes
+member => Local/agent-ring@cct-agents/n
+"""
+
+
+@contextlib.contextmanager
+def lab_lock(target: RealAsterisk) -> Iterator[None]:
+    """The drop-ins are shared by every checkout testing against this PBX: a second run that
+    loads its own files (another AMI secret, another FastAGI port) under a running one breaks
+    both, and could "restore" the other's files. So runs take turns (an advisory lock)."""
+    import time
+
+    with open(target.conf / LOCK, "a+") as f:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError as exc:
+                if time.monotonic() > deadline:
+                    msg = f"another test run held {f.name} for {LOCK_WAIT_S} s"
+                    raise TimeoutError(msg) from exc
+                time.sleep(1)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def open_lab(target: RealAsterisk) -> Iterator[Lab]:
+    """Our files (and the test contexts, queue and sounds) loaded into ``target``; every
+    file put back as it was afterwards. Holds :func:`lab_lock` meanwhile."""
+    with lab_lock(target), _loaded(target) as lab:
+        yield lab
+
+
+@contextlib.contextmanager
+def _loaded(target: RealAsterisk) -> Iterator[Lab]:
+    agi_port = free_port()
+    queue_missing = _queue_support(target)
+    lab = Lab(
+        target,
+        agi_port,
+        "callconsent-test",
+        new_secret(),
+        "callconsent-system",
+        new_secret(),
+        None if queue_missing else QUEUE,
+        queue_missing,
+    )
+    files = prefixed(
+        render(
+            DialplanSettings(
+                agi_port=agi_port,
+                spool=str(target.spool),
+                ami_user=lab.ami_user,
+                ami_secret=lab.ami_secret,
+                ami_system_user=lab.system_user,
+            )
+        )
+    )
+    files["extensions_callconsent.conf"] += CONTEXTS.read_text().replace(
+        "@AGI_URL@", f"agi://127.0.0.1:{agi_port}"
+    )
+    files["manager_callconsent.conf"] = with_system_user(
+        files["manager_callconsent.conf"], lab.system_secret
+    )
+    names = list(DROP_INS) + ([QUEUE_DROP_IN] if not queue_missing else [])
+    if not queue_missing:
+        files[QUEUE_DROP_IN] = QUEUE_CONF
+    saved = {n: (target.conf / n).read_text() for n in names}
+    reload = RELOAD + (("queue reload all",) if not queue_missing else ())
+    sounds = target.sounds
+    sounds.mkdir(parents=True, exist_ok=True)
+    placed = []
+    for name, seconds, freq in SOUNDS:
+        path = sounds / f"{name}.wav"
+        if not path.exists():  # never replace a sound the PBX has of its own (a real beep)
+            path.write_bytes(tone_wav(seconds, freq))
+            placed.append(path)
+    try:
+        for name in names:
+            (target.conf / name).write_text(files[name])
+        ami_command(target, *reload)
+        yield lab
+    finally:
+        for name, text in saved.items():
+            (target.conf / name).write_text(text)
+        ami_command(target, *reload)
+        for path in placed:
+            path.unlink(missing_ok=True)

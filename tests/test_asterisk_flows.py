@@ -10,6 +10,7 @@ import wave
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
 from asterisk_harness import SYSTEM_USER, Harness, harness
 from asterisk_sim import hangup, press
 
@@ -263,3 +264,38 @@ def test_a_periodic_beep_is_asked_of_mixmonitor(tmp_path: Path) -> None:
         assert h.sim.exec_log[0][2].endswith(",i(MIXMON_ID)B(15)")
 
     run(tmp_path, scenario, policies="[policies.sales]\nbeep_interval_s = 15\n")
+
+
+def test_a_beeping_recording_starts_after_the_thanks_prompt(tmp_path: Path) -> None:
+    """A ChanSpy whisper stalls the prompt it plays over (real Asterisk 22.11), so a beeping
+    recording is registered on the accept digit and MixMonitor runs after the last prompt."""
+
+    async def scenario(h: Harness) -> None:
+        await h.sim.inbound("sales", [press("1"), hangup("talk", 0.5)])
+        (cust,) = h.sim.customers()
+        played = [p for p in cust.heard if "thanks" in p]
+        assert played and h.sim.exec_log[0][2].endswith("B(15)")
+        row = h.call_row(cust.linkedid)
+        await h.settle()
+        assert [r.state for r in h.recordings(row.id)] == ["closed"]
+
+    run(tmp_path, scenario, policies="[policies.sales]\nbeep_interval_s = 15\n")
+
+
+def test_a_beeping_recording_whose_call_ends_in_the_thanks_prompt_never_starts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario(h: Harness) -> None:
+        await h.sim.inbound("sales", [press("1"), hangup("thanks", 0.2)])
+        (cust,) = h.sim.customers()
+        await h.settle()
+        assert h.sim.exec_log == []  # no MixMonitor ran
+        row = h.call_row(cust.linkedid)
+        assert row.consent_status == "granted"
+        (rec,) = h.recordings(row.id)
+        assert (rec.state, rec.discard_reason) == ("discarded", "call_ended_before_start")
+
+    with caplog.at_level("INFO"):
+        run(tmp_path, scenario, policies="[policies.sales]\nbeep_interval_s = 15\n")
+    assert "recording_file_missing" not in caplog.text
+    assert "recording_never_started" in caplog.text
