@@ -17,7 +17,6 @@ are read back without the underscores (``GET VARIABLE __CONSENT_STATUS`` answers
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
@@ -111,21 +110,7 @@ class _CustomerLeg:
             "MixMonitorMute", Channel=self.uid, MixMonitorID=ref, Direction="both", State=state
         )
 
-    async def _stop_held(self, recording_id: str) -> bool:
-        """A recording held back for its beep and stopped before it started: no audio exists,
-        so there is nothing to stop or keep. True if that was the case."""
-        if recording_id not in self.call.held:
-            return False
-        self.call.held.discard(recording_id)
-        self.call.open_recordings.discard(recording_id)
-        reason = "stopped_before_start"
-        await asyncio.to_thread(self.adapter.calls.ledger.discard, recording_id, reason, None)
-        log.info("recording_never_started", extra={"kv": {"call": self.call.key, "why": reason}})
-        return True
-
     async def _stop_by_ami(self, recording_id: str, pbx_ref: str | None) -> None:
-        if await self._stop_held(recording_id):
-            return
         ref = await self._mixmon_id(pbx_ref)
         try:
             await self._ami("StopMixMonitor", Channel=self.uid, MixMonitorID=ref)
@@ -254,8 +239,6 @@ class ChannelControl(_CustomerLeg):
             return
         recording_id, file = self._held
         self._held = None
-        if recording_id not in self.call.held:
-            return  # stopped before the dialogue ended: never started
         try:
             ref = await self._mixmonitor(recording_id, file)
         finally:
@@ -280,8 +263,6 @@ class ChannelControl(_CustomerLeg):
         return ref
 
     async def stop_recording(self, recording_id: str, pbx_ref: str | None) -> None:
-        if await self._stop_held(recording_id):
-            return
         if self.adapter.ami is not None:
             await self._stop_by_ami(recording_id, pbx_ref)
             return

@@ -207,3 +207,34 @@ def test_after_a_daemon_restart_the_cli_and_the_agents_still_reach_the_call(
             await control.stop()
 
     run(tmp_path, scenario)
+
+
+def test_a_held_back_beeping_recording_cannot_be_stopped_before_it_starts(
+    tmp_path: Path,
+) -> None:
+    """A beeping recording waits for the dialogue's last prompt (docs/asterisk.md). A stop
+    while the caller still hears it is refused by the consent machine (the dialogue is
+    running), so the held start can never follow a stop; the recording then starts."""
+
+    async def scenario(h: Harness) -> None:
+        control = ControlServer(tmp_path / "control.sock", h.app.calls)
+        await control.start()
+        try:
+            script = [press("1", "consent", 1.0), hangup("talk", 1.0)]
+            call_task = asyncio.create_task(h.sim.inbound("sales", script))
+            await h.sim.wait_until(
+                lambda: h.sim.customers() and any("thanks" in p for p in customer(h).heard)
+            )
+            cust = customer(h)
+            payload = {"op": "record", "verb": "stop", "call": cust.linkedid, "actor": "dpo"}
+            stopped = await asyncio.to_thread(request, tmp_path / "control.sock", payload)
+            assert not stopped["ok"] and "dialogue is still running" in stopped["error"]
+            await call_task
+            await h.settle()
+            assert len(h.sim.exec_log) == 1  # MixMonitor ran once, after the prompt
+            (rec,) = h.recordings(h.call_row(cust.linkedid).id)
+            assert rec.state == "closed"
+        finally:
+            await control.stop()
+
+    run(tmp_path, scenario, policies="[policies.sales]\nbeep_interval_s = 15\n")
