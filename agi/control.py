@@ -234,7 +234,9 @@ class ChannelControl(_CustomerLeg):
         return await self._mixmonitor(recording_id, file)
 
     async def hand_back(self) -> None:
-        """The dialogue is over: start the recording held back for its beep."""
+        """The dialogue is over: start the recording held back for its beep. A recording
+        started later on this session (an outbound call's agent answer) starts at once."""
+        self.prompts_follow = False
         if self._held is None:
             return
         recording_id, file = self._held

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from asterisk_harness import SYSTEM_USER, Harness
 from asterisk_sim import SimChannel, hangup, press
 from test_asterisk_flows import run
@@ -45,7 +46,14 @@ def test_outbound_on_demand_the_agent_starts_pauses_and_stops(tmp_path: Path) ->
     run(tmp_path, scenario, policies=policies)
 
 
-def test_outbound_always_announces_and_records_from_the_answer(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "extra",
+    ["", 'record_from = "agent_answer"\n', 'record_from = "agent_answer"\nbeep_interval_s = 15\n'],
+    ids=["from-consent", "from-answer", "from-answer-beeping"],
+)
+def test_outbound_always_announces_and_records_from_the_answer(tmp_path: Path, extra: str) -> None:
+    """With a beep the recording waits for the dialogue's last prompt; one started after the
+    dialogue (the agent's answer on an outbound call) must still start."""
     policies = '[policies.collections]\nmode = "always"\nlegal_basis = "legal_obligation"\n'
 
     async def scenario(h: Harness) -> None:
@@ -57,8 +65,9 @@ def test_outbound_always_announces_and_records_from_the_answer(tmp_path: Path) -
         assert h.evidence(row.id)[0].method == "notice"
         (rec,) = h.recordings(row.id)
         assert rec.state == "closed"
+        assert len(h.sim.exec_log) == 1  # one MixMonitor, on the customer leg
 
-    run(tmp_path, scenario, policies=policies)
+    run(tmp_path, scenario, policies=policies + extra)
 
 
 def test_outbound_never_refuses_the_start_code(tmp_path: Path) -> None:
