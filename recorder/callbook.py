@@ -105,7 +105,8 @@ class LiveCall:
 
         If the PBX says the channel is gone, the rest of the batch still runs its store
         actions (a ``DiscardRecording`` after a failed stop must never be lost) but no more
-        PBX actions, and the machine then hears ``HungUp``."""
+        PBX actions, and the machine then hears ``HungUp``. Any other PBX failure also lets
+        the batch's store actions run before the error is raised."""
         port = control or self.control
         done: list[c.Action] = []
         pending: list[c.Event] = [event]
@@ -113,13 +114,18 @@ class LiveCall:
             async with self.lock:
                 actions = self.machine.handle(pending.pop(0))
                 gone = False
-                for action in actions:
+                for i, action in enumerate(actions):
                     if gone and not isinstance(action, _STORE_ACTIONS):
                         continue
                     try:
                         follow = await self._perform(action, port)
                     except CallGone:
                         gone, follow = True, None
+                    except Exception:
+                        # the machine has decided (e.g. stop, then discard): the store must
+                        # still hear it even though the PBX failed; then the error goes up
+                        await self._store_only(actions[i + 1 :], port)
+                        raise
                     done.append(action)
                     if follow is not None:
                         pending.append(follow)
@@ -127,6 +133,11 @@ class LiveCall:
                 if gone and self.machine.phase is not c.Phase.ENDED:
                     pending.append(c.HungUp())
         return done
+
+    async def _store_only(self, actions: list[c.Action], port: CallControl | None) -> None:
+        for action in actions:
+            if isinstance(action, _STORE_ACTIONS):
+                await self._perform(action, port)
 
     async def agent(
         self, verb: str, actor: str | None = None, control: CallControl | None = None

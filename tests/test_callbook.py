@@ -32,15 +32,19 @@ def make_prompts(root: Path, languages: tuple[str, ...] = ("en", "de")) -> Promp
 class FakePbx:
     """Answers plays and collects from a script; records every call made to it."""
 
-    def __init__(self, script: list[c.Event], gone_on: str | None = None) -> None:
+    def __init__(
+        self, script: list[c.Event], gone_on: str | None = None, fail_on: str | None = None
+    ) -> None:
         self.script = list(script)
         self.calls: list[tuple] = []
-        self.gone_on = gone_on
+        self.gone_on, self.fail_on = gone_on, fail_on
 
     def _log(self, *entry: object) -> None:
         self.calls.append(entry)
         if self.gone_on == entry[0]:
             raise CallGone("channel gone")
+        if self.fail_on == entry[0]:
+            raise RuntimeError(f"the PBX refused {entry[0]}")
 
     async def play(self, prompt: c.PlayPrompt, file: PromptFile) -> c.Event:
         self._log("play", prompt.prompt_id, file.language)
@@ -203,5 +207,26 @@ def test_a_discard_survives_a_stop_that_finds_the_channel_gone(
         assert live.machine.phase is c.Phase.ENDED
         with ledger.db.read() as s:
             assert s.get(Recording, rid).state == "discarded"
+
+    asyncio.run(scenario())
+
+
+def test_a_discard_is_stored_even_when_the_pbx_fails_the_stop(
+    book: CallBook, ledger: Ledger
+) -> None:
+    """*49 is stop then discard; a stop the PBX refuses (not a hangup) must not leave the
+    recording to be finalized and kept: the discard still reaches the store, the error goes up."""
+
+    async def scenario() -> None:
+        dialogue = FakePbx([c.DigitReceived("1"), c.PromptFinished("thanks")])
+        live = await book.open(pbx="asterisk", pbx_call_id="lid-7", campaign="default")
+        await live.run_dialogue(dialogue)
+        rid = next(e[1] for e in dialogue.calls if e[0] == "start")
+        live.control = FakePbx([], fail_on="stop")
+        with pytest.raises(RuntimeError, match="refused stop"):
+            await live.agent("discard", "7001")
+        with ledger.db.read() as s:
+            rec = s.get(Recording, rid)
+            assert (rec.state, rec.discard_reason) == ("discarded", "agent_discard")
 
     asyncio.run(scenario())
