@@ -253,6 +253,19 @@ class SessionControl:
             return
         if self.info.direction != "inbound" or self.call.customer_uuid != self.info.unique_id:
             return
+        if not self.registry.hears_withdrawals():
+            # its CUSTOM event would reach nobody: the key would do nothing but swallow itself
+            log.error(
+                "withdraw_key_not_bound",
+                extra={
+                    "kv": {
+                        "call": self.call.key,
+                        "why": "the inbound ESL connection is down or may not receive "
+                        "CUSTOM consent::withdraw (see esl_events_refused)",
+                    }
+                },
+            )
+            return
         try:
             await self._must("bind_digit_action", cmd.withdraw_binding(key))
         except cmd.UnsafeValue as exc:

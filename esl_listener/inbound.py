@@ -36,13 +36,14 @@ log = logging.getLogger("callconsent.esl.inbound")
 
 #: One ``event plain`` command each, so a user missing one permission still gets the others
 #: (FreeSWITCH stops at the first refused name and says ``-ERR permission denied``).
+WITHDRAW_EVENT = "CUSTOM consent::withdraw"  # the caller's withdraw key (consent.py binds it)
 SUBSCRIPTIONS = (
     "RECORD_START",
     "RECORD_STOP",
     "CHANNEL_HANGUP_COMPLETE",
     "CHANNEL_BRIDGE",
     "CUSTOM consent::agent_cmd consent::listen",
-    "CUSTOM consent::withdraw",
+    WITHDRAW_EVENT,
 )
 HANDLED = frozenset(
     {"RECORD_START", "RECORD_STOP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_BRIDGE", "CUSTOM"}

@@ -15,7 +15,7 @@ from typing import Any
 from esl_listener.calls import CallRegistry
 from esl_listener.connection import ApiReply
 from esl_listener.consent import ConsentSessions
-from esl_listener.inbound import InboundClient
+from esl_listener.inbound import WITHDRAW_EVENT, InboundClient
 from esl_listener.outbound import OutboundServer
 from recorder.callbook import CallBook
 from recorder.spool import Spool
@@ -53,6 +53,7 @@ class FreeswitchService:
                 "freeswitch.esl_password: required — RECORD_STOP (the moment a recording's file "
                 "is final) and the agents' feature codes arrive only on the inbound ESL connection"
             )
+        self.calls = calls
         self.settings = settings
         self.inbound = InboundClient(
             settings.esl_host,
@@ -66,6 +67,7 @@ class FreeswitchService:
         self.registry = CallRegistry(
             calls, spool, self._api, eavesdrop_group=settings.eavesdrop_group
         )
+        self.registry.hears_withdrawals = self._hears_withdrawals
         self.outbound = OutboundServer(
             ConsentSessions(calls, self.registry),
             settings.outbound_host,
@@ -77,6 +79,23 @@ class FreeswitchService:
     def from_config(cls, calls: CallBook, spool: Spool, section: Any) -> FreeswitchService:
         return cls(calls, spool, Settings.from_section(section))
 
+    def _warn_asterisk_only_options(self) -> None:
+        """``beep_interval_s`` and ``whisper`` are done by Asterisk's MixMonitor and agent
+        AGI; on FreeSWITCH nothing would beep or whisper, so say so instead of staying silent."""
+        book = self.calls.policies()
+        named = {"default": book.default, **book.campaigns}
+        for name, policy in named.items():
+            unused = [k for k in ("beep_interval_s", "whisper") if getattr(policy, k)]
+            if unused:
+                log.warning(
+                    "policy_option_not_on_freeswitch",
+                    extra={"kv": {"policy": name, "options": ",".join(unused)}},
+                )
+
+    def _hears_withdrawals(self) -> bool:
+        inbound = self.inbound
+        return inbound.connected.is_set() and WITHDRAW_EVENT not in inbound.refused_subscriptions
+
     async def _api(self, command: str) -> ApiReply:
         return await self.inbound.api(command)
 
@@ -87,6 +106,7 @@ class FreeswitchService:
         return self.registry.event_key(event)
 
     async def start(self) -> None:
+        self._warn_asterisk_only_options()
         await self.inbound.start()
         await self.outbound.start()
 

@@ -230,3 +230,45 @@ def test_a_withdraw_event_from_the_agents_leg_is_refused(app: App) -> None:
         assert changes(app) == [] and leg.variables["consent_status"] == "granted"
 
     run(app, scenario)
+
+
+def test_no_withdraw_key_when_its_event_cannot_reach_us(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ESL user without the CUSTOM events: a bound key would swallow the caller's press and
+    fire an event nobody hears (the recording would go on). So the key is not bound, and
+    each call says why; the caller's key then reaches the agent as any other."""
+    allowed = {"RECORD_START", "RECORD_STOP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_BRIDGE"}
+    fs = FakeFreeSwitch(users={"cc@pbx": ("pw", allowed, {"uuid_record", "uuid_setvar"})})
+
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        assert "CUSTOM consent::withdraw" in svc.inbound.refused_subscriptions
+        leg = await call(fs, svc, "withdraw", Caller(["1"]))
+        sim = leg.sim  # type: ignore[attr-defined]
+        assert sim.exited and "bind_digit_action" not in [a for a, _ in sim.executed]
+        agent = await fs.bridge(leg)
+        fs.press(leg, "9")
+        assert agent.keys.passed == "9"
+        assert rows(app, Recording)[0].state == "recording" and changes(app) == []
+
+    with caplog.at_level("ERROR"):
+        run(app, scenario, fs, esl_user="cc@pbx", esl_password="pw")
+    assert "withdraw_key_not_bound" in caplog.text
+
+
+def test_asterisk_only_policy_options_are_reported_not_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = CONFIG + "\n[policies.beeping]\nbeep_interval_s = 15\nwhisper = true\n"
+    application = open_app(tmp_path, config, ("en",))
+
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        return None
+
+    try:
+        with caplog.at_level("WARNING"):
+            run(application, scenario)
+    finally:
+        application.close()
+    found = [r for r in caplog.records if r.getMessage() == "policy_option_not_on_freeswitch"]
+    assert [r.kv for r in found] == [{"policy": "beeping", "options": "beep_interval_s,whisper"}]
