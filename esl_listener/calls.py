@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import consent_ivr as c
-from esl_listener.connection import ApiReply
+from esl_listener.connection import ApiReply, EslError
 from esl_listener.protocol import Event
 from esl_listener.remote import RemoteControl
 from recorder.callbook import CallBook, LiveCall
@@ -34,6 +34,7 @@ PBX = "freeswitch"
 AGENT_CMD = "consent::agent_cmd"
 LISTEN = "consent::listen"
 WITHDRAW = "consent::withdraw"
+WITHDRAWN_VAR = "callconsent_withdrawn"  # set by the shipped callconsent_withdraw extension
 #: CUSTOM ``cc_cmd`` values the shipped feature codes send; ``mask`` toggles mask/unmask.
 AGENT_VERBS = {
     "start": "start",
@@ -210,6 +211,53 @@ class CallRegistry:
             call.closed.add(rid)
             self.maybe_forget(call)
 
+    async def recheck(self) -> None:
+        """After the inbound connection came (back): FreeSWITCH sent nothing while we were
+        away, so ask about every call we hold. A customer leg gone means the call ended
+        (its recordings are then adopted by the finalizer once their files are final); a
+        leg marked ``callconsent_withdrawn`` by the shipped withdraw extension means the
+        caller withdrew and we never heard the event."""
+        for call in list(self._by_key.values()):
+            leg = call.customer_uuid or call.session_uuid
+            if call.hung_up or not leg:
+                continue
+            try:
+                exists = await self.api(f"uuid_exists {leg}")
+                withdrawn = None
+                if exists.first_line == "true" and call.customer_uuid:
+                    withdrawn = await self.api(f"uuid_getvar {leg} {WITHDRAWN_VAR}")
+            except (EslError, TimeoutError) as exc:  # gone again: the next login rechecks
+                log.warning("esl_recheck_stopped", extra={"kv": {"error": str(exc)}})
+                return
+            if not exists.ok:
+                log.error(
+                    "esl_recheck_refused",
+                    extra={"kv": {"reply": exists.first_line, "hint": "allow uuid_exists"}},
+                )
+                return
+            if exists.first_line == "false":
+                log.info("call_ended_while_esl_was_away", extra={"kv": {"call": call.key}})
+                await self._end(call)
+            elif withdrawn is not None and withdrawn.first_line == "true":
+                await self._withdrawn_while_away(call)
+
+    async def _withdrawn_while_away(self, call: FsCall) -> None:
+        live = self.calls.find(PBX, call.key)
+        if live is None or live.machine.status is not c.ConsentStatus.GRANTED:
+            return  # heard already (withdrawn), or nothing to withdraw
+        if live.machine.phase not in (c.Phase.CONFIRMING, c.Phase.CONNECTED):
+            return
+        log.info("caller_withdrew_while_esl_was_away", extra={"kv": {"call": call.key}})
+        if live.control is None:
+            live.control = self.control(call)
+        await live.feed(c.CallerWithdrew(), self.control(call))
+
+    async def _end(self, call: FsCall) -> None:
+        call.hung_up = True
+        if (live := self.calls.find(PBX, call.key)) is not None:
+            await live.hung_up()
+        self.maybe_forget(call)
+
     async def _hangup(self, event: Event) -> None:
         leg = event.unique_id
         if (call := self._by_listener.pop(leg, None)) is not None:
@@ -226,10 +274,7 @@ class CallRegistry:
         )
         if not ends_call:
             return
-        call.hung_up = True
-        if (live := self.calls.find(PBX, call.key)) is not None:
-            await live.hung_up()
-        self.maybe_forget(call)
+        await self._end(call)
 
     async def _bridge(self, event: Event) -> None:
         call = self._by_key.get(event.call_uuid) or self._by_leg.get(event.unique_id)

@@ -63,6 +63,7 @@ class InboundClient:
         *,
         user: str | None = None,
         on_event: Callable[[Event], Awaitable[None]],
+        on_connected: Callable[[], Awaitable[None]] | None = None,
         shard: Callable[[Event], str] = lambda e: e.call_uuid,
         command_timeout: float = 10.0,
         wait_connected_s: float = 5.0,
@@ -72,6 +73,7 @@ class InboundClient:
         self.host, self.port = host, port
         self._password, self._user = password, user or None
         self.on_event = on_event
+        self.on_connected = on_connected  # after each (re)login: catch up on what was missed
         self.shard = shard
         self.command_timeout = command_timeout
         self.wait_connected_s = wait_connected_s
@@ -177,6 +179,12 @@ class InboundClient:
             self.connected.set()
             metrics.PBX_CONNECTED.labels("freeswitch", "esl").set(1)
             log.info("esl_connected", extra={"kv": {"addr": f"{self.host}:{self.port}"}})
+            if self.on_connected is not None:
+                # FreeSWITCH keeps no events for a client that was away: a worker, so that
+                # the check's own api commands can run over this connection
+                task = asyncio.create_task(self.on_connected())
+                self._workers.add(task)
+                task.add_done_callback(self._workers.discard)
             await conn.closed.wait()
             log.warning("esl_disconnected", extra={"kv": {"reason": conn.close_reason}})
         except EslError as exc:

@@ -61,6 +61,7 @@ class FreeswitchService:
             settings.esl_password,
             user=settings.esl_user or None,
             on_event=self._on_event,
+            on_connected=self._on_connected,
             shard=self._shard,
             command_timeout=settings.command_timeout_s,
         )
@@ -98,6 +99,9 @@ class FreeswitchService:
 
     async def _api(self, command: str) -> ApiReply:
         return await self.inbound.api(command)
+
+    async def _on_connected(self) -> None:
+        await self.registry.recheck()
 
     async def _on_event(self, event: Any) -> None:
         await self.registry.on_event(event)

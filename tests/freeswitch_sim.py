@@ -409,6 +409,9 @@ class FakeFreeSwitch:
             else:
                 leg.variables.pop(args[1], None)
             return "+OK\n"
+        if name == "uuid_exists":  # capture caller_hangup_then_dead_channel_commands
+            leg = self.legs.get(args[0])
+            return "true" if leg is not None and leg.up else "false"
         if name == "uuid_getvar":
             leg = self.legs.get(args[0])
             if leg is None or not leg.up:

@@ -403,3 +403,23 @@ def test_wrong_esl_password_keeps_retrying_without_crashing(app: App) -> None:
         await fs.stop()
 
     asyncio.run(main())
+
+
+def test_a_call_that_ended_while_the_daemon_was_away_is_ended_after_reconnecting(
+    app: App,
+) -> None:
+    """No CHANNEL_HANGUP_COMPLETE nor RECORD_STOP reach a client that is away; the check after
+    the reconnection finds the leg gone and ends the call, so the finalizer adopts its file."""
+
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        leg = await call(fs, svc, "default", Caller(["1"]))
+        await fs.drop_inbound()
+        await until(lambda: not svc.inbound.connected.is_set(), "disconnected")
+        await fs.hangup_leg(leg)
+        assert rows(app, Call)[0].ended_at is None
+        await until(lambda: svc.inbound.connections == 2, "reconnected")
+        await until(lambda: rows(app, Call)[0].ended_at is not None, "ended")
+        assert f"uuid_exists {leg.uuid}" in fs.api_log
+        assert rows(app, Recording)[0].state == "recording"  # the finalizer adopts it
+
+    run(app, scenario)

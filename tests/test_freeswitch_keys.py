@@ -272,3 +272,26 @@ def test_asterisk_only_policy_options_are_reported_not_ignored(
         application.close()
     found = [r for r in caplog.records if r.getMessage() == "policy_option_not_on_freeswitch"]
     assert [r.kv for r in found] == [{"policy": "beeping", "options": "beep_interval_s,whisper"}]
+
+
+def test_a_withdrawal_while_the_daemon_was_away_is_acted_on_after_reconnecting(
+    app: App,
+) -> None:
+    """FreeSWITCH keeps no events for a client that is away: the withdraw extension also marks
+    the leg, and the check after the reconnection reads the mark."""
+
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        leg = await call(fs, svc, "withdraw", Caller(["1"]))
+        await fs.bridge(leg)
+        fs.talk(leg, 0.5)
+        await fs.drop_inbound()
+        await until(lambda: not svc.inbound.connected.is_set(), "disconnected")
+        fs.press(leg, "9")  # the event reaches nobody
+        assert leg.variables["callconsent_withdrawn"] == "true"
+        assert rows(app, Recording)[0].state == "recording" and changes(app) == []
+        await until(lambda: svc.inbound.connections == 2, "reconnected")
+        await until(lambda: rows(app, Recording)[0].state == "discarded", "discarded")
+        assert changes(app) == ["withdrawn"]
+        assert leg.variables["consent_status"] == "withdrawn"
+
+    run(app, scenario)

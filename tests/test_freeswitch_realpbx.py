@@ -391,7 +391,59 @@ def test_real_withdraw_key(app: App, real) -> None:  # type: ignore[no-untyped-d
         assert customer.get("variable_consent_status") == "withdrawn"
         assert customer.get("variable_eavesdrop_group") is None  # listen-in ended
         assert driver.seen("CUSTOM", "cc_in_rt_withdraw_idle-b") == ["withdraw"]
+        assert customer.get("variable_callconsent_withdrawn") == "true"  # the extension's mark
         with wave.open(str(app.spool.path_for(rec.id))) as w:  # FreeSWITCH closed it
             assert w.getnframes() > 8000
 
+    run(app, real, scenario)
+
+
+def test_real_withdrawal_and_hangup_while_the_daemon_was_away(  # type: ignore[no-untyped-def]
+    app: App, real, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Our inbound connection is cut after consent; the caller presses the withdraw key (its
+    event reaches nobody) and a second call hangs up meanwhile. After the reconnection the
+    check asks the real FreeSWITCH (uuid_exists, uuid_getvar as the restricted ESL user)."""
+
+    async def scenario(driver: Driver, svc: FreeswitchService) -> None:
+        first = await driver.originate(
+            "cc_in_rt_withdraw_idle",
+            "'m:^:set:sleep_eat_digits=true^sleep:1200^send_dtmf:1^sleep:6000^send_dtmf:~9"
+            "^sleep:15000^hangup'",
+        )
+        await driver.originate(
+            "cc_in_rt_withdraw_idle",
+            "'m:^:set:sleep_eat_digits=true^sleep:1200^send_dtmf:1^sleep:5000^hangup'",
+        )
+        await until(
+            lambda: caplog.text.count("withdraw_key_bound") == 2,
+            "both consented, recording, the withdraw key bound",
+            20,
+        )
+        # the next pause before reconnecting is the backoff as it was (0.5 s): cut once to
+        # take up the new one, then again to be away for 5.6..8.4 s while both happen
+        svc.inbound.backoff = (7.0, 7.0)
+        for n in (2, 3):
+            assert svc.inbound._conn is not None
+            await svc.inbound._conn.close("test: the daemon loses FreeSWITCH")
+            await until(lambda n=n: svc.inbound.connections == n, "reconnected", 30)
+        await until(
+            lambda: sorted(r.state for r in rows(app, Recording)) == ["discarded", "recording"],
+            "the withdrawn one discarded, the ended one left to the finalizer",
+            20,
+        )
+        assert "call_ended_while_esl_was_away" in caplog.text
+        assert "caller_withdrew_while_esl_was_away" in caplog.text
+        calls = rows(app, Call)
+        assert sum(c.ended_at is not None for c in calls) == 1  # the one that hung up
+        assert sorted(r.status for r in rows(app, ConsentRecord)) == [
+            "granted",
+            "granted",
+            "withdrawn",
+        ]
+        await driver.conn.api(f"uuid_kill {first}")  # leave no call behind for the next test
+        over = lambda: [e for e in driver.hangups if "withdraw_idle-b" in e.get("Channel-Name", "")]  # noqa: E731
+        await until(lambda: len(over()) == 2, "both calls over", 30)
+
+    caplog.set_level("INFO", logger="callconsent.esl")
     run(app, real, scenario)
