@@ -88,8 +88,8 @@ class CallRegistry:
         self._by_leg: dict[str, FsCall] = {}
         self._by_listener: dict[str, FsCall] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        # whether a caller's withdraw key would reach us now (the service asks its inbound
-        # connection): a key bound while nobody hears its event would swallow the withdrawal
+        # whether a caller's withdraw key can reach us (the service asks its inbound client):
+        # a key whose event we may never receive would swallow the withdrawal
         self.hears_withdrawals: Callable[[], bool] = lambda: True
 
     # -- bookkeeping -----------------------------------------------------------------------

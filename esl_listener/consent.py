@@ -260,8 +260,8 @@ class SessionControl:
                 extra={
                     "kv": {
                         "call": self.call.key,
-                        "why": "the inbound ESL connection is down or may not receive "
-                        "CUSTOM consent::withdraw (see esl_events_refused)",
+                        "why": "the ESL user may not receive CUSTOM consent::withdraw "
+                        "(see esl_events_refused)",
                     }
                 },
             )

@@ -94,8 +94,9 @@ class FreeswitchService:
                 )
 
     def _hears_withdrawals(self) -> bool:
-        inbound = self.inbound
-        return inbound.connected.is_set() and WITHDRAW_EVENT not in inbound.refused_subscriptions
+        # a connection that is merely down still counts: the check after the reconnection
+        # reads the leg's callconsent_withdrawn mark (CallRegistry.recheck)
+        return WITHDRAW_EVENT not in self.inbound.refused_subscriptions
 
     async def _api(self, command: str) -> ApiReply:
         return await self.inbound.api(command)

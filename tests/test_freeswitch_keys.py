@@ -295,3 +295,26 @@ def test_a_withdrawal_while_the_daemon_was_away_is_acted_on_after_reconnecting(
         assert leg.variables["consent_status"] == "withdrawn"
 
     run(app, scenario)
+
+
+def test_a_caller_who_consents_while_the_daemon_is_away_still_gets_the_key(app: App) -> None:
+    """The outbound socket does not need the inbound connection; the key is bound anyway and a
+    press is read from the leg's mark once the inbound connection is back."""
+
+    async def scenario(app: App, fs: FakeFreeSwitch, svc: FreeswitchService) -> None:
+        svc.inbound.backoff = (5.0, 5.0)
+        for n in (1, 2):  # the first pause is the backoff as it was; the second is away 4..6 s
+            await fs.drop_inbound()
+            await until(lambda: not svc.inbound.connected.is_set(), "disconnected")
+            if n == 1:
+                await until(lambda: svc.inbound.connections == 2, "reconnected")
+        leg = await call(fs, svc, "withdraw", Caller(["1"]))
+        assert ("bind_digit_action", BIND.format("9")) in leg.sim.executed  # type: ignore[attr-defined]
+        await fs.bridge(leg)
+        fs.press(leg, "9")
+        assert svc.inbound.connections == 2 and rows(app, Recording)[0].state == "recording"
+        await until(lambda: svc.inbound.connections == 3, "reconnected")
+        await until(lambda: rows(app, Recording)[0].state == "discarded", "discarded")
+        assert changes(app) == ["withdrawn"]
+
+    run(app, scenario)
