@@ -35,6 +35,7 @@ from agi.protocol import AgiEnvironment
 from agi.server import Handler
 from recorder.callbook import CallBook, LiveCall, RecordingFile
 from recorder.models import ConsentRecord, Recording
+from recorder.orphans import Orphans
 from recorder.spool import Spool
 
 log = logging.getLogger("callconsent.agi")
@@ -88,6 +89,7 @@ class AsteriskAdapter:
         self.ami = ami
         self.ami_system = ami_system
         self.registry = CallRegistry()
+        self.orphans = Orphans(calls, PBX)  # open calls of a daemon that restarted
         self.closer = Closer(calls, self.registry, options.header_wait_s)
         self._tasks: set[asyncio.Task[None]] = set()
         self._watchers: set[asyncio.Task[None]] = set()
@@ -118,6 +120,8 @@ class AsteriskAdapter:
             call = self.registry.by_customer(uid)
             if call is not None:
                 self.closer.channel_gone(call.key)
+            elif self.orphans.watches(uid):
+                self.spawn(self.orphans.channel_gone(uid))
             spied = self.registry.by_spy(uid)
             if spied is not None:
                 spied.spies.pop(uid, None)
@@ -157,22 +161,32 @@ class AsteriskAdapter:
         await asyncio.to_thread(self.calls.ledger.set_pbx_ref, recording_id, ref)
 
     def on_ami_ready(self) -> None:
-        """After a (re)login: a Hangup may have been missed while we were away."""
+        """After a (re)login: a Hangup may have been missed while we were away, and after a
+        daemon restart the store holds calls we do not."""
         self.spawn(self._recheck_calls())
+        self.spawn(self.orphans.sweep(self._channel_exists))
+
+    async def _channel_exists(self, uid: str) -> bool | None:
+        if self.ami is None:
+            return None
+        try:
+            await self.ami.action("Getvar", Channel=uid, Variable="UNIQUEID")
+        except NoSuchChannel:
+            return False
+        except (AmiError, AmiUnavailable, TimeoutError):
+            return None
+        return True
 
     async def _recheck_calls(self) -> None:
-        if self.ami is None:
-            return
         for call in self.registry.live():
             if not call.customer_uid:
                 continue
-            try:
-                await self.ami.action("Getvar", Channel=call.customer_uid, Variable="UNIQUEID")
-            except NoSuchChannel:
+            found = await self._channel_exists(call.customer_uid)
+            if found is None:
+                return
+            if not found:
                 log.info("call_ended_while_ami_was_away", extra={"kv": {"call": call.key}})
                 self.closer.channel_gone(call.key)
-            except (AmiError, AmiUnavailable, TimeoutError):
-                return
 
     def spawn(self, coro: Any) -> None:
         """Run ``coro`` in the background; :meth:`drain` waits for it on shutdown."""

@@ -26,6 +26,7 @@ from esl_listener.protocol import Event
 from esl_listener.remote import RemoteControl
 from recorder.callbook import CallBook, LiveCall
 from recorder.ledger import LedgerError
+from recorder.orphans import Orphans
 from recorder.spool import Spool
 
 log = logging.getLogger("callconsent.esl.calls")
@@ -88,6 +89,7 @@ class CallRegistry:
         self._by_leg: dict[str, FsCall] = {}
         self._by_listener: dict[str, FsCall] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self.orphans = Orphans(calls, PBX)  # open calls of a daemon that restarted
         # whether a caller's withdraw key can reach us (the service asks its inbound client):
         # a key whose event we may never receive would swallow the withdrawal
         self.hears_withdrawals: Callable[[], bool] = lambda: True
@@ -216,30 +218,46 @@ class CallRegistry:
         away, so ask about every call we hold. A customer leg gone means the call ended
         (its recordings are then adopted by the finalizer once their files are final); a
         leg marked ``callconsent_withdrawn`` by the shipped withdraw extension means the
-        caller withdrew and we never heard the event."""
+        caller withdrew and we never heard the event. Then the store's open calls this
+        daemon does not hold (it restarted): see :mod:`recorder.orphans`."""
+        await self._recheck_held()
+        await self.orphans.sweep(self._channel_exists)
+
+    async def _channel_exists(self, leg: str) -> bool | None:
+        """``uuid_exists``: None when FreeSWITCH did not say (gone again, or not allowed)."""
+        try:
+            reply = await self.api(f"uuid_exists {leg}")
+        except (EslError, TimeoutError) as exc:  # gone again: the next login rechecks
+            log.warning("esl_recheck_stopped", extra={"kv": {"error": str(exc)}})
+            return None
+        found = {"true": True, "false": False}.get(reply.first_line)
+        if found is None:
+            log.error(
+                "esl_recheck_refused",
+                extra={"kv": {"reply": reply.first_line, "hint": "allow uuid_exists, uuid_getvar"}},
+            )
+        return found
+
+    async def _recheck_held(self) -> None:
         for call in list(self._by_key.values()):
             leg = call.customer_uuid or call.session_uuid
             if call.hung_up or not leg:
                 continue
-            try:
-                exists = await self.api(f"uuid_exists {leg}")
-                withdrawn = None
-                if exists.first_line == "true" and call.customer_uuid:
-                    withdrawn = await self.api(f"uuid_getvar {leg} {WITHDRAWN_VAR}")
-            except (EslError, TimeoutError) as exc:  # gone again: the next login rechecks
-                log.warning("esl_recheck_stopped", extra={"kv": {"error": str(exc)}})
+            found = await self._channel_exists(leg)
+            if found is None:
                 return
-            if not exists.ok:
-                log.error(
-                    "esl_recheck_refused",
-                    extra={"kv": {"reply": exists.first_line, "hint": "allow uuid_exists"}},
-                )
-                return
-            if exists.first_line == "false":
+            if not found:
                 log.info("call_ended_while_esl_was_away", extra={"kv": {"call": call.key}})
                 await self._end(call)
-            elif withdrawn is not None and withdrawn.first_line == "true":
+            elif call.customer_uuid and await self._marked_withdrawn(leg):
                 await self._withdrawn_while_away(call)
+
+    async def _marked_withdrawn(self, leg: str) -> bool:
+        try:
+            reply = await self.api(f"uuid_getvar {leg} {WITHDRAWN_VAR}")
+        except (EslError, TimeoutError):
+            return False  # the next login asks again
+        return reply.first_line == "true"
 
     async def _withdrawn_while_away(self, call: FsCall) -> None:
         live = self.calls.find(PBX, call.key)
@@ -268,6 +286,8 @@ class CallRegistry:
             if (live := self.calls.find(PBX, leg)) is not None:  # restored, never tracked
                 await live.hung_up()
                 self.calls.forget(PBX, leg)
+            elif self.orphans.watches(leg):  # from before a daemon restart, never restored
+                await self.orphans.channel_gone(leg)
             return
         ends_call = leg == call.customer_uuid or (
             call.customer_uuid is None and leg == call.session_uuid

@@ -247,3 +247,35 @@ def test_a_held_back_beeping_recording_cannot_be_stopped_before_it_starts(
             await control.stop()
 
     run(tmp_path, scenario, policies="[policies.sales]\nbeep_interval_s = 15\n")
+
+
+@pytest.mark.parametrize("hangup_first", [False, True], ids=["hangs-up-later", "hung-up-meanwhile"])
+def test_a_call_from_before_a_daemon_restart_is_ended_in_the_store(
+    tmp_path: Path, hangup_first: bool
+) -> None:
+    """The restarted daemon holds nothing of a call in progress; its AMI login sweeps the
+    store's open calls (recorder.orphans). Ended, the call's recording is adopted by the
+    finalizer; open for ever, its plaintext would stay in the spool."""
+
+    async def scenario(h: Harness) -> None:
+        script = [press("1", "consent", 1.0), hangup("talk", 60.0)]
+        call_task = asyncio.create_task(h.sim.inbound("sales", script, agent_script=[]))
+        await h.sim.wait_until(lambda: h.sim.customers() and customer(h).peer is not None)
+        cust = customer(h)
+        h.app.calls.forget("asterisk", cust.linkedid)  # the daemon's memory is gone
+        h.service.adapter.registry.drop(cust.linkedid)
+        if hangup_first:
+            h.sim.hangup(cust)  # a Hangup nobody holds
+            await call_task
+        adapter = h.service.adapter
+        adapter.on_ami_ready()  # the restarted daemon's login
+        if not hangup_first:
+            await h.sim.wait_until(lambda: adapter.orphans.watches(cust.uid))
+            assert h.call_row(cust.linkedid).ended_at is None  # still up
+            h.sim.hangup(cust)
+            await call_task
+        await h.sim.wait_until(lambda: h.call_row(cust.linkedid).ended_at is not None)
+        (rec,) = h.recordings(h.call_row(cust.linkedid).id)
+        assert rec.state == "recording"  # the finalizer's reconcile adopts it (call over)
+
+    run(tmp_path, scenario)

@@ -18,6 +18,7 @@ from callconsent import config as config_mod
 from callconsent.app import App
 from callconsent.control import ControlServer
 from esl_listener.service import FreeswitchConfigError, FreeswitchService, Settings
+from recorder.callbook import CallBook
 from recorder.models import AuditEntry, Call, ConsentRecord, Recording
 
 CONFIG = """
@@ -421,5 +422,35 @@ def test_a_call_that_ended_while_the_daemon_was_away_is_ended_after_reconnecting
         await until(lambda: rows(app, Call)[0].ended_at is not None, "ended")
         assert f"uuid_exists {leg.uuid}" in fs.api_log
         assert rows(app, Recording)[0].state == "recording"  # the finalizer adopts it
+
+    run(app, scenario)
+
+
+@pytest.mark.parametrize("hangup_first", [False, True], ids=["hangs-up-later", "hung-up-meanwhile"])
+def test_a_call_from_before_a_daemon_restart_is_ended_in_the_store(
+    app: App, hangup_first: bool
+) -> None:
+    """A restarted daemon holds nothing of the calls in progress; its first login sweeps the
+    store's open calls (recorder.orphans): ended at once if the leg is gone, else when its
+    CHANNEL_HANGUP_COMPLETE comes. Open for ever, the recording's plaintext would stay."""
+
+    async def scenario(app: App, fs: FakeFreeSwitch, old: FreeswitchService) -> None:
+        leg = await call(fs, svc=old, campaign="default", caller=Caller(["1"]))
+        settings = old.settings
+        await old.stop()  # the daemon goes down with the call still up
+        if hangup_first:
+            await fs.hangup_leg(leg)  # its events reach nobody
+        book = CallBook(app.ledger, app.calls.policies, app.prompts)  # a fresh memory
+        new = FreeswitchService(book, app.spool, settings)
+        await new.start()
+        try:
+            if not hangup_first:
+                await until(lambda: new.registry.orphans.watches(leg.uuid), "watched")
+                assert rows(app, Call)[0].ended_at is None
+                await fs.hangup_leg(leg)
+            await until(lambda: rows(app, Call)[0].ended_at is not None, "ended")
+            assert f"uuid_exists {leg.uuid}" in fs.api_log
+        finally:
+            await new.stop()
 
     run(app, scenario)

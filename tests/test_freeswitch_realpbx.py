@@ -33,6 +33,7 @@ from callconsent.dialplan_render_freeswitch import render
 from esl_listener.connection import EslConnection, open_inbound
 from esl_listener.protocol import Event
 from esl_listener.service import FreeswitchService
+from recorder.callbook import CallBook
 from recorder.models import Call, ConsentRecord, Recording
 
 pytestmark = [pytest.mark.realpbx, pytest.mark.slow]
@@ -446,4 +447,43 @@ def test_real_withdrawal_and_hangup_while_the_daemon_was_away(  # type: ignore[n
         await until(lambda: len(over()) == 2, "both calls over", 30)
 
     caplog.set_level("INFO", logger="callconsent.esl")
+    run(app, real, scenario)
+
+
+def test_real_calls_from_before_a_daemon_restart_are_ended(  # type: ignore[no-untyped-def]
+    app: App, real, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The daemon stops during two recorded calls; one hangs up while it is down. The restarted
+    daemon (a fresh memory) ends that one at its login and the other at its hangup."""
+
+    async def scenario(driver: Driver, old: FreeswitchService) -> None:
+        for hold_ms in (3000, 12000):
+            await driver.originate(
+                "cc_in_rt_withdraw_idle",
+                f"'m:^:set:sleep_eat_digits=true^sleep:1200^send_dtmf:1^sleep:{hold_ms}^hangup'",
+            )
+        await until(
+            lambda: caplog.text.count("withdraw_key_bound") == 2, "both consented, recording", 20
+        )
+        await old.stop()
+        over = lambda: [e for e in driver.hangups if "withdraw_idle-b" in e.get("Channel-Name", "")]  # noqa: E731
+        await until(lambda: len(over()) == 1, "the first call over while we are down", 20)
+        assert all(c.ended_at is None for c in rows(app, Call))
+        book = CallBook(app.ledger, app.calls.policies, app.prompts)
+        new = FreeswitchService(book, app.spool, old.settings)
+        await new.start()
+        try:
+            await until(
+                lambda: sum(c.ended_at is not None for c in rows(app, Call)) == 1, "one ended", 20
+            )
+            assert new.registry.orphans.watches(over()[0].get("Unique-ID", "")) is False
+            await until(lambda: len(over()) == 2, "the second call over", 30)
+            await until(
+                lambda: all(c.ended_at is not None for c in rows(app, Call)), "both ended", 20
+            )
+        finally:
+            await new.stop()
+        assert caplog.text.count("orphan_call_ended") == 2
+
+    caplog.set_level("INFO", logger="callconsent")
     run(app, real, scenario)

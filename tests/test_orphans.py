@@ -1,0 +1,93 @@
+"""Open calls of a daemon that restarted (recorder.orphans): ended when the PBX says every
+channel they had is gone, watched until then, never ended on a guess."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import consent_ivr as c
+from recorder.callbook import CallBook
+from recorder.ledger import Ledger
+from recorder.models import Call
+from recorder.orphans import Orphans, open_calls
+
+
+def book_of(ledger: Ledger) -> CallBook:
+    return CallBook(ledger, lambda: c.PolicyBook(), None)
+
+
+def recording_call(ledger: Ledger, pbx_call_id: str, channel: str) -> str:
+    ref = ledger.open_call(pbx="asterisk", pbx_call_id=pbx_call_id, campaign="sales")
+    ledger.recording_started(
+        ref.id, str(uuid.uuid4()), spool_path="/spool/x.wav", pbx_channel=channel
+    )
+    return ref.id
+
+
+def ended(ledger: Ledger, call_id: str) -> bool:
+    with ledger.db.read() as s:
+        return s.get(Call, call_id).ended_at is not None
+
+
+def test_open_calls_name_every_channel_known(ledger: Ledger) -> None:
+    call_id = recording_call(ledger, "1700000000.1", "1700000000.2")
+    done = recording_call(ledger, "1700000000.7", "1700000000.8")
+    ledger.call_ended(done)
+    other_pbx = ledger.open_call(pbx="freeswitch", pbx_call_id="uuid-1", campaign="sales")
+    bare = ledger.open_call(pbx="asterisk", pbx_call_id="1700000000.9", campaign="sales")
+    found = {o.id: o.channels for o in open_calls(ledger, "asterisk")}
+    # the customer's channel (the recording's); a call with none known: its linkedid
+    assert found == {call_id: {"1700000000.2"}, bare.id: {"1700000000.9"}}
+    assert [o.id for o in open_calls(ledger, "freeswitch")] == [other_pbx.id]
+
+
+def test_a_call_whose_channels_are_all_gone_ends_at_the_sweep(ledger: Ledger) -> None:
+    gone = recording_call(ledger, "1.1", "1.2")
+    half = recording_call(ledger, "2.1", "2.2")
+    ledger.recording_started(half, str(uuid.uuid4()), spool_path="/spool/y.wav", pbx_channel="2.3")
+    up = {"2.2", "2.3"}
+    orphans = Orphans(book_of(ledger), "asterisk")
+
+    async def exists(channel: str) -> bool | None:
+        return channel in up
+
+    async def scenario() -> None:
+        await orphans.sweep(exists)
+        assert ended(ledger, gone) and not ended(ledger, half)
+        assert orphans.watches("2.2") and not orphans.watches("2.1")
+        await orphans.channel_gone("9.9")  # nobody's
+        assert not ended(ledger, half)
+        await orphans.channel_gone("2.2")
+        assert not ended(ledger, half) and not orphans.watches("2.2")  # 2.3 is still up
+        await orphans.channel_gone("2.3")
+        assert ended(ledger, half)
+
+    asyncio.run(scenario())
+
+
+def test_no_answer_from_the_pbx_ends_nothing(ledger: Ledger) -> None:
+    call_id = recording_call(ledger, "1.1", "1.2")
+
+    async def exists(channel: str) -> bool | None:
+        return None
+
+    asyncio.run(Orphans(book_of(ledger), "asterisk").sweep(exists))
+    assert not ended(ledger, call_id)
+
+
+def test_a_call_the_daemon_holds_is_left_to_its_adapter(ledger: Ledger) -> None:
+    call_id = recording_call(ledger, "1.1", "1.2")
+    book = book_of(ledger)
+    asked: list[str] = []
+
+    async def exists(channel: str) -> bool | None:
+        asked.append(channel)
+        return False
+
+    async def scenario() -> None:
+        await book.open(pbx="asterisk", pbx_call_id="1.1", campaign="sales")
+        await Orphans(book, "asterisk").sweep(exists)
+
+    asyncio.run(scenario())
+    assert asked == [] and not ended(ledger, call_id)
