@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+import consent_ivr as c
 from agi import agent, consent
 from agi.ami import AmiClient, AmiError, AmiUnavailable, Message, NoSuchChannel
 from agi.calls import CallRegistry
@@ -35,7 +36,7 @@ from agi.protocol import AgiEnvironment
 from agi.server import Handler
 from recorder.callbook import CallBook, LiveCall, RecordingFile
 from recorder.models import ConsentRecord, Recording
-from recorder.orphans import Orphans
+from recorder.orphans import OpenCall, Orphans
 from recorder.spool import Spool
 
 log = logging.getLogger("callconsent.agi")
@@ -43,6 +44,7 @@ log = logging.getLogger("callconsent.agi")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # campaigns, as in consent_ivr.policy
 AGENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}$")
 PBX = "asterisk"
+WITHDRAWN_VAR = "CONSENT_WITHDRAWN"  # set by callconsent-withdraw before its AGI
 WITHDRAW_KEYS = {**{d: d for d in "0123456789"}, "star": "*", "hash": "#"}
 
 
@@ -164,7 +166,30 @@ class AsteriskAdapter:
         """After a (re)login: a Hangup may have been missed while we were away, and after a
         daemon restart the store holds calls we do not."""
         self.spawn(self._recheck_calls())
-        self.spawn(self.orphans.sweep(self._channel_exists))
+        self.spawn(self.orphans.sweep(self._channel_exists, self._orphan_alive))
+
+    async def _orphan_alive(self, orphan: OpenCall) -> None:
+        """A call from before a daemon restart, still up: did its caller press the withdraw
+        key while we were down? ``callconsent-withdraw`` marks the channel before its AGI."""
+        if self.ami is None or not any(
+            [await self._withdrawn_mark(uid) for uid in sorted(orphan.channels)]
+        ):
+            return
+        live = await self.calls.lookup(PBX, orphan.pbx_call_id)  # rebuilt, with its AMI control
+        if live is None or live.status is not c.ConsentStatus.GRANTED:
+            return
+        if live.machine.phase is not c.Phase.CONNECTED:
+            return
+        log.info("caller_withdrew_while_daemon_was_down", extra={"kv": {"call": live.ref.id}})
+        await live.feed(c.CallerWithdrew(), live.control)
+
+    async def _withdrawn_mark(self, uid: str) -> bool:
+        assert self.ami is not None
+        try:
+            found = await self.ami.action("Getvar", Channel=uid, Variable=WITHDRAWN_VAR)
+        except (AmiError, AmiUnavailable, TimeoutError):
+            return False
+        return str(found.get("Value") or "") == "1"
 
     async def _channel_exists(self, uid: str) -> bool | None:
         if self.ami is None:

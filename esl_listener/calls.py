@@ -26,7 +26,7 @@ from esl_listener.protocol import Event
 from esl_listener.remote import RemoteControl
 from recorder.callbook import CallBook, LiveCall
 from recorder.ledger import LedgerError
-from recorder.orphans import Orphans
+from recorder.orphans import OpenCall, Orphans
 from recorder.spool import Spool
 
 log = logging.getLogger("callconsent.esl.calls")
@@ -221,7 +221,19 @@ class CallRegistry:
         caller withdrew and we never heard the event. Then the store's open calls this
         daemon does not hold (it restarted): see :mod:`recorder.orphans`."""
         await self._recheck_held()
-        await self.orphans.sweep(self._channel_exists)
+        await self.orphans.sweep(self._channel_exists, self._orphan_alive)
+
+    async def _orphan_alive(self, orphan: OpenCall) -> None:
+        """A call from before a daemon restart, still up: did its caller withdraw meanwhile?"""
+        if not await self._marked_withdrawn(orphan.pbx_call_id):
+            return
+        live = await self.calls.lookup(PBX, orphan.pbx_call_id)  # rebuilt from the store
+        if live is None or live.ref.direction != "inbound":
+            return  # the key is bound on inbound customer legs only
+        call = self._by_key.get(orphan.pbx_call_id) or self.track(
+            orphan.pbx_call_id, direction="inbound", customer_uuid=orphan.pbx_call_id
+        )
+        await self._withdrawn_while_away(call)
 
     async def _channel_exists(self, leg: str) -> bool | None:
         """``uuid_exists``: None when FreeSWITCH did not say (gone again, or not allowed)."""

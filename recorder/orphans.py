@@ -76,8 +76,11 @@ class Orphans:
     def watches(self, channel: str) -> bool:
         return channel in self._by_channel
 
-    async def sweep(self, exists: ChannelExists) -> None:
-        """After a login: ask the PBX about every open call this daemon does not hold."""
+    async def sweep(
+        self, exists: ChannelExists, on_alive: Callable[[OpenCall], Awaitable[None]] | None = None
+    ) -> None:
+        """After a login: ask the PBX about every open call this daemon does not hold.
+        ``on_alive`` sees each call still up (an adapter's chance to read what it missed)."""
         found = await asyncio.to_thread(open_calls, self.calls.ledger, self.pbx)
         alive: dict[str, set[str]] = {}
         for call in found:
@@ -93,6 +96,8 @@ class Orphans:
                     up.add(channel)
             if up:
                 alive[call.id] = up
+                if on_alive is not None:
+                    await on_alive(call)
             else:
                 await self._end(call.id, "gone_while_daemon_away")
         self._alive = alive

@@ -512,7 +512,13 @@ class SimAsterisk:
         target.set_var("DYNAMIC_FEATURENAME", feature.name)
         target.set_var("DYNAMIC_WHO_ACTIVATED", chan.name)
         chan.events.append(("feature", feature.name, target.name))
-        await self.run_agi(target, feature.url)
+        if feature.app == "AGI":
+            await self.run_agi(target, feature.data)
+        else:  # Gosub(context,s,1(args)), as app_stack runs it
+            m = re.match(r"^([\w-]+),s,1(?:\((.*)\))?$", feature.data)
+            assert m is not None, feature.data
+            args = tuple(m.group(2).split(",")) if m.group(2) else ()
+            await self.dialplan.gosub(target, m.group(1), args)
         return True
 
     async def listen(self, customer: SimChannel) -> bool:

@@ -147,17 +147,18 @@ class Feature:
     name: str
     code: str
     activation: str  # self | peer
-    url: str
+    app: str  # AGI | Gosub
+    data: str  # AGI: the URL; Gosub: context,s,1(args)
 
 
 def parse_applicationmap(text: str) -> dict[str, Feature]:
-    """``name => code,self|peer,AGI(url)`` lines, by code."""
+    """``name => code,self|peer,AGI(url)`` or ``…,Gosub(context,s,1(args))`` lines, by code."""
     features: dict[str, Feature] = {}
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith(";"):
             continue
-        m = re.match(r"^(\w+)\s*=>\s*([0-9*#]+),(self|peer),AGI\((.*)\)$", line)
+        m = re.match(r"^(\w+)\s*=>\s*([0-9*#]+),(self|peer),(AGI|Gosub)\((.*)\)$", line)
         assert m is not None, raw
-        features[m.group(2)] = Feature(m.group(1), m.group(2), m.group(3), m.group(4))
+        features[m.group(2)] = Feature(*m.group(1, 2, 3, 4, 5))
     return features

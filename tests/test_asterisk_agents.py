@@ -279,3 +279,43 @@ def test_a_call_from_before_a_daemon_restart_is_ended_in_the_store(
         assert rec.state == "recording"  # the finalizer's reconcile adopts it (call over)
 
     run(tmp_path, scenario)
+
+
+def test_the_withdraw_key_marks_the_channel_before_its_agi(tmp_path: Path) -> None:
+    """callconsent-withdraw (the feature's Gosub) sets CONSENT_WITHDRAWN, then runs the AGI."""
+    policies = '[policies.care]\nwithdraw_digit = "9"\n'
+
+    async def scenario(h: Harness) -> None:
+        script = [press("1", "consent", 1.0), press("9", "talk", 2.0), hangup("talk", 1.0)]
+        call = await h.sim.inbound("care", script, agent_script=[])
+        await h.settle()
+        assert call.customer.vars["CONSENT_WITHDRAWN"] == "1"
+        assert h.call_row(call.customer.linkedid).consent_status == "withdrawn"
+
+    run(tmp_path, scenario, policies=policies)
+
+
+def test_a_withdrawal_while_the_daemon_was_down_is_acted_on_at_its_login(tmp_path: Path) -> None:
+    """The caller pressed the withdraw key while callconsent was down: the AGI failed, the
+    mark stayed. The restarted daemon's sweep finds the call up and marked, rebuilds it and
+    withdraws: the recording stops (over AMI, by its MixMonitorID) and is discarded."""
+    policies = '[policies.care]\nwithdraw_digit = "9"\n'
+
+    async def scenario(h: Harness) -> None:
+        script = [press("1", "consent", 1.0), hangup("talk", 60.0)]
+        call_task = asyncio.create_task(h.sim.inbound("care", script, agent_script=[]))
+        await h.sim.wait_until(lambda: h.sim.customers() and customer(h).peer is not None)
+        cust = customer(h)
+        h.app.calls.forget("asterisk", cust.linkedid)  # the daemon's memory is gone
+        h.service.adapter.registry.drop(cust.linkedid)
+        cust.set_var("CONSENT_WITHDRAWN", "1")  # what callconsent-withdraw left, AGI failed
+        h.service.adapter.on_ami_ready()
+        await h.sim.wait_until(lambda: h.call_row(cust.linkedid).consent_status == "withdrawn")
+        await h.sim.wait_until(
+            lambda: h.recordings(h.call_row(cust.linkedid).id)[0].state == "discarded"
+        )
+        assert cust.mixmonitors and not any(m.active for m in cust.mixmonitors.values())
+        h.sim.hangup(cust)
+        await call_task
+
+    run(tmp_path, scenario, policies=policies)

@@ -28,6 +28,7 @@ def test_the_shipped_files_hold_what_the_readme_promises() -> None:
         "callconsent-agent",
         "callconsent-outbound",
         "callconsent-answer",
+        "callconsent-withdraw",
         "callconsent-listen",
     }
     features = parse_applicationmap((SHIPPED / "features_callconsent.conf").read_text())

@@ -18,6 +18,7 @@ from callconsent import config as config_mod
 from callconsent.app import App
 from callconsent.dialplan_render_freeswitch import render
 from esl_listener.service import FreeswitchService
+from recorder.callbook import CallBook
 from recorder.models import ConsentRecord, Recording
 
 CONFIG = """
@@ -320,5 +321,35 @@ def test_a_caller_who_consents_while_the_daemon_is_away_still_gets_the_key(app: 
             await asyncio.sleep(0.05)
         await until(lambda: rows(app, Recording)[0].state == "discarded", "discarded")
         assert changes(app) == ["withdrawn"]
+
+    run(app, scenario)
+
+
+def test_a_withdrawal_while_the_daemon_was_down_is_acted_on_after_its_restart(
+    app: App,
+) -> None:
+    """The daemon stops during a recorded call; the caller presses the withdraw key (the
+    extension marks the leg). The restarted daemon's sweep finds the call up and marked,
+    rebuilds it from the store and withdraws: the recording is stopped and discarded."""
+
+    async def scenario(app: App, fs: FakeFreeSwitch, old: FreeswitchService) -> None:
+        leg = await call(fs, old, "withdraw", Caller(["1"]))
+        await fs.bridge(leg)
+        fs.talk(leg, 0.5)
+        settings = old.settings
+        await old.stop()
+        fs.press(leg, "9")  # nobody hears the event
+        book = CallBook(app.ledger, app.calls.policies, app.prompts)
+        new = FreeswitchService(book, app.spool, settings)
+        await new.start()
+        try:
+            await until(lambda: rows(app, Recording)[0].state == "discarded", "discarded")
+            assert changes(app) == ["withdrawn"]
+            assert (
+                f"uuid_record {leg.uuid} stop {app.spool.path_for(rows(app, Recording)[0].id)}"
+                in fs.api_log
+            )
+        finally:
+            await new.stop()
 
     run(app, scenario)
