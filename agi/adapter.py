@@ -171,9 +171,10 @@ class AsteriskAdapter:
     async def _orphan_alive(self, orphan: OpenCall) -> None:
         """A call from before a daemon restart, still up: did its caller press the withdraw
         key while we were down? ``callconsent-withdraw`` marks the channel before its AGI."""
-        if self.ami is None or not any(
-            [await self._withdrawn_mark(uid) for uid in sorted(orphan.channels)]
-        ):
+        if self.ami is None:
+            return
+        marked = [uid for uid in sorted(orphan.channels) if await self._withdrawn_mark(uid)]
+        if not marked:
             return
         live = await self.calls.lookup(PBX, orphan.pbx_call_id)  # rebuilt, with its AMI control
         if live is None or live.status is not c.ConsentStatus.GRANTED:
@@ -182,6 +183,13 @@ class AsteriskAdapter:
             return
         log.info("caller_withdrew_while_daemon_was_down", extra={"kv": {"call": live.ref.id}})
         await live.feed(c.CallerWithdrew(), live.control)
+        for uid in marked:  # as the withdraw AGI does: the key is the caller's again
+            found = await self.ami.action("Getvar", Channel=uid, Variable="DYNAMIC_FEATURES")
+            kept = [f for f in str(found.get("Value") or "").split("#") if f]
+            kept = [f for f in kept if not f.startswith("ccwithdraw_")]
+            await self.ami.action(
+                "Setvar", Channel=uid, Variable="DYNAMIC_FEATURES", Value="#".join(kept)
+            )
 
     async def _withdrawn_mark(self, uid: str) -> bool:
         assert self.ami is not None

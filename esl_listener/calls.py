@@ -258,11 +258,14 @@ class CallRegistry:
             found = await self._channel_exists(leg)
             if found is None:
                 return
-            if not found:
-                log.info("call_ended_while_esl_was_away", extra={"kv": {"call": call.key}})
-                await self._end(call)
-            elif call.customer_uuid and await self._marked_withdrawn(leg):
-                await self._withdrawn_while_away(call)
+            try:
+                if not found:
+                    log.info("call_ended_while_esl_was_away", extra={"kv": {"call": call.key}})
+                    await self._end(call)
+                elif call.customer_uuid and await self._marked_withdrawn(leg):
+                    await self._withdrawn_while_away(call)
+            except Exception:  # one call's trouble must not leave the others unchecked
+                log.exception("esl_recheck_failed", extra={"kv": {"call": call.key}})
 
     async def _marked_withdrawn(self, leg: str) -> bool:
         try:

@@ -72,6 +72,7 @@ class Orphans:
         self.calls, self.pbx = calls, pbx
         self._alive: dict[str, set[str]] = {}  # call id -> its channels still up
         self._by_channel: dict[str, str] = {}  # channel -> call id
+        self._sweeping = asyncio.Lock()  # one sweep at a time, however quick the re-logins
 
     def watches(self, channel: str) -> bool:
         return channel in self._by_channel
@@ -80,42 +81,76 @@ class Orphans:
         self, exists: ChannelExists, on_alive: Callable[[OpenCall], Awaitable[None]] | None = None
     ) -> None:
         """After a login: ask the PBX about every open call this daemon does not hold.
-        ``on_alive`` sees each call still up (an adapter's chance to read what it missed)."""
-        found = await asyncio.to_thread(open_calls, self.calls.ledger, self.pbx)
-        alive: dict[str, set[str]] = {}
-        for call in found:
-            if self.calls.find(self.pbx, call.pbx_call_id) is not None:
-                continue  # held: its adapter ends it
-            up = set()
-            for channel in sorted(call.channels):
-                answer = await exists(channel)
-                if answer is None:
-                    log.warning("orphan_sweep_stopped", extra={"kv": {"why": "no answer"}})
-                    return  # the next login sweeps again; nothing is ended on a guess
-                if answer:
-                    up.add(channel)
-            if up:
-                alive[call.id] = up
-                if on_alive is not None:
-                    await on_alive(call)
-            else:
-                await self._end(call.id, "gone_while_daemon_away")
-        self._alive = alive
-        self._by_channel = {ch: cid for cid, chans in alive.items() for ch in chans}
-        if alive:
-            log.info("orphan_calls_watched", extra={"kv": {"calls": len(alive)}})
+        ``on_alive`` sees each call still up (an adapter's chance to read what it missed).
+        A channel found up is watched at once, so a hangup during the sweep is not missed;
+        one call's failure is logged and the sweep goes on."""
+        async with self._sweeping:
+            try:
+                found = await asyncio.to_thread(open_calls, self.calls.ledger, self.pbx)
+            except Exception:
+                log.exception("orphan_sweep_failed")
+                return
+            still_open = {call.id for call in found}
+            for call_id in [c for c in self._alive if c not in still_open]:
+                self._unwatch(call_id)
+            for call in found:
+                if self.calls.find(self.pbx, call.pbx_call_id) is not None:
+                    self._unwatch(call.id)  # held: its adapter ends it
+                    continue
+                try:
+                    if not await self._check(call, exists, on_alive):
+                        return  # the PBX did not answer: the next login sweeps again
+                except Exception:
+                    log.exception("orphan_check_failed", extra={"kv": {"call": call.id}})
+            if self._alive:
+                log.info("orphan_calls_watched", extra={"kv": {"calls": len(self._alive)}})
+
+    async def _check(
+        self,
+        call: OpenCall,
+        exists: ChannelExists,
+        on_alive: Callable[[OpenCall], Awaitable[None]] | None,
+    ) -> bool:
+        """False when the PBX did not answer (nothing is ended on a guess)."""
+        self._unwatch(call.id)
+        up = False
+        for channel in sorted(call.channels):
+            answer = await exists(channel)
+            if answer is None:
+                log.warning("orphan_sweep_stopped", extra={"kv": {"why": "no answer"}})
+                return False
+            if answer:
+                up = True
+                self._alive.setdefault(call.id, set()).add(channel)
+                self._by_channel[channel] = call.id
+        if not up:
+            await self._end(call.id, "gone_while_daemon_away")
+        elif on_alive is not None:
+            await on_alive(call)
+        return True
 
     async def channel_gone(self, channel: str) -> None:
         """A hangup of a channel the adapter does not hold."""
-        call_id = self._by_channel.pop(channel, None)
+        call_id = self._by_channel.get(channel)
         if call_id is None:
             return
         up = self._alive.get(call_id, set())
-        up.discard(channel)
-        if not up:
-            self._alive.pop(call_id, None)
-            await self._end(call_id, "hung_up_after_daemon_restart")
+        if up - {channel}:
+            up.discard(channel)
+            del self._by_channel[channel]
+            return
+        if await self._end(call_id, "hung_up_after_daemon_restart"):
+            self._unwatch(call_id)  # only once the store knows: else the next hangup retries
 
-    async def _end(self, call_id: str, why: str) -> None:
-        await asyncio.to_thread(self.calls.ledger.call_ended, call_id)
+    def _unwatch(self, call_id: str) -> None:
+        for channel in self._alive.pop(call_id, set()):
+            self._by_channel.pop(channel, None)
+
+    async def _end(self, call_id: str, why: str) -> bool:
+        try:
+            await asyncio.to_thread(self.calls.ledger.call_ended, call_id)
+        except Exception:
+            log.exception("orphan_end_failed", extra={"kv": {"call": call_id}})
+            return False
         log.info("orphan_call_ended", extra={"kv": {"call": call_id, "why": why}})
+        return True

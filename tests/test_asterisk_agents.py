@@ -315,6 +315,7 @@ def test_a_withdrawal_while_the_daemon_was_down_is_acted_on_at_its_login(tmp_pat
             lambda: h.recordings(h.call_row(cust.linkedid).id)[0].state == "discarded"
         )
         assert cust.mixmonitors and not any(m.active for m in cust.mixmonitors.values())
+        await h.sim.wait_until(lambda: "ccwithdraw" not in cust.vars.get("DYNAMIC_FEATURES", "x"))
         h.sim.hangup(cust)
         await call_task
 

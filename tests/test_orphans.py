@@ -10,7 +10,7 @@ import consent_ivr as c
 from recorder.callbook import CallBook
 from recorder.ledger import Ledger
 from recorder.models import Call
-from recorder.orphans import Orphans, open_calls
+from recorder.orphans import OpenCall, Orphans, open_calls
 
 
 def book_of(ledger: Ledger) -> CallBook:
@@ -91,3 +91,36 @@ def test_a_call_the_daemon_holds_is_left_to_its_adapter(ledger: Ledger) -> None:
 
     asyncio.run(scenario())
     assert asked == [] and not ended(ledger, call_id)
+
+
+def test_a_hangup_during_the_sweep_is_not_missed(ledger: Ledger) -> None:
+    first = recording_call(ledger, "1.1", "1.2")
+    second = recording_call(ledger, "2.1", "2.2")
+    orphans = Orphans(book_of(ledger), "asterisk")
+
+    async def exists(channel: str) -> bool | None:
+        if channel == "2.2":  # the sweep is still busy when 1.2's Hangup comes
+            await orphans.channel_gone("1.2")
+        return True
+
+    asyncio.run(orphans.sweep(exists))
+    assert ended(ledger, first) and not ended(ledger, second)
+    assert not orphans.watches("1.2") and orphans.watches("2.2")
+
+
+def test_one_call_that_fails_does_not_stop_the_sweep(ledger: Ledger) -> None:
+    failing = recording_call(ledger, "1.1", "1.2")
+    gone = recording_call(ledger, "2.1", "2.2")
+    up = recording_call(ledger, "3.1", "3.2")
+    orphans = Orphans(book_of(ledger), "asterisk")
+
+    async def exists(channel: str) -> bool | None:
+        return channel != "2.2"
+
+    async def on_alive(call: OpenCall) -> None:
+        if call.id == failing:
+            raise TimeoutError("the PBX did not answer a Setvar")
+
+    asyncio.run(orphans.sweep(exists, on_alive))
+    assert ended(ledger, gone) and not ended(ledger, up) and not ended(ledger, failing)
+    assert orphans.watches("3.2") and orphans.watches("1.2")  # still watched for its hangup
