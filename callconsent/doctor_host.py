@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from callconsent.config import Config
 from callconsent.control import SOCKET_NAME
 from callconsent.doctor import CHECKS, Finding
+from esl_listener.inbound import API_USED, SUBSCRIPTIONS
 from recorder import migrate
 from recorder.audit import AuditContext
 from recorder.db import Database
@@ -236,13 +237,38 @@ def _esl(host: str, port: int, user: str, password: str) -> Finding:
             "is FreeSWITCH running, with mod_event_socket on that address?",
         )
     if "+OK accepted" in reply:
-        return Finding("ok", "esl", f"ESL {host}:{port} accepts our credential")
+        return _esl_rights(host, port, reply)
     return Finding(
         "error",
         "esl",
         "ESL refused our credential",
         "check esl_user/esl_password against the ESL user snippet",
     )
+
+
+def _esl_rights(host: str, port: int, reply: str) -> Finding:
+    """A userauth reply names what the user may do (``Allowed-API``, ``Allowed-Events``,
+    capture s5b); a password login may do anything and names nothing."""
+    headers = dict(line.partition(": ")[::2] for line in reply.splitlines() if ": " in line)
+    allowed_api = headers.get("Allowed-API")
+    allowed_events = headers.get("Allowed-Events")
+    missing = []
+    if allowed_api is not None:
+        missing += [a for a in API_USED if a not in allowed_api.split(",")]
+    if allowed_events is not None:
+        have = allowed_events.split(",")
+        needed = {n for names in SUBSCRIPTIONS for n in names.split(" ")}
+        missing += sorted(n for n in needed if n not in have and "::" not in n)
+    if missing:
+        return Finding(
+            "warn",
+            "esl",
+            f"ESL {host}:{port} accepts our credential, but the user may not use: "
+            + ", ".join(missing),
+            "add them to esl-allowed-api / esl-allowed-events (dialplan/freeswitch/"
+            "callconsent-esl-user.xml)",
+        )
+    return Finding("ok", "esl", f"ESL {host}:{port} accepts our credential")
 
 
 def _block(s: socket.socket, end: bytes = b"\r\n\r\n") -> str:

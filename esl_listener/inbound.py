@@ -36,6 +36,15 @@ log = logging.getLogger("callconsent.esl.inbound")
 
 #: One ``event plain`` command each, so a user missing one permission still gets the others
 #: (FreeSWITCH stops at the first refused name and says ``-ERR permission denied``).
+# the APIs the daemon runs (uuid_exists and uuid_getvar: the check after each login)
+API_USED = (
+    "uuid_record",
+    "uuid_setvar",
+    "uuid_kill",
+    "uuid_broadcast",
+    "uuid_exists",
+    "uuid_getvar",
+)
 WITHDRAW_EVENT = "CUSTOM consent::withdraw"  # the caller's withdraw key (consent.py binds it)
 SUBSCRIPTIONS = (
     "RECORD_START",

@@ -4,6 +4,7 @@ bytes (banner, login replies, auth/request, +OK accepted / -ERR invalid)."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -61,16 +62,29 @@ def ami(request: pytest.FixtureRequest) -> Iterator[int]:
     yield from serve_once(script)
 
 
+SHIPPED_USER = Path(__file__).parent.parent / "dialplan" / "freeswitch" / "callconsent-esl-user.xml"
+
+
+def shipped_rights() -> bytes:
+    """The Allowed-* headers FreeSWITCH sends the shipped user (the form of capture s5b)."""
+    text = SHIPPED_USER.read_text()
+    api = re.search(r'name="esl-allowed-api" value="([^"]+)"', text)
+    events = re.search(r'name="esl-allowed-events" value="([^"]+)"', text)
+    assert api and events
+    return f"Allowed-Events: {events[1]}\nAllowed-API: {api[1]}\nAllowed-LOG: false\n".encode()
+
+
 @pytest.fixture
 def esl(request: pytest.FixtureRequest) -> Iterator[int]:
-    accept = request.param
+    accept = request.param  # True, False, or the Allowed-* headers to send
 
     def script(conn: socket.socket) -> None:
         conn.sendall(b"Content-Type: auth/request\n\n")
         auth = recv_until(conn, b"\n\n")
-        ok = accept and auth == b"userauth callconsent@default:good\n\n"
+        ok = accept is not False and auth == b"userauth callconsent@default:good\n\n"
         reply = b"+OK accepted" if ok else b"-ERR invalid"
-        conn.sendall(b"Content-Type: command/reply\nReply-Text: " + reply + b"\n\n")
+        rights = accept if isinstance(accept, bytes) else b""
+        conn.sendall(b"Content-Type: command/reply\nReply-Text: " + reply + b"\n" + rights + b"\n")
 
     yield from serve_once(script)
 
@@ -133,3 +147,40 @@ def test_doctor_command_exits_1_and_says_what_to_fix(
     assert "OK    database:" in out
     assert "ERROR keys: no key epochs" in out and "callconsent keys init" in out
     assert "WARN  daemon: not running" in out
+
+
+@pytest.mark.parametrize(
+    ("esl", "level", "named"),
+    [
+        (shipped_rights(), "ok", ""),
+        (
+            shipped_rights().replace(b",uuid_exists,uuid_getvar", b""),
+            "warn",
+            "uuid_exists, uuid_getvar",
+        ),
+        (
+            b"Allowed-Events: RECORD_START,RECORD_STOP,CHANNEL_HANGUP_COMPLETE\n"
+            b"Allowed-API: uuid_record,uuid_getvar\nAllowed-LOG: false\n",
+            "warn",
+            "CUSTOM",
+        ),
+    ],
+    indirect=["esl"],
+    ids=["shipped-user", "user-of-an-earlier-version", "capture-s5b"],
+)
+def test_the_esl_users_rights_are_checked(esl: int, level: str, named: str, tmp_path: Path) -> None:
+    cfg = cfg_with(
+        tmp_path,
+        f"[freeswitch]\nenabled = true\nesl_port = {esl}\n"
+        'esl_user = "callconsent@default"\nesl_password = "good"\n',
+    )
+    (finding,) = doctor_host.pbx(cfg)
+    assert (finding.check, finding.level) == ("esl", level), finding
+    assert named in finding.message
+
+
+def test_the_shipped_esl_user_may_run_every_api_we_use() -> None:
+    from esl_listener.inbound import API_USED
+
+    rights = shipped_rights().decode()
+    assert f"Allowed-API: {','.join(API_USED)}\n" in rights
