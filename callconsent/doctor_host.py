@@ -258,7 +258,7 @@ def _esl_rights(host: str, port: int, reply: str) -> Finding:
     if allowed_events is not None:
         have = allowed_events.split(",")
         needed = {n for names in SUBSCRIPTIONS for n in names.split(" ")}
-        missing += sorted(n for n in needed if n not in have and "::" not in n)
+        missing += sorted(n for n in needed if n not in have)  # subclasses are listed too
     if missing:
         return Finding(
             "warn",
