@@ -32,8 +32,13 @@ class NotAllowed(CommandError):
 
 
 def invoking_os_user() -> str:
-    """The person at the keyboard: the sudo user if any, else the effective account."""
-    return os.environ.get("SUDO_USER") or pwd.getpwuid(os.geteuid()).pw_name
+    """The person at the keyboard: the sudo user if any, else the effective account.
+    ``SUDO_USER`` is only an environment variable: it counts only when we run as root (as
+    sudo leaves us); anyone else could set it to be taken for another person."""
+    sudo = os.environ.get("SUDO_USER")
+    if sudo and os.geteuid() == 0:
+        return sudo
+    return pwd.getpwuid(os.geteuid()).pw_name
 
 
 def authorize(

@@ -38,7 +38,14 @@ def retention(app: App) -> Retention:
 
 
 def custody(app: App) -> Custody:
-    return Custody(app.db, app.audit_ctx, key_store(app), app.ledger)
+    return Custody(
+        app.db,
+        app.audit_ctx,
+        key_store(app),
+        app.ledger,
+        node=app.config.daemon.node,
+        shared_storage=app.config.retention.shared_storage,
+    )
 
 
 def subjects(app: App) -> Subjects:

@@ -39,7 +39,7 @@ def os_user() -> str:
         name = pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:
         name = getpass.getuser()
-    sudo = os.environ.get("SUDO_USER")
+    sudo = os.environ.get("SUDO_USER") if os.geteuid() == 0 else None  # see invoking_os_user
     return f"{name} (sudo from {sudo})"[:64] if sudo and sudo != name else name
 
 

@@ -20,7 +20,7 @@ from recorder import fileformat as ff
 from recorder.db import Database
 from recorder.keystore import KeyStore, PrivateKeys
 from recorder.ledger import Ledger
-from recorder.models import Recording, RecordingState
+from recorder.models import Call, Recording, RecordingState
 from recorder.vault import fsync_dir
 
 
@@ -28,14 +28,31 @@ class CustodyError(Exception):
     """The recording cannot be held, released or deleted as asked; the message says why."""
 
 
+class ElsewhereError(CustodyError):
+    """The recording's audio is on another host's disk: only that host can delete it."""
+
+    def __init__(self, message: str, host: str) -> None:
+        super().__init__(message)
+        self.host = host
+
+
 class Custody:
     def __init__(
-        self, db: Database, ctx: audit.AuditContext, keys: KeyStore, ledger: Ledger
+        self,
+        db: Database,
+        ctx: audit.AuditContext,
+        keys: KeyStore,
+        ledger: Ledger,
+        *,
+        node: str | None = None,
+        shared_storage: bool = False,
     ) -> None:
         self.db = db
         self.ctx = ctx
         self.keys = keys
         self.ledger = ledger
+        self.node = (node or ctx.node)[:64]  # whose vault this host can delete from
+        self.shared_storage = shared_storage
 
     def _get(self, rid: str) -> Recording:
         with self.db.read() as s:
@@ -71,8 +88,14 @@ class Custody:
                 ) from None
             ff.rewrite_slots(path, [*slots, envelope.wrap(data_key, hold.public_key, rid, hold.id)])
         with self.db.write() as s:
-            row = s.get(Recording, rid)
-            assert row is not None
+            row = s.execute(
+                select(Recording).where(Recording.id == rid).with_for_update()
+            ).scalar_one()
+            if row.state != RecordingState.ENCRYPTED.value:  # purged or deleted meanwhile
+                raise CustodyError(
+                    f"recording {rid} became {row.state} while it was being held: its audio "
+                    "is gone, nothing is held"
+                )
             row.legal_hold, row.hold_reason, row.hold_key = True, reason, hold.id
             audit.append(
                 s,
@@ -124,6 +147,15 @@ class Custody:
                 raise _held(row)
             if row.state != RecordingState.ENCRYPTED.value:
                 raise CustodyError(f"recording {rid} is {row.state}: its audio is already gone")
+            host = s.get(Call, row.call_id).node
+            if host != self.node and not self.shared_storage:
+                # its file is in that host's vault: "not found" here proves nothing
+                raise ElsewhereError(
+                    f"recording {rid}'s audio is in the vault of host {host!r}: run this on "
+                    "that host (or set [retention] shared_storage = true if every host sees "
+                    "one vault)",
+                    host,
+                )
             if row.ciphertext_path:
                 Path(row.ciphertext_path).unlink(missing_ok=True)
                 fsync_dir(Path(row.ciphertext_path).parent)

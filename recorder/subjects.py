@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from recorder import audit, vault
-from recorder.custody import Custody
+from recorder.custody import Custody, ElsewhereError
 from recorder.db import Database
 from recorder.keystore import PrivateKeys
 from recorder.models import Call, ConsentRecord, NumberKind, Recording, RecordingState
@@ -40,6 +40,11 @@ class Erasure:
     calls: int = 0
     deleted: list[str] = field(default_factory=list)
     held_kept: list[str] = field(default_factory=list)
+    elsewhere: dict[str, str] = field(default_factory=dict)  # recording -> the host to run on
+
+    @property
+    def complete(self) -> bool:
+        return not self.elsewhere
 
 
 class Subjects:
@@ -187,12 +192,18 @@ class Subjects:
                     RecordingState.CLOSED.value,
                     RecordingState.ENCRYPTED.value,
                 ):
-                    self.custody.delete(
-                        rec.id, actor=actor, reason=reason, purge_reason="subject_erasure"
-                    )
+                    try:
+                        self.custody.delete(
+                            rec.id, actor=actor, reason=reason, purge_reason="subject_erasure"
+                        )
+                    except ElsewhereError as exc:
+                        result.elsewhere[rec.id] = exc.host
+                        continue
                     result.deleted.append(rec.id)
         with self.db.write() as s:
-            if calls:
+            # the number stays until no recording of it is left on another host: else what
+            # is left there could no longer be found by the number, nor erased
+            if calls and result.complete:
                 s.execute(
                     update(Call)
                     .where(Call.id.in_([c.id for c in calls]))
@@ -210,7 +221,12 @@ class Subjects:
                     "calls": len(calls),
                     "recordings_deleted": len(result.deleted),
                     "held_kept": result.held_kept,
-                },
+                }
+                | (
+                    {"left_on_other_hosts": sorted(set(result.elsewhere.values()))}
+                    if result.elsewhere
+                    else {}
+                ),
             )
         return result
 

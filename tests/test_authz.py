@@ -79,3 +79,16 @@ def test_bad_actor_config_names_the_key(tmp_path: Path, text: str, key: str) -> 
     with pytest.raises(cfgmod.ConfigError) as err:
         cfgmod.load(path)
     assert err.value.key == key
+
+
+def test_sudo_user_counts_only_under_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SUDO_USER is an environment variable: set by an ordinary account it proves nothing."""
+    import os
+    import pwd
+
+    monkeypatch.setenv("SUDO_USER", "dana")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert invoking_os_user() == "dana"  # what sudo leaves behind
+    nobody = pwd.getpwnam("nobody").pw_uid
+    monkeypatch.setattr(os, "geteuid", lambda: nobody)
+    assert invoking_os_user() == "nobody"  # not dana

@@ -282,3 +282,24 @@ def test_the_daemon_runs_the_pass_at_start_and_stops_cleanly(rig: Rig) -> None:
 
     asyncio.run(scenario())
     assert row(rig.app, rid).state == "purged"
+
+
+def test_a_hold_racing_a_purge_reports_the_audio_gone(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another host's purge takes the recording while its key is being re-wrapped: the hold
+    must not report "held" (nor audit it) for audio that no longer exists."""
+    from recorder import custody as custody_mod
+
+    rid = encrypted(rig)
+    real_rewrite = custody_mod.ff.rewrite_slots
+
+    def purge_meanwhile(path: Path, slots: object) -> None:
+        real_rewrite(path, slots)  # type: ignore[arg-type]
+        assert retention(rig.app).run().purged == [rid]
+
+    monkeypatch.setattr(custody_mod.ff, "rewrite_slots", purge_meanwhile)
+    with pytest.raises(CustodyError, match="audio is gone"):
+        custody(rig).hold(rid, rig.keys, actor="dana", reason="case 9")
+    assert row(rig.app, rid).state == "purged" and not row(rig.app, rid).legal_hold
+    assert audit_actions(rig.app, "recording.held") == []

@@ -142,3 +142,34 @@ def test_cli_refuses_an_agent_and_audits_the_refusal(
     with rig.app.db.read() as s:
         refused = s.scalars(sa.select(AuditEntry).where(AuditEntry.action == "authz.refused")).one()
     assert refused.actor == "bob" and "12345678" not in refused.details
+
+
+def test_erase_leaves_another_hosts_recordings_to_that_host_and_keeps_the_number_till_then(
+    rig: Rig,
+) -> None:
+    """Without shared storage a recording's file is in its own host's vault: "not found" here
+    proves nothing, so it is not marked purged. The number stays (else what is left could
+    no longer be found or erased) until the erase runs on that host too."""
+    here_call, here_rid, _ = call_with_recording(rig, NUMBER)
+    there_call, there_rid, _ = call_with_recording(rig, NUMBER)
+    with rig.app.db.write() as s:
+        s.get(Call, there_call).node = "pbx-b"
+    first = subjects(rig).erase(NUMBER, actor="dana", reason="request 78")
+    assert (first.deleted, first.elsewhere, first.complete) == (
+        [here_rid],
+        {there_rid: "pbx-b"},
+        False,
+    )
+    with rig.app.db.read() as s:
+        assert s.get(Recording, there_rid).state == "encrypted"
+        assert Path(s.get(Recording, there_rid).ciphertext_path).exists()
+    assert {c.id for c in subjects(rig).calls_of(NUMBER)} == {here_call, there_call}
+
+    on_b = Custody(
+        rig.app.db, rig.app.audit_ctx, rig.keys.store, rig.app.ledger, node="pbx-b"
+    )  # the same command run on host B
+    second = Subjects(rig.app.db, rig.app.numbers, rig.app.audit_ctx, on_b).erase(
+        NUMBER, actor="dana", reason="request 78"
+    )
+    assert (second.deleted, second.complete) == ([there_rid], True)
+    assert subjects(rig).calls_of(NUMBER) == []

@@ -60,10 +60,16 @@ def erase(args: argparse.Namespace) -> int:
             result = subjects(app).erase(args.number, actor=args.actor, reason=args.reason)
         except (NotAPhoneNumber, CustodyError) as exc:
             raise CommandError(str(exc)) from None
+    for rid in result.held_kept:
+        print(f"kept (legal hold): {rid}")
+    if not result.complete:
+        print(f"{len(result.deleted)} recording(s) deleted here; not finished:")
+        for rid, host in sorted(result.elsewhere.items()):
+            print(f"  on host {host}: {rid}")
+        print("run the same erase on those hosts; the number is removed by the last of them")
+        return 1
     print(
         f"erased: {result.calls} call(s) no longer carry the number; "
         f"{len(result.deleted)} recording(s) deleted"
     )
-    for rid in result.held_kept:
-        print(f"kept (legal hold): {rid}")
     return 0
