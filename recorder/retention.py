@@ -32,7 +32,7 @@ from recorder.db import Database
 from recorder.expiry import RetentionRule
 from recorder.keystore import KeyStore
 from recorder.models import AuditEntry, Call, KeyEpoch, Recording, RecordingState
-from recorder.vault import fsync_dir
+from recorder.vault import MARKER, fsync_dir
 
 log = logging.getLogger("callconsent.retention")
 ACTOR = "retention"
@@ -144,6 +144,9 @@ class Retention:
             rows = s.execute(q).all()
             if not rows:
                 return False
+            rows = self._in_reachable_vaults(rows, report, failed)
+            if not rows:
+                return True  # this batch's rows are noted as failed; the next query skips them
             head = audit.lock_head(s)
             tail = (head.seq, head.hash)
             chunks = [rows[i : i + _CHUNK] for i in range(0, len(rows), _CHUNK)]
@@ -171,6 +174,28 @@ class Retention:
         report.purged += [r.id for r in gone]
         metrics.PURGED.inc(len(gone))
         return True
+
+    def _in_reachable_vaults(
+        self, rows: list[Any], report: PurgeReport, failed: set[str]
+    ) -> list[Any]:
+        """A file that is not found counts as deleted only where its vault is really there
+        (its directory, and under shared storage its marker: an unmounted share is an empty
+        directory). Rows elsewhere are failures, reported, never marked purged."""
+        verdict: dict[str, str | None] = {}
+        kept = []
+        for row in rows:
+            where = os.path.dirname(row.ciphertext_path or "")
+            if where not in verdict:
+                verdict[where] = _vault_problem(Path(where), self.shared_storage)
+            if (problem := verdict[where]) is None:
+                kept.append(row)
+            else:
+                failed.add(row.id)
+                report.failed.append((row.id, problem))
+        for where, problem in verdict.items():
+            if problem is not None:
+                log.error("purge_vault_unreachable", extra={"kv": {"vault": where, "why": problem}})
+        return kept
 
     @staticmethod
     def _note_failures(
@@ -339,6 +364,14 @@ def _unlink_worker(conn: Connection, parent_end: Connection) -> None:
             conn.send([_unlink(p) for p in conn.recv()])
     except EOFError:
         pass
+
+
+def _vault_problem(where: Path, shared: bool) -> str | None:
+    if not where.is_dir():
+        return f"the vault directory {where} is missing"
+    if shared and not (where / MARKER).exists():
+        return f"{where} has no {MARKER}: a shared vault that is not mounted?"
+    return None
 
 
 def _unlink(path: str | None) -> str | None:

@@ -54,6 +54,11 @@ def _write_all(write: Writer, fd: int, data: bytes) -> None:
         view = view[write(fd, view) :]
 
 
+# In every vault: where it is missing (a network share not mounted), a file that cannot be
+# found proves nothing, and retention does not call it purged (recorder.retention).
+MARKER = ".callconsent-vault"
+
+
 class Vault:
     def __init__(self, path: Path, *, write: Writer = os.write) -> None:
         self.path = Path(path).absolute()
@@ -66,6 +71,9 @@ class Vault:
             raise PermissionError(
                 f"vault {self.path} must be a directory others cannot reach: chmod 750 {self.path}"
             )
+        marker = self.path / MARKER
+        if not marker.exists():
+            marker.write_text("callconsent vault: a purge trusts a missing file only here\n")
 
     def path_for(self, recording_id: str) -> Path:
         return self.path / f"{recording_id}{ff.SUFFIX}"

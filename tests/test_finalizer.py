@@ -23,6 +23,7 @@ from recorder import vault as vault_mod
 from recorder.expiry import RetentionRule, epoch_id
 from recorder.finalizer import Finalizer, FinalizerError, FinalizerSettings, Outcome
 from recorder.models import AuditEntry, Recording
+from recorder.vault import MARKER
 
 
 @pytest.fixture
@@ -154,7 +155,7 @@ def test_no_key_epoch_keeps_the_recording_pending_and_alarms(
     rec = row(rig.app, rid)
     assert rec.state == "closed" and "no key epoch" in rec.last_error
     assert path.read_bytes() == original
-    assert not list(rig.app.config.vault_dir.iterdir())
+    assert [p.name for p in rig.app.config.vault_dir.iterdir()] == [MARKER]
     events = {r.getMessage() for r in caplog.records}
     assert {"recording_pending_no_key_epoch", "key_epochs_running_low"} <= events
 
@@ -186,7 +187,7 @@ def test_disk_full_leaves_plaintext_and_store_untouched(
     before[0].pop("_sa_instance_state"), after[0].pop("_sa_instance_state")
     assert before == after and after[0]["state"] == "closed"
     assert path.read_bytes() == original
-    assert list(rig.app.config.vault_dir.iterdir()) == []  # no temp file left
+    assert [p.name for p in rig.app.config.vault_dir.iterdir()] == [MARKER]  # no temp file left
     failed = [r for r in caplog.records if r.getMessage() == "finalize_failed"]
     assert failed and "disk full" in failed[0].kv["error"]
 

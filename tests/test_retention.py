@@ -22,6 +22,7 @@ from recorder.ledger import Ledger
 from recorder.models import AuditEntry, Call, KeyEpoch, Recording
 from recorder.numbers import NumberProtector
 from recorder.retention import Retention
+from recorder.vault import MARKER
 
 LATER = datetime.now(UTC) + timedelta(days=45)  # every 30-day recording made now has expired
 
@@ -177,6 +178,7 @@ def test_recompute_reapplies_a_changed_policy_and_audits(rig: Rig) -> None:
 
 def _fake_expired(ledger: Ledger, vault_dir: Path, n: int, node_calls: int = 1) -> list[str]:
     ids = []
+    (vault_dir / MARKER).touch()  # a vault, as Vault.ensure() leaves it
     call = ledger.open_call(pbx="import", pbx_call_id=str(uuid.uuid4()), campaign="sales")
     past = datetime.now(UTC) - timedelta(days=1)
     with ledger.db.write() as s:
@@ -262,6 +264,33 @@ def test_purge_leaves_other_hosts_files_alone_without_shared_storage(
     assert all((tmp_path / f"{rid}.ccrec").exists() for rid in ids)
     with app.db.read() as s:
         assert s.scalar(sa.select(sa.func.count()).select_from(Call)) == 1
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["vault-gone", "share-not-mounted"])
+def test_a_vault_that_is_not_there_purges_nothing(app: App, tmp_path: Path, shared: bool) -> None:
+    """A file not found counts as deleted only in a vault that is really there: a missing
+    directory, or (shared storage) an empty mount point without the vault's marker, fails
+    each row loudly instead of marking audio "purged" that still exists elsewhere."""
+    vault = tmp_path / "share"
+    vault.mkdir()
+    ledger = Ledger(
+        app.db, app.numbers, audit.AuditContext(node=app.config.daemon.node, os_user="t")
+    )
+    ids = _fake_expired(ledger, vault, 3)
+    if shared:
+        (vault / MARKER).unlink()  # what an unmounted share looks like: a bare directory
+        for rid in ids:
+            (vault / f"{rid}.ccrec").unlink()
+    else:
+        for p in vault.iterdir():
+            p.unlink()
+        vault.rmdir()
+    report = retention(app, at=datetime.now(UTC), shared_storage=shared).run(shred=False)
+    assert report.purged == [] and sorted(r for r, _ in report.failed) == sorted(ids)
+    assert all(("missing" if not shared else MARKER) in why for _, why in report.failed)
+    with app.db.read() as s:
+        states = s.scalars(sa.select(Recording.state).where(Recording.id.in_(ids))).all()
+    assert set(states) == {"encrypted"}
 
 
 def test_the_daemon_runs_the_pass_at_start_and_stops_cleanly(rig: Rig) -> None:
