@@ -103,6 +103,10 @@ class KeyStore:
         audited. False if this host does not hold the private key (it is kept elsewhere, and
         must be destroyed there); the epoch is then not marked."""
         path = self.keydir.path / private_name(epoch_id)
+        # a writer that crashed between its link and its unlink (KeyDir.write_new) left a
+        # second name for the same key: it must go too, or the key survives its shredding
+        for leftover in self.keydir.path.glob(f".{private_name(epoch_id)}.tmp-*"):
+            leftover.unlink(missing_ok=True)
         try:
             os.unlink(path)
         except FileNotFoundError:

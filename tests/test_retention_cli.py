@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -152,6 +153,9 @@ def test_keys_destroy_only_a_spent_epoch(
             return datetime.now(tz) + timedelta(days=60)  # the epoch's week is over
 
     monkeypatch.setattr(recorder.retention, "datetime", Later)
+    key = rig.app.keydir.path / f"epoch-{epoch}.key"
+    leftover = key.with_name(f".{key.name}.tmp-0bad")
+    os.link(key, leftover)  # a key writer that crashed between its link and its unlink
     assert run(config_file, "keys", "destroy", epoch, "--reason", "r", "--actor", "bob") == 1
     assert run(config_file, "keys", "destroy", epoch, "--reason", "spent", "--actor", "dana") == 0
-    assert not (rig.app.keydir.path / f"epoch-{epoch}.key").exists()
+    assert not key.exists() and not leftover.exists()  # no second name survives the shredding
