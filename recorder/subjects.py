@@ -104,6 +104,7 @@ class Subjects:
                     "reason": reason,
                     "calls": len(calls),
                     "recordings": len(files),
+                    "unreadable": unreadable(manifest),
                     "manifest_sha256": hashlib.sha256(data).hexdigest(),
                 },
             )
@@ -140,13 +141,19 @@ class Subjects:
             }
             if rec.state == RecordingState.ENCRYPTED.value and rec.ciphertext_path:
                 rel = f"recordings/{rec.id}.wav"
-                _, digest = vault.decrypt_to(
-                    Path(rec.ciphertext_path), rec.id, private.private_key, out / rel
-                )
-                if digest != rec.plaintext_sha256:
-                    raise SubjectError(f"recording {rec.id} does not match its stored hash")
-                item |= {"file": rel, "sha256": digest}
-                files.append({"path": rel, "sha256": digest})
+                try:
+                    _, digest = vault.decrypt_to(
+                        Path(rec.ciphertext_path), rec.id, private.private_key, out / rel
+                    )
+                    if digest != rec.plaintext_sha256:
+                        (out / rel).unlink(missing_ok=True)
+                        raise SubjectError("it does not match its stored hash")
+                except Exception as exc:  # one recording must not cost the subject the rest
+                    # (its key destroyed at expiry, its file on another host, tampering)
+                    item["unreadable"] = str(exc) or type(exc).__name__
+                else:
+                    item |= {"file": rel, "sha256": digest}
+                    files.append({"path": rel, "sha256": digest})
             recs.append(item)
         entry = {
             "call_id": call.id,
@@ -229,6 +236,11 @@ class Subjects:
                 ),
             )
         return result
+
+
+def unreadable(manifest: dict[str, Any]) -> list[str]:
+    """The recordings an export lists but could not decrypt (each says why)."""
+    return [r["id"] for c in manifest["calls"] for r in c["recordings"] if "unreadable" in r]
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -173,3 +173,23 @@ def test_erase_leaves_another_hosts_recordings_to_that_host_and_keeps_the_number
     )
     assert (second.deleted, second.complete) == ([there_rid], True)
     assert subjects(rig).calls_of(NUMBER) == []
+
+
+def test_export_lists_a_recording_it_cannot_decrypt_and_gives_the_rest(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """One recording whose file is gone (another host's vault, a failed purge after its key
+    was destroyed) must not cost the subject the others: it is listed with the reason."""
+    _, lost, _ = call_with_recording(rig, NUMBER)
+    _, kept, audio = call_with_recording(rig, NUMBER)
+    with rig.app.db.read() as s:
+        Path(s.get(Recording, lost).ciphertext_path).unlink()
+    out = tmp_path / "export"
+    manifest = subjects(rig).export(NUMBER, out, rig.keys, actor="dana", reason="request 3")
+    recs = {r["id"]: r for c in manifest["calls"] for r in c["recordings"]}
+    assert "unreadable" in recs[lost] and "file" not in recs[lost]
+    assert (out / f"recordings/{kept}.wav").read_bytes() == audio
+    assert not (out / f"recordings/{lost}.wav").exists()
+    with rig.app.db.read() as s:
+        row = s.scalars(sa.select(AuditEntry).where(AuditEntry.action == "subject.exported")).one()
+    assert json.loads(row.details)["unreadable"] == [lost]

@@ -11,7 +11,7 @@ from callconsent.errors import CommandError
 from callconsent.recordings import subjects
 from recorder.custody import CustodyError
 from recorder.numbers import NotAPhoneNumber
-from recorder.subjects import SubjectError
+from recorder.subjects import SubjectError, unreadable
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,6 +51,11 @@ def export(args: argparse.Namespace) -> int:
         f"{args.out}: {len(manifest['calls'])} call(s), {recs} recording(s), "
         f"{len(manifest['files'])} audio file(s), manifest.json"
     )
+    if missing := unreadable(manifest):
+        print(f"{len(missing)} recording(s) could not be decrypted; manifest.json says why:")
+        for rid in missing:
+            print(f"  {rid}")
+        return 1
     return 0
 
 
