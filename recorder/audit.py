@@ -30,7 +30,8 @@ from sqlalchemy.orm import Session
 from recorder.models import AuditEntry, AuditHead
 
 GENESIS_HASH = "0" * 64
-_LOOKS_LIKE_E164 = re.compile(r"\+\d{6,15}")
+# "+" and 6..15 digits, however written: +4915112345678, +49 151 12345678, +49 (151) 1234-5678
+_LOOKS_LIKE_E164 = re.compile(r"\+\d(?:[ \-./()]*\d){5,14}")
 
 
 def os_user() -> str:

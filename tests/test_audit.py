@@ -110,7 +110,10 @@ def test_a_fork_of_the_chain_cannot_be_committed(db: Database) -> None:
         forge(s, 99, tail.prev_hash)  # a second row following row 1
 
 
-def test_details_with_a_phone_number_are_refused(db: Database) -> None:
+@pytest.mark.parametrize(
+    "written", ["+4915112345678", "+49 151 12345678", "erasure for +49 (151) 1234-5678"]
+)
+def test_details_with_a_phone_number_are_refused(db: Database, written: str) -> None:
     with pytest.raises(ValueError, match="phone number"), db.write() as s:
         audit.append(
             s,
@@ -118,9 +121,22 @@ def test_details_with_a_phone_number_are_refused(db: Database) -> None:
             actor="x",
             action="oops",
             subject_type="call",
-            details={"caller": "+4915112345678"},
+            details={"reason": written},
         )
     assert check(db).rows == 0
+
+
+def test_times_and_ids_are_not_taken_for_phone_numbers(db: Database) -> None:
+    with db.write() as s:
+        audit.append(
+            s,
+            CTX,
+            actor="x",
+            action="fine",
+            subject_type="call",
+            details={"at": "2026-11-24T05:00:00+00:00", "id": "4087-45b2-bf6e", "n": "+1 2"},
+        )
+    assert check(db).rows == 1
 
 
 def test_concurrent_writers_keep_one_linear_chain(db: Database) -> None:
