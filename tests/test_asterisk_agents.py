@@ -18,6 +18,17 @@ def customer(h: Harness) -> SimChannel:
     return h.sim.customers()[-1]
 
 
+async def call_then_daemon_restart(h: Harness, campaign: str) -> tuple[SimChannel, asyncio.Task]:
+    """A consented, bridged, recorded call; then the daemon forgets it (it restarted)."""
+    script = [press("1", "consent", 1.0), hangup("talk", 60.0)]
+    call_task = asyncio.create_task(h.sim.inbound(campaign, script, agent_script=[]))
+    await h.sim.wait_until(lambda: h.sim.customers() and customer(h).peer is not None)
+    cust = customer(h)
+    h.app.calls.forget("asterisk", cust.linkedid)  # the daemon's memory is gone
+    h.service.adapter.registry.drop(cust.linkedid)
+    return cust, call_task
+
+
 def test_outbound_on_demand_the_agent_starts_pauses_and_stops(tmp_path: Path) -> None:
     policies = '[policies.support]\nmode = "on_demand"\n'
     agent_script = [press("*41", "talk", 1.0), press("*42", "talk", 1.0), press("*43", "talk", 1.0)]
@@ -258,12 +269,7 @@ def test_a_call_from_before_a_daemon_restart_is_ended_in_the_store(
     finalizer; open for ever, its plaintext would stay in the spool."""
 
     async def scenario(h: Harness) -> None:
-        script = [press("1", "consent", 1.0), hangup("talk", 60.0)]
-        call_task = asyncio.create_task(h.sim.inbound("sales", script, agent_script=[]))
-        await h.sim.wait_until(lambda: h.sim.customers() and customer(h).peer is not None)
-        cust = customer(h)
-        h.app.calls.forget("asterisk", cust.linkedid)  # the daemon's memory is gone
-        h.service.adapter.registry.drop(cust.linkedid)
+        cust, call_task = await call_then_daemon_restart(h, "sales")
         if hangup_first:
             h.sim.hangup(cust)  # a Hangup nobody holds
             await call_task
@@ -302,12 +308,7 @@ def test_a_withdrawal_while_the_daemon_was_down_is_acted_on_at_its_login(tmp_pat
     policies = '[policies.care]\nwithdraw_digit = "9"\n'
 
     async def scenario(h: Harness) -> None:
-        script = [press("1", "consent", 1.0), hangup("talk", 60.0)]
-        call_task = asyncio.create_task(h.sim.inbound("care", script, agent_script=[]))
-        await h.sim.wait_until(lambda: h.sim.customers() and customer(h).peer is not None)
-        cust = customer(h)
-        h.app.calls.forget("asterisk", cust.linkedid)  # the daemon's memory is gone
-        h.service.adapter.registry.drop(cust.linkedid)
+        cust, call_task = await call_then_daemon_restart(h, "care")
         cust.set_var("CONSENT_WITHDRAWN", "1")  # what callconsent-withdraw left, AGI failed
         h.service.adapter.on_ami_ready()
         await h.sim.wait_until(lambda: h.call_row(cust.linkedid).consent_status == "withdrawn")
