@@ -166,6 +166,7 @@ class SimChannel:
         self.script: deque[Act] = deque(script or [])
         self.mixmonitors: dict[str, SimMixMonitor] = {}
         self.peer: SimChannel | None = None
+        self.local_half: SimChannel | None = None  # the other half of a Local channel
         self.agi: AgiCall | None = None
         self.heard: list[str] = []  # prompts played to this channel
         self.heard_paths: list[str] = []
@@ -343,11 +344,19 @@ class SimAsterisk:
     # -- channels ---------------------------------------------------------------------------
 
     def new_channel(
-        self, base: str, leg: int, linkedid: str | None = None, **kw: object
+        self,
+        base: str,
+        leg: int,
+        linkedid: str | None = None,
+        half_of: SimChannel | None = None,
+        **kw: object,
     ) -> SimChannel:
+        """``half_of``: the ;1 half of the same Local channel (one number, one fate)."""
         uid = f"1795348625.{next(self._uid)}"
-        name = f"{base}-{next(self._chan):08x};{leg}"
-        chan = SimChannel(self, name, uid, linkedid or uid, **kw)  # type: ignore[arg-type]
+        number = half_of.name.rsplit(";", 1)[0] if half_of else f"{base}-{next(self._chan):08x}"
+        chan = SimChannel(self, f"{number};{leg}", uid, linkedid or uid, **kw)  # type: ignore[arg-type]
+        if half_of is not None:
+            chan.local_half, half_of.local_half = half_of, chan
         self.channels[uid] = chan
         return chan
 
@@ -367,6 +376,9 @@ class SimAsterisk:
         peer = chan.peer
         if peer is not None and peer.alive:
             self.hangup(peer)  # the bridge ends: Dial hangs up the other leg
+        half = chan.local_half
+        if half is not None and half.alive:
+            self.hangup(half)  # a Local channel's halves go together (capture s2: ;1 and ;2)
 
     def customers(self) -> list[SimChannel]:
         return [c for c in self.channels.values() if c.context in ("cc-inbound", "cc-trunk")]
@@ -419,6 +431,7 @@ class SimAsterisk:
             "Local/cust@cc-inbound",
             2,
             phone.uid,
+            half_of=phone,
             callerid_num=number,
             callerid_name=name,
             pres=pres,
