@@ -3,12 +3,19 @@ process (the benchmark script itself, with ``--serve KIND --port N``) that says 
 
 from __future__ import annotations
 
+import resource
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def raise_fd_limit() -> None:
+    """Thousands of concurrent sessions need thousands of sockets on each side."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
 
 
 def free_port() -> int:

@@ -32,12 +32,11 @@ import argparse
 import asyncio
 import base64
 import json
-import resource
 import sys
 import time
 from pathlib import Path
 
-from _common import free_port, start_server
+from _common import free_port, raise_fd_limit, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SESSION_LIMIT_S = 60.0
@@ -283,8 +282,7 @@ def main() -> int:
     parser.add_argument("--serve", choices=("ours", "panoramisk"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    raise_fd_limit()
     if args.serve:
         asyncio.run(serve_ours(args.port) if args.serve == "ours" else serve_panoramisk(args.port))
         return 0

@@ -25,14 +25,13 @@ import argparse
 import asyncio
 import json
 import re
-import resource
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
-from _common import free_port, start_server
+from _common import free_port, raise_fd_limit, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 GENESIS_VENV = ROOT / "bench" / ".venv-genesis"
@@ -314,8 +313,7 @@ def main() -> int:
     parser.add_argument("--serve", choices=("ours", "genesis"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    raise_fd_limit()
     if args.serve:
         asyncio.run(serve_ours(args.port) if args.serve == "ours" else serve_genesis(args.port))
         return 0
