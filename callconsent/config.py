@@ -178,7 +178,7 @@ class RetentionSection:
     max_days: int = field(default=365, metadata=_check(_positive))  # no category may exceed it
     categories: dict[str, int] = field(default_factory=dict)  # retention category -> days
     interval_s: float = field(default=3600.0, metadata=_check(_positive))  # purge pass in serve
-    batch: int = field(default=2000, metadata=_check(_positive))  # recordings per transaction
+    batch: int = field(default=10000, metadata=_check(_positive))  # recordings per transaction
     shared_storage: bool = False  # every host sees every host's files: purge them all
 
     def problems(self) -> list[tuple[str, str]]:

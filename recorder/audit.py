@@ -63,16 +63,44 @@ def entry_hash(entry: AuditEntry | Mapping[str, Any]) -> str:
     out directly because a purge hashes a hundred thousand of them (a test keeps the two equal).
     """
     get = entry.get if isinstance(entry, Mapping) else entry.__getattribute__
-    subject_id = get("subject_id")
+    return _hash(
+        get("action"),
+        get("actor"),
+        _at(get("at")),
+        get("details"),
+        _s(get("node")),
+        _s(get("os_user")),
+        get("prev_hash"),
+        get("seq"),
+        get("subject_id"),
+        get("subject_type"),
+    )
+
+
+def _hash(
+    action: str,
+    actor: str,
+    at: str,
+    details: str,
+    node: str,
+    os_user: str,
+    prev_hash: str,
+    seq: int,
+    subject_id: str | None,
+    subject_type: str,
+) -> str:
+    """``at``, ``node`` and ``os_user`` come JSON-encoded (a batch shares them), the rest raw."""
     body = (
-        f'{{"action":{_s(get("action"))},"actor":{_s(get("actor"))},'
-        f'"at":"{get("at").astimezone(UTC).isoformat(timespec="microseconds")}",'
-        f'"details":{_s(get("details"))},"node":{_s(get("node"))},'
-        f'"os_user":{_s(get("os_user"))},"prev_hash":{_s(get("prev_hash"))},'
-        f'"seq":{int(get("seq"))},"subject_id":{"null" if subject_id is None else _s(subject_id)},'
-        f'"subject_type":{_s(get("subject_type"))}}}'
+        f'{{"action":{_s(action)},"actor":{_s(actor)},"at":{at},"details":{_s(details)},'
+        f'"node":{node},"os_user":{os_user},"prev_hash":{_s(prev_hash)},"seq":{int(seq)},'
+        f'"subject_id":{"null" if subject_id is None else _s(subject_id)},'
+        f'"subject_type":{_s(subject_type)}}}'
     )
     return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _at(moment: datetime) -> str:
+    return f'"{moment.astimezone(UTC).isoformat(timespec="microseconds")}"'
 
 
 # the string encoder json.dumps(ensure_ascii=False) uses
@@ -155,11 +183,18 @@ def chain(
     moment = (at or datetime.now(UTC)).astimezone(UTC)
     node, os_user = ctx.node[:64], ctx.os_user[:64]
     seq, prev = (head.seq, head.hash) if isinstance(head, AuditHead) else head
+    at_json, node_json, user_json = _at(moment), _s(node), _s(os_user)  # shared by every row
+    encoded: dict[int, tuple[Any, str]] = {}  # details dict (kept alive) -> its JSON, checked
     values = []
     for row in rows:
-        details = canonical_json(row.get("details") or {})
-        if _LOOKS_LIKE_E164.search(details):
-            raise ValueError("audit details must not contain a phone number")
+        raw = row.get("details") or {}
+        if (seen := encoded.get(id(raw))) is not None and seen[0] is raw:
+            details = seen[1]  # a purge's rows share one details dict per category
+        else:
+            details = canonical_json(raw)
+            if _LOOKS_LIKE_E164.search(details):
+                raise ValueError("audit details must not contain a phone number")
+            encoded[id(raw)] = (raw, details)
         seq += 1
         value = {
             "seq": seq,
@@ -173,7 +208,18 @@ def chain(
             "details": details,
             "prev_hash": prev,
         }
-        value["hash"] = prev = entry_hash(value)
+        value["hash"] = prev = _hash(
+            value["action"],
+            value["actor"],
+            at_json,
+            details,
+            node_json,
+            user_json,
+            value["prev_hash"],
+            seq,
+            value["subject_id"],
+            value["subject_type"],
+        )
         values.append(value)
     return values
 

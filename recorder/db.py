@@ -48,6 +48,9 @@ def _sqlite_pragmas(engine: Engine) -> None:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")  # a committed finalization survives power loss
         cur.execute("PRAGMA foreign_keys=ON")
+        # 16 MiB of page cache (the default is 2): a purge batch rewrites pages all over the
+        # audit indexes, and re-reading them from the OS cost it a tenth of its time.
+        cur.execute("PRAGMA cache_size=-16384")
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cur.close()
 

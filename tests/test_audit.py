@@ -215,3 +215,34 @@ def test_entry_hash_is_the_sha256_of_the_documented_canonical_json(seq, texts, s
     fields |= {"seq": seq, "subject_id": subject_id, "at": at}
     reference = audit.canonical_json({**fields, "at": at.isoformat(timespec="microseconds")})
     assert audit.entry_hash(fields) == hashlib.sha256(reference.encode()).hexdigest()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    texts=st.lists(st.text(max_size=12), min_size=1, max_size=12),
+    shared=st.booleans(),
+    at=st.datetimes(timezones=st.just(__import__("datetime").timezone.utc)),
+)
+def test_chain_hashes_every_row_as_entry_hash_does(texts, shared, at):
+    """chain() encodes what its rows share once (and a details dict once): each hash must
+    still be entry_hash of that row, and each row must follow the one before."""
+    one = {"reason": "retention", "category": "x"}
+    rows = [
+        {
+            "actor": t or "a",
+            "action": "recording.purged" if i % 2 else t,
+            "subject_type": "recording",
+            "subject_id": None if i % 3 == 0 else t,
+            **({"details": one if shared else {"n": i, "text": t}} if i % 4 else {}),
+        }
+        for i, t in enumerate(texts)
+    ]
+    ctx = audit.AuditContext(node="pbx-1 ü", os_user='root "x"')
+    values = audit.chain((41, "ab" * 32), ctx, rows, at=at)
+    assert [v["seq"] for v in values] == list(range(42, 42 + len(rows)))
+    prev = "ab" * 32
+    for v, r in zip(values, rows, strict=True):
+        assert v["prev_hash"] == prev
+        assert v["details"] == audit.canonical_json(r.get("details") or {})
+        assert v["hash"] == audit.entry_hash(v)
+        prev = v["hash"]

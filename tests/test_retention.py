@@ -332,3 +332,52 @@ def test_a_hold_racing_a_purge_reports_the_audio_gone(
         custody(rig).hold(rid, rig.keys, actor="dana", reason="case 9")
     assert row(rig.app, rid).state == "purged" and not row(rig.app, rid).legal_hold
     assert audit_actions(rig.app, "recording.held") == []
+
+
+def test_many_files_some_stuck_each_failure_lands_on_its_own_row(app: App) -> None:
+    """Several batches, each unlinked by many threads at once: a file that cannot go (here a
+    directory where the file should be) fails on its own row, wherever it sits, and every
+    other row is purged and audited."""
+    where = app.config.vault_dir
+    where.mkdir(parents=True, exist_ok=True)
+    call = app.ledger.open_call(pbx="import", pbx_call_id="many", campaign="default")
+    old = datetime.now(UTC) - timedelta(days=40)
+    ids = [str(uuid.uuid4()) for _ in range(700)]
+    stuck = {rid for i, rid in enumerate(ids) if i % 37 in (0, 36) or i == 699}
+    for rid in ids:
+        path = where / f"{rid}.ccrec"
+        if rid in stuck:
+            (path / "inside").mkdir(parents=True)  # a non-empty directory: unlink fails
+        else:
+            path.write_bytes(b"x")
+    with app.db.write() as s:
+        s.execute(
+            sa.insert(Recording),
+            [
+                {
+                    "id": rid,
+                    "call_id": call.id,
+                    "state": "encrypted",
+                    "spool_path": "-",
+                    "format": "wav",
+                    "channels": 1,
+                    "retention_category": "default",
+                    "started_at": old,
+                    "expires_at": old + timedelta(seconds=i),
+                    "ciphertext_path": str(where / f"{rid}.ccrec"),
+                    "legal_hold": False,
+                }
+                for i, rid in enumerate(ids)
+            ],
+        )
+    report = retention(app, at=datetime.now(UTC), batch=260).run(shred=False)
+    assert sorted(report.purged) == sorted(set(ids) - stuck)
+    assert {rid: why for rid, why in report.failed} == {
+        rid: f"Is a directory ({where / f'{rid}.ccrec'})" for rid in stuck
+    }
+    for rid in ids:
+        assert row(app, rid).state == ("encrypted" if rid in stuck else "purged")
+        assert (where / f"{rid}.ccrec").exists() == (rid in stuck)
+    assert sorted(audit_actions(app, "recording.purged")) == sorted(set(ids) - stuck)
+    with app.db.read() as s:
+        assert audit.verify(s).ok
