@@ -118,8 +118,9 @@ class AgiEnvironment:
 
 
 def parse_environment(lines: Iterable[bytes]) -> AgiEnvironment:
-    """Split the environment lines (without the final blank line) into trusted and untrusted
-    parts. Every oddity is noted in ``anomalies``; none of them changes a trusted key."""
+    """Split the environment lines (without the final blank line; each with or without its
+    ``\\n``) into trusted and untrusted parts. Every oddity is noted in ``anomalies``; none
+    of them changes a trusted key."""
     trusted: dict[str, str] = {}
     untrusted: list[tuple[str, str]] = []
     anomalies: list[str] = []
@@ -170,18 +171,21 @@ class EnvironmentReader:
     lines: list[bytes] = field(default_factory=list)
     size: int = 0
 
-    def feed(self, line: bytes) -> bool:
-        """Add one line (with its ``\\n``); True once the blank line has arrived."""
-        self.size += len(line)
-        if self.size > self.max_bytes or len(self.lines) >= self.max_lines:
-            raise EnvironmentTooLarge(
-                f"the AGI environment exceeds {self.max_bytes} bytes or {self.max_lines} lines "
-                f"(got {len(self.lines)} lines, {self.size} bytes without the blank line)"
-            )
-        if line in (b"\n", b"\r\n"):
-            return True
-        self.lines.append(line)
-        return False
+    def feed(self, lines: list[bytes]) -> int | None:
+        """Add lines (cut at ``\\n``, without it). Returns the index in ``lines`` of the
+        blank line once it has arrived (what follows it is for the session), else None."""
+        for i, line in enumerate(lines):
+            self.size += len(line) + 1
+            if self.size > self.max_bytes or len(self.lines) >= self.max_lines:
+                raise EnvironmentTooLarge(
+                    f"the AGI environment exceeds {self.max_bytes} bytes or {self.max_lines} "
+                    f"lines (got {len(self.lines)} lines, {self.size} bytes without the blank "
+                    "line)"
+                )
+            if line in (b"", b"\r"):
+                return i
+            self.lines.append(line)
+        return None
 
 
 # -- replies --------------------------------------------------------------------------------
@@ -225,8 +229,12 @@ class StrayLine:
 Incoming = Reply | HangupNotice | StrayLine
 
 
+@functools.lru_cache(maxsize=512)
 def parse_reply_line(line: bytes) -> Reply | None:
-    """Parse one complete reply line (not a 520 block line); None if it is not one."""
+    """Parse one complete reply line (not a 520 block line); None if it is not one.
+
+    Cached: most replies are the same few lines (``200 result=1``), and a Reply is a tuple,
+    so one parsed line can be handed to every session that receives it."""
     m = _REPLY.match(line.rstrip(b"\r\n"))
     if m is None or m.group(2) != b" ":
         return None

@@ -43,12 +43,18 @@ class ServerLimits:
     max_line: int = 65536
 
 
-class _AgiConnection(asyncio.Protocol):
+class _AgiConnection(asyncio.BufferedProtocol):
     """One TCP connection: lines are cut as bytes arrive (no reader task per session) and
-    fed first to the environment reader, then to the session."""
+    fed first to the environment reader, then to the session.
+
+    A buffered protocol: the socket is read into the server's one buffer, which
+    :meth:`buffer_updated` empties before it returns. A plain ``Protocol`` has asyncio
+    allocate a fresh 256 KiB object for every read, a quarter of the server's time when each
+    read is one short AGI reply."""
 
     def __init__(self, server: FastAgiServer) -> None:
         self.server = server
+        self._buffer = server._read_buffer
         self.limits = server.limits
         self.env = p.EnvironmentReader(max_bytes=self.limits.env_max_bytes)
         self.session: AgiSession | None = None
@@ -69,6 +75,12 @@ class _AgiConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.limits.env_timeout_s, self._fail, "timeout")
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._buffer[:nbytes].tobytes())
+
     def data_received(self, data: bytes) -> None:
         if self._done:
             return
@@ -77,20 +89,22 @@ class _AgiConnection(asyncio.Protocol):
         if len(self._rest) > self.limits.max_line:
             self._fail("a line is too long")
             return
-        for line in lines:
-            line += b"\n"
-            if self.session is not None:
-                self.session.feed_line(line)
-                if self.session.closed:
-                    return
-                continue
+        if self.session is None:
             try:
-                complete = self.env.feed(line)
+                blank = self.env.feed(lines)
             except p.EnvironmentTooLarge as exc:
                 self._fail(str(exc))
                 return
-            if complete:
-                self._start(p.parse_environment(self.env.lines))
+            if blank is None:
+                return
+            self._start(p.parse_environment(self.env.lines))
+            lines = lines[blank + 1 :]  # what came after the blank line: the session's
+        session = self.session
+        assert session is not None
+        for line in lines:
+            session.feed_line(line + b"\n")
+            if session.closed:
+                return
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
@@ -147,6 +161,9 @@ class FastAgiServer:
         self.host = host
         self.port = port
         self.limits = limits or ServerLimits()
+        # shared by this server's connections: the loop reads one socket at a time, and each
+        # read is consumed before the next (see _AgiConnection)
+        self._read_buffer = memoryview(bytearray(65536))
         self.close_on_hangup = close_on_hangup
         self.sync = sync
         self.sessions: set[AgiSession] = set()

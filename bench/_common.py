@@ -3,6 +3,7 @@ process (the benchmark script itself, with ``--serve KIND --port N``) that says 
 
 from __future__ import annotations
 
+import os
 import resource
 import socket
 import subprocess
@@ -16,6 +17,13 @@ def raise_fd_limit() -> None:
     """Thousands of concurrent sessions need thousands of sockets on each side."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:

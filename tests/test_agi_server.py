@@ -62,10 +62,11 @@ def test_eof_in_the_middle_of_the_environment_ends_only_that_session() -> None:
     ("data", "limits"),
     [
         (b"agi_network: yes\n" * 200, ServerLimits()),  # too many lines
+        ((b"agi_x: " + b"y" * 200 + b"\n") * 100 + b"\n", ServerLimits()),  # 20 kB > 16 kB
         (b"agi_x: " + b"y" * 70000 + b"\n\n", ServerLimits()),  # one absurd line
         (b"agi_network: yes\n", ServerLimits(env_timeout_s=0.2)),  # never finishes
     ],
-    ids=["lines", "long-line", "timeout"],
+    ids=["lines", "bytes", "long-line", "timeout"],
 )
 def test_a_bad_environment_is_refused_without_running_a_handler(
     data: bytes, limits: ServerLimits
@@ -87,6 +88,37 @@ def test_a_bad_environment_is_refused_without_running_a_handler(
 
     assert asyncio.run(scenario()) == b""
     assert ran == []
+
+
+def test_an_environment_arriving_a_byte_at_a_time_is_read_whole() -> None:
+    got: list[object] = []
+
+    async def handler(session: AgiSession) -> None:
+        got.append(session.env.trusted)
+        got.append(await session.value("${CHANNEL(state)}"))
+
+    async def scenario() -> None:
+        server = await started(handler)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            for byte in b"".join(ENV):
+                writer.write(bytes([byte]))
+                await writer.drain()
+            line = await asyncio.wait_for(reader.readline(), 5)
+            nonce, expr = line.split(b'"')[1].split(b"|")
+            assert expr == b"${BASE64_ENCODE(${CHANNEL(state)})}"
+            for byte in b"200 result=1 (" + nonce + b"|" + base64.b64encode(b"Up") + b")\n":
+                writer.write(bytes([byte]))
+                await writer.drain()
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # done, closed
+            writer.close()
+        finally:
+            await server.stop()
+
+    asyncio.run(scenario())
+    trusted, state = got
+    assert trusted == p.parse_environment(ENV[:-1]).trusted
+    assert trusted["agi_uniqueid"] == "1795345576.9" and state == "Up"
 
 
 def test_sessions_beyond_the_limit_are_closed_at_once() -> None:
