@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,6 +36,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from callconsent import config as config_mod
 from callconsent.app import App
 from callconsent.recordings import retention_rule
+from recorder import fileformat as ff
 from recorder.expiry import epochs_between
 from recorder.finalizer import Finalizer, FinalizerSettings, Outcome
 from recorder.keystore import KeyStore
@@ -100,22 +103,49 @@ async def ours(app: App, fin: TimedFinalizer, audio: bytes, interval: float) -> 
     return [(fin.done[r] - closed[r]) * 1000 for r in rids]
 
 
-def peer(spool: Path, out: Path, audio: bytes, workers: int, interval: float) -> list[float]:
+def bare(path: Path, target: Path) -> None:
+    """The peer: one-shot AESGCM of the whole file, write, fsync, unlink."""
+    sealed = AESGCM(os.urandom(32)).encrypt(os.urandom(12), path.read_bytes(), None)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.write(fd, sealed)
+    os.fsync(fd)
+    os.close(fd)
+    path.unlink()
+
+
+def floor(path: Path, target: Path) -> None:
+    """The limit: what any finalizer must do to a recording under our format and evidence
+    rules, nothing else: read it, SHA-256 the plaintext, encrypt it in 64 KiB GCM segments,
+    SHA-256 the ciphertext, write, fsync, unlink. No store, no audit, no WAV check."""
+    header = ff.Header(str(uuid.uuid4()), os.urandom(ff.NONCE_PREFIX_SIZE))
+    enc = ff.StreamEncryptor(os.urandom(32), header, [])
+    pt_hash, ct_hash = hashlib.sha256(), hashlib.sha256(enc.header)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            pt_hash.update(chunk)
+            out = enc.update(chunk)
+            ct_hash.update(out)
+            os.write(fd, out)
+    out = enc.finalize()
+    ct_hash.update(out)
+    os.write(fd, out)
+    os.fsync(fd)
+    os.close(fd)
+    path.unlink()
+
+
+def peer(
+    spool: Path, out: Path, audio: bytes, workers: int, interval: float, work: Callable
+) -> list[float]:
     paths = []
     for i in range(IN_FLIGHT):
         p = spool / f"peer-{i}.wav"
         p.write_bytes(audio)
         paths.append(p)
-    aead = AESGCM(os.urandom(32))
 
     def one(p: Path, t0: float) -> float:
-        sealed = aead.encrypt(os.urandom(12), p.read_bytes(), None)
-        target = out / (p.name + ".enc")
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.write(fd, sealed)
-        os.fsync(fd)
-        os.close(fd)
-        p.unlink()
+        work(p, out / (p.name + ".enc"))
         return (time.perf_counter() - t0) * 1000
 
     with ThreadPoolExecutor(workers) as pool:
@@ -152,7 +182,7 @@ def main() -> None:
         )  # fmt: skip
         app.ledger.sink = fin
         loads = {"steady": STEADY_INTERVAL_S, "burst": 0.0}
-        results: dict[str, dict[str, list[float]]] = {k: {"ours": [], "peer": []} for k in loads}
+        results = {k: {"ours": [], "floor": [], "peer": []} for k in loads}
 
         async def run() -> None:
             await fin.start()
@@ -168,7 +198,10 @@ def main() -> None:
         peer_out.mkdir()
         for _ in range(rounds):
             for load, interval in loads.items():
-                results[load]["peer"] += peer(app.spool.path, peer_out, audio, workers, interval)
+                for side, work in (("floor", floor), ("peer", bare)):
+                    results[load][side] += peer(
+                        app.spool.path, peer_out, audio, workers, interval, work
+                    )
         app.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -177,21 +210,30 @@ def main() -> None:
     print(f"{'load':<7} {'':<34} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     summary: dict[str, object] = {"bench": "finalize", "quick": args.quick, "in_flight": IN_FLIGHT}
     for load, sides in results.items():
-        for side, name in (("ours", "callconsent finalizer"), ("peer", "peer: bare encrypt+fsync")):
+        for side, name in (
+            ("ours", "callconsent finalizer"),
+            ("floor", "limit: format's minimum work"),
+            ("peer", "peer: bare encrypt+fsync"),
+        ):
             ms = sides[side]
             print(f"{load:<7} {name:<34} {statistics.median(ms):>8.1f} {pct(ms, 0.99):>8.1f} "
                   f"{max(ms):>8.1f}")  # fmt: skip
         p99, peer_p99 = pct(sides["ours"], 0.99), pct(sides["peer"], 0.99)
+        summary[f"{load}_floor_p99_ms"] = round(pct(sides["floor"], 0.99), 1)
         summary[f"{load}_p50_ms"] = round(statistics.median(sides["ours"]), 1)
         summary[f"{load}_p99_ms"] = round(p99, 1)
         summary[f"{load}_peer_p99_ms"] = round(peer_p99, 1)
         summary[f"{load}_ratio_to_peer"] = round(p99 / peer_p99, 2)
     steady = summary["steady_p99_ms"]
-    burst, bare = summary["burst_p99_ms"], summary["burst_peer_p99_ms"]
-    print(f"goal: p99 <= 250 ms in the steady load: {steady} ms; "
-          f"burst p99 {burst} ms (the bare peer: {bare} ms)")  # fmt: skip
+    burst, bare_p99 = summary["burst_p99_ms"], summary["burst_peer_p99_ms"]
+    limit = summary["burst_floor_p99_ms"]
+    print(f"goal: p99 <= 250 ms with 50 in flight: steady {steady} ms; burst {burst} ms, where "
+          f"the format's minimum work alone takes {limit} ms on {os.cpu_count()} cores "
+          f"(the bare peer, without the two SHA-256: {bare_p99} ms)")  # fmt: skip
     summary["workers"] = workers
-    summary["goal_p99_met"] = steady <= 250  # type: ignore[operator]
+    summary["cores"] = os.cpu_count()
+    summary["goal_p99_met_steady"] = steady <= 250  # type: ignore[operator]
+    summary["goal_p99_met_burst"] = burst <= 250  # type: ignore[operator]
     print(json.dumps(summary))
 
 
