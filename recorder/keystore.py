@@ -101,21 +101,25 @@ class KeyStore:
     def destroy_private(self, epoch_id: str, actor: str, reason: str) -> bool:
         """Crypto-shredding: delete the epoch's private key file and mark the epoch destroyed,
         audited. False if this host does not hold the private key (it is kept elsewhere, and
-        must be destroyed there); the epoch is then not marked."""
+        must be destroyed there); the epoch is then not marked.
+
+        An empty ``.epoch-<id>.key.destroying`` file is written (and fsynced) before the key
+        is deleted and removed after the commit: if the process dies in between, the next
+        call finds the intent and the missing key, and commits the destruction here instead
+        of reporting the key as kept on another host."""
         path = self.keydir.path / private_name(epoch_id)
+        intent = self.keydir.path / f".{private_name(epoch_id)}.destroying"
         # a writer that crashed between its link and its unlink (KeyDir.write_new) left a
         # second name for the same key: it must go too, or the key survives its shredding
         for leftover in self.keydir.path.glob(f".{private_name(epoch_id)}.tmp-*"):
             leftover.unlink(missing_ok=True)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
+        if path.exists():
+            os.close(os.open(intent, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+            self._fsync_keydir()
+            path.unlink(missing_ok=True)
+            self._fsync_keydir()
+        elif not intent.exists():
             return False
-        dir_fd = os.open(self.keydir.path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
         with self.db.write() as s:
             row = s.get(KeyEpoch, epoch_id)
             if row is not None and row.destroyed_at is None:
@@ -129,7 +133,15 @@ class KeyStore:
                 subject_id=epoch_id,
                 details={"reason": reason},
             )
+        intent.unlink(missing_ok=True)
         return True
+
+    def _fsync_keydir(self) -> None:
+        dir_fd = os.open(self.keydir.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def epoch(self, epoch_id: str) -> Epoch | None:
         with self.db.read() as s:

@@ -381,3 +381,36 @@ def test_many_files_some_stuck_each_failure_lands_on_its_own_row(app: App) -> No
     assert sorted(audit_actions(app, "recording.purged")) == sorted(set(ids) - stuck)
     with app.db.read() as s:
         assert audit.verify(s).ok
+
+
+def test_a_shredding_cut_short_after_the_key_went_is_completed_by_the_next_pass(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process dies between deleting the key file and committing: the next pass must
+    record the destruction, not report the key as kept on another host."""
+    rid = encrypted(rig)
+    epoch = row(rig.app, rid).key_epoch
+    key_file = rig.app.keydir.path / f"epoch-{epoch}.key"
+    real_append = audit.append
+
+    def dies(*a, **kw):  # type: ignore[no-untyped-def]
+        if kw.get("action") == "key_epoch.destroyed":
+            raise SystemExit("killed")
+        return real_append(*a, **kw)
+
+    monkeypatch.setattr("recorder.keystore.audit.append", dies)
+    with pytest.raises(SystemExit):
+        rig.keys.store.destroy_private(epoch, "retention", "no live recording needs it")
+    assert not key_file.exists()
+    with rig.app.db.read() as s:
+        assert s.get(KeyEpoch, epoch).destroyed_at is None  # rolled back
+    monkeypatch.undo()
+    report = retention(rig.app).run()
+    assert epoch in report.shredded and epoch not in report.shred_elsewhere
+    with rig.app.db.read() as s:
+        assert s.get(KeyEpoch, epoch).destroyed_at is not None
+        assert audit.verify(s).ok
+    assert audit_actions(rig.app, "key_epoch.destroyed").count(epoch) == 1
+    assert not list(rig.app.keydir.path.glob(".*destroying"))  # the intent is gone too
+    again = retention(rig.app).run()
+    assert epoch not in again.shredded + again.shred_elsewhere
