@@ -122,17 +122,19 @@ class KeyStore:
             return False
         with self.db.write() as s:
             row = s.get(KeyEpoch, epoch_id)
-            if row is not None and row.destroyed_at is None:
+            recorded = row is not None and row.destroyed_at is not None  # by a racing run
+            if row is not None and not recorded:
                 row.destroyed_at = datetime.now(UTC)
-            audit.append(
-                s,
-                self.ctx,
-                actor=actor,
-                action="key_epoch.destroyed",
-                subject_type="key_epoch",
-                subject_id=epoch_id,
-                details={"reason": reason},
-            )
+            if not recorded:
+                audit.append(
+                    s,
+                    self.ctx,
+                    actor=actor,
+                    action="key_epoch.destroyed",
+                    subject_type="key_epoch",
+                    subject_id=epoch_id,
+                    details={"reason": reason},
+                )
         intent.unlink(missing_ok=True)
         return True
 

@@ -414,3 +414,9 @@ def test_a_shredding_cut_short_after_the_key_went_is_completed_by_the_next_pass(
     assert not list(rig.app.keydir.path.glob(".*destroying"))  # the intent is gone too
     again = retention(rig.app).run()
     assert epoch not in again.shredded + again.shred_elsewhere
+    # a second destroyer racing the first finds the intent it left: the destruction is
+    # recorded once, not twice
+    (rig.app.keydir.path / f".epoch-{epoch}.key.destroying").touch()
+    assert rig.keys.store.destroy_private(epoch, "retention", "again")
+    assert audit_actions(rig.app, "key_epoch.destroyed").count(epoch) == 1
+    assert not list(rig.app.keydir.path.glob(".*destroying"))
