@@ -34,10 +34,12 @@ from agi.closure import Closer
 from agi.control import AmiControl
 from agi.protocol import AgiEnvironment
 from agi.server import Handler
+from recorder import withdrawals
 from recorder.callbook import CallBook, LiveCall, RecordingFile
 from recorder.models import ConsentRecord, Recording
 from recorder.orphans import OpenCall, Orphans
 from recorder.spool import Spool
+from recorder.withdrawals import SpoolMarks
 
 log = logging.getLogger("callconsent.agi")
 
@@ -92,6 +94,7 @@ class AsteriskAdapter:
         self.ami_system = ami_system
         self.registry = CallRegistry()
         self.orphans = Orphans(calls, PBX)  # open calls of a daemon that restarted
+        calls.marks[PBX] = SpoolMarks(spool.path)  # callconsent-withdraw's FILE() marks
         self.closer = Closer(calls, self.registry, options.header_wait_s)
         self._tasks: set[asyncio.Task[None]] = set()
         self._watchers: set[asyncio.Task[None]] = set()
@@ -170,7 +173,8 @@ class AsteriskAdapter:
 
     async def _orphan_alive(self, orphan: OpenCall) -> None:
         """A call from before a daemon restart, still up: did its caller press the withdraw
-        key while we were down? ``callconsent-withdraw`` marks the channel before its AGI."""
+        key while we were down? ``callconsent-withdraw`` marks the channel (and the spool:
+        its time is the withdrawal's) before its AGI."""
         if self.ami is None:
             return
         marked = [uid for uid in sorted(orphan.channels) if await self._withdrawn_mark(uid)]
@@ -181,8 +185,9 @@ class AsteriskAdapter:
             return
         if live.machine.phase is not c.Phase.CONNECTED:
             return
-        log.info("caller_withdrew_while_daemon_was_down", extra={"kv": {"call": live.ref.id}})
-        await live.feed(c.CallerWithdrew(), live.control)
+        found = await live.consult_withdraw_marks(live.control)
+        if not found and live.status is c.ConsentStatus.GRANTED:  # a variable, no file:
+            await withdrawals.learn(live, None, live.control)  # the time is unknown
         for uid in marked:  # as the withdraw AGI does: the key is the caller's again
             found = await self.ami.action("Getvar", Channel=uid, Variable="DYNAMIC_FEATURES")
             kept = [f for f in str(found.get("Value") or "").split("#") if f]

@@ -53,6 +53,9 @@ class DialplanSettings:
             # one line of an Asterisk config: no line breaks, no comment char, no brackets
             if re.search(r"[\r\n;\[\]]", value.replace(host, "")) or not value:
                 raise RenderError(f"{name.lower()} cannot go into an Asterisk file: {value!r}")
+        if not re.fullmatch(r"/[A-Za-z0-9._/+-]*", self.spool):
+            # it goes into FILE(...) and MixMonitor's arguments: no ',', '(', ')', '$', spaces
+            raise RenderError(f"spool must be an absolute path of plain characters: {self.spool!r}")
         codes = [self.feature_start, self.feature_pause, self.feature_stop, self.feature_discard]
         if len(set(codes)) != len(codes):
             raise RenderError(f"the agent feature codes must differ: {codes}")

@@ -7,6 +7,7 @@ Small frozen classes, as in h11. An adapter builds them from PBX replies and fee
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
@@ -91,7 +92,13 @@ class AgentCommand(Event):
 
 @dataclass(frozen=True, slots=True)
 class CallerWithdrew(Event):
-    """The caller took consent back mid-call (the configured withdraw key, or an IVR option)."""
+    """The caller took consent back mid-call (the configured withdraw key, or an IVR option).
+
+    ``at`` is when, if the adapter learnt of it later (the PBX's mark of a key pressed while
+    callconsent was away); then ``cause`` says so in the evidence."""
+
+    at: datetime | None = None
+    cause: str = "caller_withdrew"
 
 
 @dataclass(frozen=True, slots=True)

@@ -377,12 +377,12 @@ class ConsentCall:
             return self._withdrew(CallerWithdrew())
         return []
 
-    def _withdrew(self, _: CallerWithdrew) -> list[Action]:
+    def _withdrew(self, event: CallerWithdrew) -> list[Action]:
         if self.status is not ConsentStatus.GRANTED:
             return []  # nothing was consented to, so there is nothing to withdraw
         self.status = ConsentStatus.WITHDRAWN
         actions: list[Action] = [
-            LogStatusChange(ConsentStatus.WITHDRAWN, "caller_withdrew", self._clock()),
+            LogStatusChange(ConsentStatus.WITHDRAWN, event.cause, event.at or self._clock()),
             SetVariables({"CONSENT_STATUS": ConsentStatus.WITHDRAWN.value}),
         ]
         if self.policy.monitoring_allowed:

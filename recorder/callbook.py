@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Protocol
 
 import consent_ivr as c
-from recorder import metrics
+from recorder import metrics, withdrawals
 from recorder.ledger import CallRef, Ledger
 from recorder.prompts import PromptCatalog, PromptFile
+from recorder.withdrawals import WithdrawMarks
 
 log = logging.getLogger("callconsent.calls")
 
@@ -88,6 +89,7 @@ class LiveCall:
     pbx_refs: dict[str, str | None] = field(default_factory=dict)
     prompt_digests: dict[str, str] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    marks: WithdrawMarks | None = None  # where the PBX marks withdrawals we may not hear
 
     @property
     def status(self) -> c.ConsentStatus | None:
@@ -167,9 +169,25 @@ class LiveCall:
             await self.feed(c.RecordingStopped(recording_id))
 
     async def hung_up(self) -> None:
+        await self.consult_withdraw_marks()
         if self.machine.phase is not c.Phase.ENDED:
             await self.feed(c.HungUp())
         await asyncio.to_thread(self.ledger.call_ended, self.ref.id)
+
+    async def consult_withdraw_marks(self, control: CallControl | None = None) -> bool:
+        """Before the call ends: did the caller press the withdraw key while we could not
+        hear it (:mod:`recorder.withdrawals`)? A failure to ask is logged, not raised: the
+        hangup goes on. True if a withdrawal was learnt."""
+        if self.marks is None or self.machine.policy.withdraw_digit is None:
+            return False
+        if self.status not in (c.ConsentStatus.GRANTED, c.ConsentStatus.WITHDRAWN):
+            return False
+        try:
+            channels = await asyncio.to_thread(self.ledger.customer_channels, self.ref.id)
+            return await withdrawals.consult(self, self.marks, channels, control)
+        except Exception:
+            log.exception("withdraw_marks_unread", extra={"kv": {"call": self.ref.id}})
+            return False
 
     async def _perform(self, action: c.Action, port: CallControl | None) -> c.Event | None:
         ledger = self.ledger
@@ -301,6 +319,8 @@ class CallBook:
         self.policies = policies  # a callable, so SIGHUP's new policies apply to new calls
         self.prompts = prompts
         self._calls: dict[tuple[str, str], LiveCall] = {}
+        #: per PBX, where its dialplan marks a withdrawal (recorder.withdrawals)
+        self.marks: dict[str, WithdrawMarks] = {}
         #: per PBX, called with each call rebuilt from the store (an adapter gives it back its
         #: out-of-band control, so `callconsent record` reaches it after a daemon restart)
         self.restorers: dict[str, Callable[[LiveCall], Awaitable[None]]] = {}
@@ -339,7 +359,13 @@ class CallBook:
             policy, channel_language=channel_language, available_languages=available
         )
         live = LiveCall(
-            ref, machine, self.ledger, self.prompts, control=control, pbx_channel_id=pbx_channel_id
+            ref,
+            machine,
+            self.ledger,
+            self.prompts,
+            control=control,
+            pbx_channel_id=pbx_channel_id,
+            marks=self.marks.get(pbx),
         )
         self._calls.setdefault(key, live)
         return self._calls[key]
@@ -366,7 +392,11 @@ class CallBook:
             ended=state.ended,
         )
         live = LiveCall(
-            state.ref, c.ConsentCall.restore(policy, snapshot), self.ledger, self.prompts
+            state.ref,
+            c.ConsentCall.restore(policy, snapshot),
+            self.ledger,
+            self.prompts,
+            marks=self.marks.get(pbx),
         )
         live.pbx_refs = {rid: ref for rid, (_, ref) in state.recordings.items()}
         log.info(

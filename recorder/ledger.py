@@ -374,6 +374,21 @@ class Ledger:
                 _ref(call), decision.id, decision.language, call.ended_at is not None, recordings
             )
 
+    def customer_channels(self, call_id: str) -> set[str]:
+        """The PBX channels a call's decision was taken and its recordings run on."""
+        with self.db.read() as s:
+            decided = s.scalars(
+                select(ConsentRecord.pbx_channel_id).where(
+                    ConsentRecord.call_id == call_id, ConsentRecord.pbx_channel_id.is_not(None)
+                )
+            )
+            recorded = s.scalars(
+                select(Recording.pbx_channel).where(
+                    Recording.call_id == call_id, Recording.pbx_channel.is_not(None)
+                )
+            )
+            return {ch for ch in [*decided, *recorded] if ch}
+
     def recordings_of_call(self, call_id: str) -> list[Recording]:
         with self.db.read() as s:
             return list(

@@ -16,15 +16,20 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import select
 
+from recorder import withdrawals
 from recorder.callbook import CallBook
 from recorder.ledger import Ledger
 from recorder.models import Call, ConsentRecord, Recording
 
 log = logging.getLogger("callconsent.calls")
 _CHUNK = 500  # ids per IN list
+#: a withdraw mark of no open call is left this long (a crash between a call's end and the
+#: mark's removal), then removed by the next sweep
+STALE_MARK_AGE = timedelta(days=1)
 
 # a channel's existence as the PBX says: True, False, or None when it did not answer
 ChannelExists = Callable[[str], Awaitable[bool | None]]
@@ -71,6 +76,7 @@ class Orphans:
     def __init__(self, calls: CallBook, pbx: str) -> None:
         self.calls, self.pbx = calls, pbx
         self._alive: dict[str, set[str]] = {}  # call id -> its channels still up
+        self._watched: dict[str, OpenCall] = {}
         self._by_channel: dict[str, str] = {}  # channel -> call id
         self._sweeping = asyncio.Lock()  # one sweep at a time, however quick the re-logins
 
@@ -104,6 +110,13 @@ class Orphans:
                     log.exception("orphan_check_failed", extra={"kv": {"call": call.id}})
             if self._alive:
                 log.info("orphan_calls_watched", extra={"kv": {"calls": len(self._alive)}})
+            remove_stale = getattr(self.calls.marks.get(self.pbx), "remove_stale", None)
+            if remove_stale is not None:
+                keep = {ch for call in found for ch in call.channels}
+                try:
+                    await asyncio.to_thread(remove_stale, keep, STALE_MARK_AGE)
+                except OSError:
+                    log.exception("stale_withdraw_marks_unremoved")
 
     async def _check(
         self,
@@ -123,8 +136,9 @@ class Orphans:
                 up = True
                 self._alive.setdefault(call.id, set()).add(channel)
                 self._by_channel[channel] = call.id
+                self._watched[call.id] = call
         if not up:
-            await self._end(call.id, "gone_while_daemon_away")
+            await self._end(call, "gone_while_daemon_away")
         elif on_alive is not None:
             await on_alive(call)
         return True
@@ -139,18 +153,42 @@ class Orphans:
             up.discard(channel)
             del self._by_channel[channel]
             return
-        if await self._end(call_id, "hung_up_after_daemon_restart"):
+        if await self._end(self._watched[call_id], "hung_up_after_daemon_restart"):
             self._unwatch(call_id)  # only once the store knows: else the next hangup retries
 
     def _unwatch(self, call_id: str) -> None:
+        self._watched.pop(call_id, None)
         for channel in self._alive.pop(call_id, set()):
             self._by_channel.pop(channel, None)
 
-    async def _end(self, call_id: str, why: str) -> bool:
+    async def _end(self, call: OpenCall, why: str) -> bool:
         try:
-            await asyncio.to_thread(self.calls.ledger.call_ended, call_id)
+            await self._withdrawn_meanwhile(call)
+            await asyncio.to_thread(self.calls.ledger.call_ended, call.id)
         except Exception:
-            log.exception("orphan_end_failed", extra={"kv": {"call": call_id}})
+            log.exception("orphan_end_failed", extra={"kv": {"call": call.id}})
             return False
-        log.info("orphan_call_ended", extra={"kv": {"call": call_id, "why": why}})
+        log.info("orphan_call_ended", extra={"kv": {"call": call.id, "why": why}})
         return True
+
+    async def _withdrawn_meanwhile(self, call: OpenCall) -> None:
+        """Before the store ends the call: a withdraw key pressed while nobody heard it left
+        a mark (recorder.withdrawals), and the call is rebuilt to act on it. Raises if the
+        marks cannot be read, so the call is not ended on a guess."""
+        marks = self.calls.marks.get(self.pbx)
+        if marks is None:
+            return
+        found = [ch for ch in sorted(call.channels) if await marks.find(ch) is not None]
+        if not found:
+            return
+        held = self.calls.find(self.pbx, call.pbx_call_id) is not None
+        live = await self.calls.lookup(self.pbx, call.pbx_call_id)
+        try:
+            if live is not None:
+                await withdrawals.consult(live, marks, call.channels)
+            else:  # never decided: nothing was consented to, nothing to withdraw
+                for channel in found:
+                    await marks.clear(channel)
+        finally:
+            if not held:
+                self.calls.forget(self.pbx, call.pbx_call_id)

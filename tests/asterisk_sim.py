@@ -31,6 +31,7 @@ import math
 import random
 import re
 import struct
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -187,6 +188,8 @@ class SimChannel:
             return None  # GET VARIABLE __CONSENT_STATUS answers 200 result=0 (capture s1)
         if name == "UNIQUEID":
             return self.uid
+        if name == "EPOCH":
+            return str(int(time.time()))
         if name == "BRIDGEPEER":
             return self.peer.name if self.peer is not None and self.peer.alive else None
         return self.vars.get(name)

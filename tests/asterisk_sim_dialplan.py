@@ -1,13 +1,15 @@
 """A small interpreter for the dialplan we ship (``dialplan/asterisk/extensions_callconsent.conf``)
 and a reader for our ``[applicationmap]`` include, so the simulator runs *our files*, not a
-Python copy of them. It knows what those files use: ``Set``, ``ExecIf``, ``GotoIf``, ``AGI``,
-``Return``, ``ChanSpy``, ``NoOp``; ``${VAR}``, ``${FUNC(args)}`` and ``$[a = b]`` / ``!=``.
+Python copy of them. It knows what those files use: ``Set`` (also of ``FILE()``), ``ExecIf``,
+``GotoIf``, ``AGI``, ``Return``, ``StopMixMonitor``, ``ChanSpy``, ``NoOp``; ``${VAR}``,
+``${FUNC(args)}`` and ``$[a = b]`` / ``!=``.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -131,10 +133,19 @@ class Dialplan:
         value = chan.evaluate(data)
         if app == "Set":
             name, _, val = value.partition("=")
-            chan.set_var(name, val)
+            m = re.match(r"^FILE\(([^,)]+)\)$", name)
+            if m:  # func_env.c: fopen(path, "w"), write, close; a failure is only logged
+                try:
+                    Path(m.group(1)).write_text(val)  # noqa: ASYNC240 - a tiny local write
+                except OSError as exc:
+                    chan.events.append(("file_write_failed", m.group(1), str(exc)))
+            else:
+                chan.set_var(name, val)
         elif app == "AGI":
             url, *args = value.split(",")
             chan.set_var("AGISTATUS", await chan.sim.run_agi(chan, url, tuple(args)))
+        elif app == "StopMixMonitor":  # the ID given, else every MixMonitor of the channel
+            chan.stop_mixmonitor(value or None)
         elif app == "ChanSpy":
             target, _, options = value.partition(",")
             await chan.sim.chanspy(chan, target, options)

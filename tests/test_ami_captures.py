@@ -30,6 +30,7 @@ class _Calls:
 
     def __init__(self) -> None:
         self.forgotten: list[str] = []
+        self.marks: dict[str, object] = {}
 
     def find(self, pbx: str, key: str) -> None:
         return None

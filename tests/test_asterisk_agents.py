@@ -4,6 +4,8 @@ and ``callconsent record`` through the daemon's control socket — against the s
 from __future__ import annotations
 
 import asyncio
+import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -319,5 +321,109 @@ def test_a_withdrawal_while_the_daemon_was_down_is_acted_on_at_its_login(tmp_pat
         await h.sim.wait_until(lambda: "ccwithdraw" not in cust.vars.get("DYNAMIC_FEATURES", "x"))
         h.sim.hangup(cust)
         await call_task
+
+    run(tmp_path, scenario, policies=policies)
+
+
+async def withdraw_while_agi_is_down(h: Harness, cust: SimChannel) -> Path:
+    """The caller presses the withdraw key while callconsent's FastAGI is down: the shipped
+    subroutine marks the channel and the spool, its AGI fails, and it stops the MixMonitor
+    itself. Returns the spool mark."""
+    await h.service.server.stop(grace=0.1)
+    assert await h.sim.feature(cust, "9")
+    assert cust.vars["AGISTATUS"] == "FAILURE"
+    assert not any(m.active for m in cust.mixmonitors.values())  # stopped by the dialplan
+    mark = h.app.spool.path / f"withdrawn-{cust.uid}"
+    assert mark.is_file()
+    return mark
+
+
+@pytest.mark.parametrize(
+    ("on_withdrawal", "late_write", "kept"),
+    [
+        ("stop_and_discard", False, False),
+        ("stop", False, True),
+        ("stop", True, False),  # audio written after the key: not kept
+    ],
+    ids=["discard", "keep", "keep-but-recorded-past"],
+)
+def test_a_withdrawal_and_hangup_while_the_daemon_was_down_are_acted_on_at_its_login(
+    tmp_path: Path, on_withdrawal: str, late_write: bool, kept: bool
+) -> None:
+    """Key and hangup both while callconsent was down: the channel (and its variable) is
+    gone, the spool mark is not. The restarted daemon's sweep withdraws the consent as of
+    the mark's time, applies on_withdrawal before the call ends (so the finalizer never
+    encrypts a discarded recording), and removes the mark."""
+    policies = f'[policies.care]\nwithdraw_digit = "9"\non_withdrawal = "{on_withdrawal}"\n'
+
+    async def scenario(h: Harness) -> None:
+        cust, call_task = await call_then_daemon_restart(h, "care")
+        mark = await withdraw_while_agi_is_down(h, cust)
+        pressed = datetime.fromtimestamp(mark.stat().st_mtime, UTC)
+        if late_write:  # a MixMonitor the subroutine did not stop: the file went on
+            (rec,) = h.recordings(h.call_row(cust.linkedid).id)
+            await asyncio.sleep(0.05)  # the header is written 1-15 ms after the stop
+            later = pressed.timestamp() + 10
+            os.utime(rec.spool_path, (later, later))
+        h.sim.hangup(cust)
+        await call_task
+        h.service.adapter.on_ami_ready()  # the restarted daemon's login
+        await h.sim.wait_until(lambda: h.call_row(cust.linkedid).ended_at is not None)
+        row = h.call_row(cust.linkedid)
+        assert row.consent_status == "withdrawn"
+        _, change = h.evidence(row.id)
+        assert (change.status, change.method) == ("withdrawn", "caller_withdrew_while_away")
+        assert abs(change.decided_at - pressed) < timedelta(seconds=0.01)
+        (rec,) = h.recordings(row.id)
+        assert (rec.state != "discarded") is kept
+        if not kept:
+            assert rec.discard_reason == (
+                "recorded_past_withdrawal" if late_write else "consent_withdrawn"
+            )
+            assert rec.id in h.sink.discarded
+        assert not mark.exists()
+        assert h.app.calls.find("asterisk", cust.linkedid) is None  # not held after the sweep
+
+    run(tmp_path, scenario, policies=policies)
+
+
+def test_a_withdraw_key_whose_agi_failed_is_acted_on_when_the_call_ends(tmp_path: Path) -> None:
+    """callconsent up and holding the call, but the withdraw AGI failed (FastAGI down): the
+    hangup consults the mark before the store ends the call."""
+    policies = '[policies.care]\nwithdraw_digit = "9"\n'
+
+    async def scenario(h: Harness) -> None:
+        script = [press("1", "consent", 1.0), hangup("talk", 60.0)]
+        call_task = asyncio.create_task(h.sim.inbound("care", script, agent_script=[]))
+        await h.sim.wait_until(lambda: h.sim.customers() and customer(h).peer is not None)
+        cust = customer(h)
+        mark = await withdraw_while_agi_is_down(h, cust)
+        assert h.call_row(cust.linkedid).consent_status == "granted"  # nobody heard it
+        h.sim.hangup(cust)
+        await call_task
+        await h.settle()
+        row = h.call_row(cust.linkedid)
+        assert (row.consent_status, row.ended_at is not None) == ("withdrawn", True)
+        (rec,) = h.recordings(row.id)
+        assert (rec.state, rec.discard_reason) == ("discarded", "consent_withdrawn")
+        assert not mark.exists()
+
+    run(tmp_path, scenario, policies=policies)
+
+
+def test_a_heard_withdrawal_leaves_no_mark_behind(tmp_path: Path) -> None:
+    """The AGI heard the key: the call ends normally and its mark is removed with it."""
+    policies = '[policies.care]\nwithdraw_digit = "9"\non_withdrawal = "stop"\n'
+
+    async def scenario(h: Harness) -> None:
+        script = [press("1", "consent", 1.0), press("9", "talk", 2.0), hangup("talk", 1.0)]
+        call = await h.sim.inbound("care", script, agent_script=[])
+        await h.settle()
+        row = h.call_row(call.customer.linkedid)
+        assert row.consent_status == "withdrawn"
+        assert [e.method for e in h.evidence(row.id)][1:] == ["caller_withdrew"]
+        (rec,) = h.recordings(row.id)
+        assert rec.state != "discarded"  # stop, stopped at the key by the daemon
+        assert not list(h.app.spool.path.glob("withdrawn-*"))
 
     run(tmp_path, scenario, policies=policies)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from asterisk_real_harness import (
 
 from agi.closure import header_final
 from recorder.models import Recording
+from recorder.withdrawals import SpoolMarks
 
 pytestmark = [pytest.mark.realpbx, pytest.mark.slow]
 
@@ -216,6 +218,55 @@ def test_real_withdrawal_cuts_the_listener_off_and_ends_the_recording(
         ]
         assert size(rec.spool_path) == kept  # nothing was recorded after the withdrawal
         assert [x.state for x in r.recordings(call.id)] == [rec.state]
+
+    go(lab, tmp_path, scenario, policies=policies)
+
+
+@pytest.mark.parametrize("on_withdrawal", ["stop_and_discard", "stop"])
+def test_real_withdrawal_and_hangup_while_callconsent_is_down(
+    lab: Lab, tmp_path: Path, on_withdrawal: str
+) -> None:
+    """The caller presses the withdraw key while callconsent's FastAGI is down, then hangs
+    up before it is back. The shipped subroutine marks the spool with FILE() and, its AGI
+    failed, stops the MixMonitor itself; callconsent's next login finds the call gone and
+    the mark, and withdraws the consent as of the mark before it ends the call."""
+    policies = CARE + f'on_withdrawal = "{on_withdrawal}"\n'
+
+    async def scenario(r: Real) -> None:
+        # the lab's dialplan is rendered with the lab's spool; each test records below it
+        marks = SpoolMarks(r.lab.target.spool)
+        r.app.calls.marks["asterisk"] = marks
+        token, started = await bridged_call(r, "1")
+        uid, linkedid = started["Uniqueid"], started["Linkedid"]
+        call = r.call_of(linkedid)
+        adapter = r.service.adapter
+        await r.service.server.stop(grace=0.1)  # callconsent is down (its AMI stays, unheard)
+        r.app.calls.forget("asterisk", linkedid)
+        adapter.registry.drop(linkedid)
+        await r.press(phone_of(started["Channel"]), "9")
+        await r.event("MixMonitorStop", wait_s=10, Uniqueid=uid)  # by the subroutine
+        mark = marks.path(uid)
+        assert mark is not None
+        await r.until(mark.exists, what="the spool mark")
+        pressed = datetime.fromtimestamp(mark.stat().st_mtime, UTC)
+        await asyncio.sleep(1.0)
+        await r.hangup(started["Channel"])
+        await r.finished(token)
+        assert r.call_of(linkedid).consent_status == "granted"  # nobody heard it yet
+        adapter.on_ami_ready()  # callconsent is back
+        await r.until(lambda: r.call_of(linkedid).ended_at is not None, what="ended")
+        assert r.call_of(linkedid).consent_status == "withdrawn"
+        _, change = r.evidence(call.id)
+        assert (change.status, change.method) == ("withdrawn", "caller_withdrew_while_away")
+        assert abs(change.decided_at - pressed) < timedelta(seconds=0.01)
+        (rec,) = r.recordings(call.id)
+        assert header_final(Path(rec.spool_path))  # stopped and closed by Asterisk
+        if on_withdrawal == "stop":  # ended at the key, within the slack: kept
+            assert rec.state == "recording"  # the finalizer adopts it now the call is over
+        else:
+            assert (rec.state, rec.discard_reason) == ("discarded", "consent_withdrawn")
+            assert r.sink.discarded == [rec.id]
+        assert not mark.exists()
 
     go(lab, tmp_path, scenario, policies=policies)
 

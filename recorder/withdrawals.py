@@ -1,0 +1,191 @@
+"""Withdrawals callconsent did not hear when they happened.
+
+The caller's withdraw key runs the shipped dialplan, which tells us (an AGI, an ESL event). If
+callconsent is down at that moment, or the AGI fails, the message is lost; and if the call
+then ends before callconsent is back, the channel variable the dialplan also sets is gone
+with it. So the dialplan leaves a mark that outlives the channel, named by the customer
+leg's channel id: Asterisk writes ``withdrawn-<uniqueid>`` into the spool with ``FILE()``
+(its time is the moment of the withdrawal); FreeSWITCH inserts ``<uuid>`` into mod_db's
+``callconsent_withdrawn`` realm (no time: ``${strepoch()}`` needs api expansion, which the
+hardening turns off).
+
+Before a call is ended in the store (its hangup, or the orphan sweep after a restart), its
+marks are consulted. A granted consent is then withdrawn as of the mark, and the policy's
+``on_withdrawal`` applies: ``stop_and_discard`` destroys the recordings; ``stop``
+keeps only those that ended by the moment of the withdrawal (the shipped Asterisk
+subroutine stops the MixMonitor itself when its AGI fails). A recording that may have gone
+on past it, or whose end or the withdrawal's time is unknown, is discarded: audio that
+may hold speech recorded after the caller said no is not kept. The marks are removed only
+after the store has it all, so a crash in between means the next look does it again (each
+step is idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import consent_ivr as c
+from recorder.ledger import Ledger
+from recorder.models import RecordingState
+
+if TYPE_CHECKING:
+    from recorder.callbook import CallControl, LiveCall
+
+log = logging.getLogger("callconsent.calls")
+
+CAUSE = "caller_withdrew_while_away"  # the evidence's cause for a withdrawal learnt later
+#: How long after the mark a recording may still have been written to and be kept under
+#: ``stop``: the subroutine stops it right after its AGI failed, and the PBX writes the
+#: header a few ms later.
+SLACK = timedelta(seconds=2)
+_CHANNEL = re.compile(r"^[A-Za-z0-9._-]{1,128}$")  # an Asterisk uniqueid or FreeSWITCH uuid
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawMark:
+    channel: str
+    at: datetime | None  # when the key was pressed, if the PBX could say
+
+
+class WithdrawMarks(Protocol):
+    """Where one PBX's dialplan leaves its marks. Both methods raise on failure to ask (then
+    nothing is decided on a guess)."""
+
+    async def find(self, channel: str) -> WithdrawMark | None: ...
+
+    async def clear(self, channel: str) -> None: ...
+
+
+class SpoolMarks:
+    """Asterisk: ``callconsent-withdraw`` writes ``<spool>/withdrawn-<uniqueid>``."""
+
+    PREFIX = "withdrawn-"
+
+    def __init__(self, spool: Path) -> None:
+        self.spool = Path(spool)
+
+    def path(self, channel: str) -> Path | None:
+        return self.spool / f"{self.PREFIX}{channel}" if _CHANNEL.match(channel) else None
+
+    async def find(self, channel: str) -> WithdrawMark | None:
+        path = self.path(channel)
+        if path is None:
+            return None
+        try:
+            st = await asyncio.to_thread(os.lstat, path)
+        except FileNotFoundError:
+            return None
+        return WithdrawMark(channel, datetime.fromtimestamp(st.st_mtime, UTC))
+
+    async def clear(self, channel: str) -> None:
+        path = self.path(channel)
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(os.unlink, path)
+
+    def remove_stale(self, keep: set[str], older_than: timedelta) -> int:
+        """Marks of no open call, left longer than ``older_than`` (a crash between a call's
+        end and the removal of its mark): removed. Returns how many."""
+        cutoff = datetime.now(UTC) - older_than
+        removed = 0
+        with os.scandir(self.spool) as entries:
+            for entry in entries:
+                channel = entry.name.removeprefix(self.PREFIX)
+                if channel == entry.name or channel in keep or not _CHANNEL.match(channel):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                    if datetime.fromtimestamp(st.st_mtime, UTC) > cutoff:
+                        continue
+                    os.unlink(entry.path)
+                except FileNotFoundError:
+                    continue
+                removed += 1
+        if removed:
+            log.info("stale_withdraw_marks_removed", extra={"kv": {"marks": removed}})
+        return removed
+
+
+class _Gone:
+    """The control of a call whose channels are gone: every PBX action says so."""
+
+    def __getattr__(self, name: str) -> object:
+        from recorder.callbook import CallGone
+
+        async def gone(*_: object, **__: object) -> None:
+            raise CallGone("the call is over")
+
+        return gone
+
+
+GONE: CallControl = _Gone()  # type: ignore[assignment]
+
+
+async def consult(
+    live: LiveCall,
+    marks: WithdrawMarks,
+    channels: Iterable[str],
+    control: CallControl | None = None,
+) -> bool:
+    """Look for marks on ``channels`` (the call's customer leg(s)); act on them as the module
+    says and remove them. ``control`` reaches the call if it is still up (else none: the
+    machine's PBX actions are skipped, its store actions done). True if a withdrawal was
+    learnt here."""
+    found = [m for ch in sorted(set(channels)) if (m := await marks.find(ch)) is not None]
+    if not found:
+        return False
+    learnt = False
+    if live.status is c.ConsentStatus.GRANTED:
+        times = [m.at for m in found]
+        at = None if None in times else min(t for t in times if t is not None)
+        await learn(live, at, control)
+        learnt = True
+    for mark in found:
+        await marks.clear(mark.channel)
+    return learnt
+
+
+async def learn(live: LiveCall, at: datetime | None, control: CallControl | None = None) -> None:
+    """Withdraw the call's consent as of ``at`` (None: unknown) and apply ``on_withdrawal``."""
+    log.warning(
+        "caller_withdrew_while_away",
+        extra={"kv": {"call": live.ref.id, "at": at.isoformat() if at else "unknown"}},
+    )
+    await live.feed(c.CallerWithdrew(at=at, cause=CAUSE), control or GONE)
+    if live.machine.policy.on_withdrawal.value == "stop_and_discard":
+        return  # the machine discarded them all
+    for rid in await asyncio.to_thread(ran_past, live.ledger, live.ref.id, at):
+        if await asyncio.to_thread(live.ledger.discard, rid, "recorded_past_withdrawal", None):
+            log.warning(
+                "recording_discarded",
+                extra={"kv": {"recording": rid, "reason": "recorded_past_withdrawal"}},
+            )
+
+
+def ran_past(ledger: Ledger, call_id: str, at: datetime | None) -> list[str]:
+    """The call's kept recordings that may hold audio from after ``at``: the plaintext's
+    last write (as the PBX left it), else the start plus the measured duration."""
+    kept = {RecordingState.RECORDING.value, RecordingState.CLOSED.value}
+    kept.add(RecordingState.ENCRYPTED.value)
+    past = []
+    for rec in ledger.recordings_of_call(call_id):
+        if rec.state not in kept:
+            continue
+        end: datetime | None = None
+        try:
+            end = datetime.fromtimestamp(os.lstat(rec.spool_path).st_mtime, UTC)
+        except OSError:
+            if rec.duration_ms is not None:
+                end = rec.started_at + timedelta(milliseconds=rec.duration_ms)
+        if at is None or end is None or end > at + SLACK:
+            past.append(rec.id)
+    return past
