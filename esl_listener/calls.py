@@ -22,8 +22,10 @@ from pathlib import Path
 
 import consent_ivr as c
 from esl_listener.connection import ApiReply, EslError
+from esl_listener.marks import DbMarks
 from esl_listener.protocol import Event
 from esl_listener.remote import RemoteControl
+from recorder import withdrawals
 from recorder.callbook import CallBook, LiveCall
 from recorder.ledger import LedgerError
 from recorder.orphans import OpenCall, Orphans
@@ -90,6 +92,8 @@ class CallRegistry:
         self._by_listener: dict[str, FsCall] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self.orphans = Orphans(calls, PBX)  # open calls of a daemon that restarted
+        # the withdraw extension's mod_db marks (read through self.api, whatever it is now)
+        calls.marks[PBX] = DbMarks(lambda command: self.api(command))
         # whether a caller's withdraw key can reach us (the service asks its inbound client):
         # a key whose event we may never receive would swallow the withdrawal
         self.hears_withdrawals: Callable[[], bool] = lambda: True
@@ -283,7 +287,10 @@ class CallRegistry:
         log.info("caller_withdrew_while_esl_was_away", extra={"kv": {"call": call.key}})
         if live.control is None:
             live.control = self.control(call)
-        await live.feed(c.CallerWithdrew(), self.control(call))
+        # the recording ran on from the key until now: under on_withdrawal = "stop" it is
+        # not kept (recorder.withdrawals); the mark is removed once the store has it
+        await withdrawals.learn(live, None, self.control(call))
+        await live.consult_withdraw_marks()
 
     async def _end(self, call: FsCall) -> None:
         call.hung_up = True

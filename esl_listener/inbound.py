@@ -36,7 +36,8 @@ log = logging.getLogger("callconsent.esl.inbound")
 
 #: One ``event plain`` command each, so a user missing one permission still gets the others
 #: (FreeSWITCH stops at the first refused name and says ``-ERR permission denied``).
-# the APIs the daemon runs (uuid_exists and uuid_getvar: the check after each login)
+# the APIs the daemon runs (uuid_exists and uuid_getvar: the check after each login; db: the
+# withdraw extension's mark, esl_listener.marks)
 API_USED = (
     "uuid_record",
     "uuid_setvar",
@@ -44,6 +45,7 @@ API_USED = (
     "uuid_broadcast",
     "uuid_exists",
     "uuid_getvar",
+    "db",
 )
 WITHDRAW_EVENT = "CUSTOM consent::withdraw"  # the caller's withdraw key (consent.py binds it)
 SUBSCRIPTIONS = (

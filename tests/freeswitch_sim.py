@@ -368,7 +368,8 @@ class FakeFreeSwitch:
                     if allowed_api is not None and name not in allowed_api:
                         wire.reply("-ERR permission denied")
                     else:
-                        wire.api_response(await self.api(first[4:]))
+                        # mod_event_socket: an api that printed nothing answers this
+                        wire.api_response(await self.api(first[4:]) or "-ERR no reply\n")
                 elif first == "exit":
                     wire.reply("+OK bye")
                     wire.disconnect("disconnect", None)
@@ -424,6 +425,8 @@ class FakeFreeSwitch:
             if name == "uuid_kill":
                 await self.hangup_leg(leg)
             return "+OK\n" if name == "uuid_kill" else "+OK Message sent\n"
+        if name == "db":
+            return self.dialplan.db_api(rest)
         return f"-ERR {name} Command not found!\n"
 
     def _uuid_record(self, args: list[str]) -> str:

@@ -66,6 +66,7 @@ class Dialplan:
         self, emit: Callable[..., None], text: str | None = None, *, path: Path = SHIPPED
     ) -> None:
         self.emit = emit  # FakeFreeSwitch.emit(name, leg, **headers)
+        self.db: dict[tuple[str, str], str] = {}  # mod_db's db_data: (realm, key) -> data
         root = ET.fromstring(text if text is not None else path.read_text())
         self.contexts: dict[str, list[Extension]] = {}
         for ctx in root.iter("context"):
@@ -115,9 +116,26 @@ class Dialplan:
                 leg.exports.add(name)
         elif app == "unset":
             leg.variables.pop(data, None)
+        elif app == "db":  # mod_db: insert/<realm>/<key>/<data> or delete/<realm>/<key>
+            verb, realm, key, *value = data.split("/", 3)
+            if verb == "insert":
+                self.db[(realm, key)] = value[0]
+            elif verb == "delete":
+                self.db.pop((realm, key), None)
         else:
             raise NotImplementedError(f"the simulator does not run {app!r} from the dialplan")
         self.emit("CHANNEL_EXECUTE_COMPLETE", leg, **info, **{"Application-Response": "_none_"})
+
+    def db_api(self, args: str) -> str:
+        """``api db …`` as mod_db answers it: select prints the data or nothing."""
+        verb, _, rest = args.partition("/")
+        realm, _, key = rest.partition("/")
+        if verb == "select":
+            return self.db.get((realm, key), "")
+        if verb == "delete":
+            self.db.pop((realm, key), None)
+            return "+OK"
+        return "-USAGE: [insert|delete]/<realm>/<key>/<val>"
 
     @staticmethod
     def expand(leg: Any, data: str, groups: tuple[str, ...]) -> str:

@@ -353,3 +353,41 @@ def test_a_withdrawal_while_the_daemon_was_down_is_acted_on_after_its_restart(
             await new.stop()
 
     run(app, scenario)
+
+
+@pytest.mark.parametrize(
+    ("campaign", "key", "reason"),
+    [("withdraw", "9", "consent_withdrawn"), ("withdraw_keep", "#", "recorded_past_withdrawal")],
+    ids=["stop_and_discard", "stop"],
+)
+def test_a_withdrawal_and_hangup_while_the_daemon_was_down_are_acted_on_after_its_restart(
+    app: App, campaign: str, key: str, reason: str
+) -> None:
+    """Key and hangup both while the daemon is down: the leg and its variable are gone, the
+    extension's mod_db mark is not. The restarted daemon's sweep withdraws before it ends the
+    call. Under "stop" the recording is not kept either: it ran on after the key (nobody
+    stopped it) and FreeSWITCH cannot say when the key was pressed."""
+
+    async def scenario(app: App, fs: FakeFreeSwitch, old: FreeswitchService) -> None:
+        leg = await call(fs, old, campaign, Caller(["1"]))
+        await fs.bridge(leg)
+        fs.talk(leg, 0.5)
+        settings = old.settings
+        await old.stop()
+        fs.press(leg, key)  # nobody hears the event
+        assert fs.dialplan.db == {("callconsent_withdrawn", leg.uuid): "1"}
+        await fs.hangup_leg(leg)
+        book = CallBook(app.ledger, app.calls.policies, app.prompts)
+        new = FreeswitchService(book, app.spool, settings)
+        await new.start()
+        try:
+            await until(lambda: rows(app, Recording)[0].state == "discarded", "discarded")
+            assert rows(app, Recording)[0].discard_reason == reason
+            (change,) = [r for r in rows(app, ConsentRecord) if r.kind == "change"]
+            assert (change.status, change.method) == ("withdrawn", "caller_withdrew_while_away")
+            await until(lambda: fs.dialplan.db == {}, "the mark removed")
+            assert f"db select/callconsent_withdrawn/{leg.uuid}" in fs.api_log
+        finally:
+            await new.stop()
+
+    run(app, scenario)

@@ -433,10 +433,12 @@ def test_real_withdrawal_and_hangup_while_the_daemon_was_away(  # type: ignore[n
             "the withdrawn one discarded, the ended one left to the finalizer",
             20,
         )
+        # the ended call's store row may follow the other's discard by a few api round trips
+        await until(
+            lambda: sum(c.ended_at is not None for c in rows(app, Call)) == 1, "one ended", 20
+        )
         assert "call_ended_while_esl_was_away" in caplog.text
         assert "caller_withdrew_while_esl_was_away" in caplog.text
-        calls = rows(app, Call)
-        assert sum(c.ended_at is not None for c in calls) == 1  # the one that hung up
         assert sorted(r.status for r in rows(app, ConsentRecord)) == [
             "granted",
             "granted",
@@ -447,6 +449,46 @@ def test_real_withdrawal_and_hangup_while_the_daemon_was_away(  # type: ignore[n
         await until(lambda: len(over()) == 2, "both calls over", 30)
 
     caplog.set_level("INFO", logger="callconsent.esl")
+    run(app, real, scenario)
+
+
+def test_real_withdrawal_and_hangup_while_the_daemon_was_down(  # type: ignore[no-untyped-def]
+    app: App, real, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The daemon stops during a recorded call; the caller presses the withdraw key and hangs
+    up while it is down. The leg and its variable are gone; the extension's mod_db mark is
+    not. The restarted daemon's login withdraws the consent before it ends the call (the
+    recording is discarded), then removes the mark."""
+
+    async def scenario(driver: Driver, old: FreeswitchService) -> None:
+        await driver.originate(
+            "cc_in_rt_withdraw_idle",
+            "'m:^:set:sleep_eat_digits=true^sleep:1200^send_dtmf:1^sleep:5000^send_dtmf:~9"
+            "^sleep:2000^hangup'",
+        )
+        await until(lambda: "withdraw_key_bound" in caplog.text, "consented, recording", 20)
+        await old.stop()
+        await until(lambda: driver.leg("withdraw_idle-b") is not None, "over while down", 30)
+        customer = driver.leg("withdraw_idle-b")
+        assert customer is not None and customer.get("variable_callconsent_withdrawn") == "true"
+        select = f"db select/callconsent_withdrawn/{customer.get('Unique-ID')}"
+        assert (await driver.conn.api(select)).first_line == "1"  # mod_db outlives the leg
+        (rec,) = rows(app, Recording)
+        assert rec.state == "recording" and decision(app).status == "granted"
+        book = CallBook(app.ledger, app.calls.policies, app.prompts)
+        new = FreeswitchService(book, app.spool, old.settings)
+        await new.start()
+        try:
+            await until(lambda: rows(app, Recording)[0].state == "discarded", "discarded", 20)
+            assert rows(app, Recording)[0].discard_reason == "consent_withdrawn"
+            (change,) = [r for r in rows(app, ConsentRecord) if r.kind == "change"]
+            assert (change.status, change.method) == ("withdrawn", "caller_withdrew_while_away")
+            await until(lambda: rows(app, Call)[0].ended_at is not None, "ended", 20)
+            assert (await driver.conn.api(select)).first_line == "-ERR no reply"  # removed
+        finally:
+            await new.stop()
+
+    caplog.set_level("INFO", logger="callconsent")
     run(app, real, scenario)
 
 
