@@ -218,22 +218,18 @@ class FastAgiServer:
         task.add_done_callback(self._tasks.discard)
 
     async def _serve(self, session: AgiSession) -> None:
-        try:
-            await self._run(session)
-        finally:
-            self.sessions.discard(session)
-            session.close()
-
-    async def _run(self, session: AgiSession) -> None:
+        """One session's task. Kept to one frame above the handler: each reply resumes them
+        all."""
         env = session.env
         kv = {"channel": env.uniqueid, "script": env.script[:80]}
-        if env.hostile:
-            log.warning("agi_environment_anomaly", extra={"kv": {**kv, "why": env.anomalies[0]}})
-        handler = self.router(env)
-        if handler is None:
-            log.warning("agi_no_route", extra={"kv": kv})
-            return
         try:
+            if env.hostile:
+                why = env.anomalies[0]
+                log.warning("agi_environment_anomaly", extra={"kv": {**kv, "why": why}})
+            handler = self.router(env)
+            if handler is None:
+                log.warning("agi_no_route", extra={"kv": kv})
+                return
             await handler(session)
         except ChannelGone as exc:
             log.debug("agi_channel_gone", extra={"kv": {**kv, "why": str(exc)}})
@@ -243,3 +239,6 @@ class FastAgiServer:
             log.warning("agi_session_failed", extra={"kv": {**kv, "why": str(exc)}})
         except Exception:
             log.exception("agi_handler_crashed", extra={"kv": kv})
+        finally:
+            self.sessions.discard(session)
+            session.close()
