@@ -185,8 +185,10 @@ class LiveCall:
         try:
             channels = await asyncio.to_thread(self.ledger.customer_channels, self.ref.id)
             return await withdrawals.consult(self, self.marks, channels, control)
-        except Exception:
-            log.exception("withdraw_marks_unread", extra={"kv": {"call": self.ref.id}})
+        except Exception as exc:  # the PBX cannot be asked now (its connection is down)
+            log.warning(
+                "withdraw_marks_unread", extra={"kv": {"call": self.ref.id, "error": repr(exc)}}
+            )
             return False
 
     async def _perform(self, action: c.Action, port: CallControl | None) -> c.Event | None:

@@ -124,3 +124,34 @@ def test_one_call_that_fails_does_not_stop_the_sweep(ledger: Ledger) -> None:
     asyncio.run(orphans.sweep(exists, on_alive))
     assert ended(ledger, gone) and not ended(ledger, up) and not ended(ledger, failing)
     assert orphans.watches("3.2") and orphans.watches("1.2")  # still watched for its hangup
+
+
+class _UnreadableMarks:
+    """A PBX whose withdraw marks cannot be read right now (its connection dropped)."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def find(self, channel: str) -> None:
+        self.asked.append(channel)
+        raise ConnectionError("the PBX went away")
+
+    async def clear(self, channel: str) -> None:
+        raise AssertionError("nothing was found, so nothing is cleared")
+
+
+def test_a_gone_call_whose_withdraw_marks_cannot_be_read_is_not_ended(ledger: Ledger) -> None:
+    """Ending it would let the finalizer keep a recording whose caller may have withdrawn:
+    the next login's sweep asks again."""
+    call_id = recording_call(ledger, "1.1", "1.2")
+    book = book_of(ledger)
+    marks = book.marks["asterisk"] = _UnreadableMarks()
+
+    async def exists(channel: str) -> bool | None:
+        return False
+
+    asyncio.run(Orphans(book, "asterisk").sweep(exists))
+    assert marks.asked == ["1.2"] and not ended(ledger, call_id)
+    book.marks.clear()  # readable again (here: none kept at all)
+    asyncio.run(Orphans(book, "asterisk").sweep(exists))
+    assert ended(ledger, call_id)
