@@ -151,11 +151,7 @@ class AgiSession:
         return p.decode_values(reply, len(expressions))
 
     async def value(self, expression: str, channel: str | None = None) -> str | None:
-        if self._needs_sync and channel is None:
-            found = await self.values(expression)
-        else:  # the common case in one frame less (see command())
-            reply = await self.command(p.values_command((expression,), channel))
-            found = p.decode_values(reply, 1)
+        found = await self.values(expression, channel=channel)
         return found[0] if found is not None else None
 
     def set_variable(self, name: str, value: str) -> Awaitable[p.Reply]:
