@@ -178,17 +178,13 @@ class Orphans:
         marks = self.calls.marks.get(self.pbx)
         if marks is None:
             return
-        found = [ch for ch in sorted(call.channels) if await marks.find(ch) is not None]
+        found = await withdrawals.find(marks, call.channels)  # asked once (an api call each)
         if not found:
             return
         held = self.calls.find(self.pbx, call.pbx_call_id) is not None
-        live = await self.calls.lookup(self.pbx, call.pbx_call_id)
+        live = await self.calls.lookup(self.pbx, call.pbx_call_id)  # None: never decided
         try:
-            if live is not None:
-                await withdrawals.consult(live, marks, call.channels)
-            else:  # never decided: nothing was consented to, nothing to withdraw
-                for channel in found:
-                    await marks.clear(channel)
+            await withdrawals.act(live, marks, found)
         finally:
             if not held:
                 self.calls.forget(self.pbx, call.pbx_call_id)

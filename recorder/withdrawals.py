@@ -136,15 +136,27 @@ async def consult(
     channels: Iterable[str],
     control: CallControl | None = None,
 ) -> bool:
-    """Look for marks on ``channels`` (the call's customer leg(s)); act on them as the module
-    says and remove them. ``control`` reaches the call if it is still up (else none: the
-    machine's PBX actions are skipped, its store actions done). True if a withdrawal was
-    learnt here."""
-    found = [m for ch in sorted(set(channels)) if (m := await marks.find(ch)) is not None]
-    if not found:
-        return False
+    """Look for marks on ``channels`` (the call's customer leg(s)) and :func:`act` on them.
+    True if a withdrawal was learnt here."""
+    return await act(live, marks, await find(marks, channels), control)
+
+
+async def find(marks: WithdrawMarks, channels: Iterable[str]) -> list[WithdrawMark]:
+    return [m for ch in sorted(set(channels)) if (m := await marks.find(ch)) is not None]
+
+
+async def act(
+    live: LiveCall | None,
+    marks: WithdrawMarks,
+    found: list[WithdrawMark],
+    control: CallControl | None = None,
+) -> bool:
+    """Withdraw a granted consent as the module says, then remove the marks. ``live`` is
+    None for a call never decided (nothing to withdraw). ``control`` reaches the call if it
+    is still up (else none: the machine's PBX actions are skipped, its store actions done).
+    True if a withdrawal was learnt here."""
     learnt = False
-    if live.status is c.ConsentStatus.GRANTED:
+    if found and live is not None and live.status is c.ConsentStatus.GRANTED:
         times = [m.at for m in found]
         at = None if None in times else min(t for t in times if t is not None)
         await learn(live, at, control)
