@@ -36,33 +36,37 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 #: Keys Asterisk writes before ``agi_callerid``: the only ones a caller cannot forge.
-TRUSTED_KEYS = (
-    "agi_network",
-    "agi_network_script",
-    "agi_request",
-    "agi_channel",
-    "agi_language",
-    "agi_type",
-    "agi_uniqueid",
-    "agi_version",
+TRUSTED_KEYS = frozenset(
+    (
+        "agi_network",
+        "agi_network_script",
+        "agi_request",
+        "agi_channel",
+        "agi_language",
+        "agi_type",
+        "agi_uniqueid",
+        "agi_version",
+    )
 )
 #: Keys Asterisk writes from ``agi_callerid`` on (``agi_arg_N`` follow when the dialplan
 #: passes arguments). Their values, and their very presence, can be forged by the caller.
-CALLER_KEYS = (
-    "agi_callerid",
-    "agi_calleridname",
-    "agi_callingpres",
-    "agi_callingani2",
-    "agi_callington",
-    "agi_callingtns",
-    "agi_dnid",
-    "agi_rdnis",
-    "agi_context",
-    "agi_extension",
-    "agi_priority",
-    "agi_enhanced",
-    "agi_accountcode",
-    "agi_threadid",
+CALLER_KEYS = frozenset(
+    (
+        "agi_callerid",
+        "agi_calleridname",
+        "agi_callingpres",
+        "agi_callingani2",
+        "agi_callington",
+        "agi_callingtns",
+        "agi_dnid",
+        "agi_rdnis",
+        "agi_context",
+        "agi_extension",
+        "agi_priority",
+        "agi_enhanced",
+        "agi_accountcode",
+        "agi_threadid",
+    )
 )
 _ARG_KEY = re.compile(r"^agi_arg_[1-9][0-9]*$")
 DEAD_CHANNEL = 511
@@ -88,11 +92,22 @@ class EnvironmentTooLarge(ProtocolError):
 
 @dataclass(frozen=True, slots=True)
 class AgiEnvironment:
-    """The environment of one FastAGI session, split by how far it can be trusted."""
+    """The environment of one FastAGI session, split by how far it can be trusted.
+
+    The caller's part is kept as the text it came in and split only when asked for: nothing
+    acts on it, and thousands of sessions would otherwise each hold a tuple per line for the
+    garbage collector to walk."""
 
     trusted: dict[str, str]
-    untrusted: list[tuple[str, str]]
+    caller_part: str  # the lines from ``agi_callerid`` on, joined by "\n"
     anomalies: tuple[str, ...] = ()
+
+    @property
+    def untrusted(self) -> list[tuple[str, str]]:
+        """The caller's part as (key, value) pairs, in the order they came."""
+        if not self.caller_part:
+            return []
+        return [_key_value(text) for text in self.caller_part.split("\n")]
 
     @property
     def script(self) -> str:
@@ -117,47 +132,58 @@ class AgiEnvironment:
         return bool(self.anomalies)
 
 
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition(": ")
+    return (key, value) if sep else (text.rstrip(":"), "")
+
+
 def parse_environment(lines: Iterable[bytes]) -> AgiEnvironment:
     """Split the environment lines (without the final blank line; each with or without its
     ``\\n``) into trusted and untrusted parts. Every oddity is noted in ``anomalies``; none
     of them changes a trusted key."""
     trusted: dict[str, str] = {}
-    untrusted: list[tuple[str, str]] = []
     anomalies: list[str] = []
-    in_caller_part = False
-    for raw in lines:
-        text = raw.decode("utf-8", "replace").rstrip("\n")
+    texts = [raw.decode("utf-8", "replace").rstrip("\n") for raw in lines]
+    caller_from = len(texts)
+    for i, text in enumerate(texts):  # Asterisk's part, up to agi_callerid
         key, sep, value = text.partition(": ")
         if not sep:
             anomalies.append(f"line without 'key: value' ({len(text)} chars)")
             key, value = text.rstrip(":"), ""
         if key == "agi_callerid":
-            in_caller_part = True
-        if in_caller_part:
-            untrusted.append((key, value))
-            continue
+            caller_from = i
+            break
         if key not in TRUSTED_KEYS:
             anomalies.append(f"unexpected key {key[:40]!r} before agi_callerid")
         elif key in trusted:
             anomalies.append(f"repeated key {key!r}; the first one is kept")
         else:
             trusted[key] = value
-    anomalies += _anomalies_of(trusted, untrusted)
-    return AgiEnvironment(trusted, untrusted, tuple(anomalies))
-
-
-def _anomalies_of(trusted: dict[str, str], untrusted: list[tuple[str, str]]) -> list[str]:
-    found: list[str] = []
     needed = ("agi_network_script", "agi_channel", "agi_uniqueid")
-    found += [f"missing key {k!r}" for k in needed if k not in trusted]
+    anomalies += [f"missing key {k!r}" for k in needed if k not in trusted]
+    caller = texts[caller_from:]
+    if caller:
+        anomalies += _caller_anomalies(caller)
+    return AgiEnvironment(trusted, "\n".join(caller), tuple(anomalies))
+
+
+def _caller_anomalies(texts: list[str]) -> list[str]:
+    """What the caller's part tells of injected lines: a key Asterisk does not write there, a
+    key twice, or no ``agi_threadid`` (the environment ended early)."""
+    found: list[str] = []
     seen: set[str] = set()
-    for key, _ in untrusted:
+    for i, text in enumerate(texts):
+        key, sep, _ = text.partition(": ")
+        if not sep:
+            key = text.rstrip(":")
+            if i:  # the first line's shape is already noted with Asterisk's part
+                found.append(f"line without 'key: value' ({len(text)} chars)")
         if key not in CALLER_KEYS and not _ARG_KEY.match(key):
             found.append(f"unexpected key {key[:40]!r} after agi_callerid (injected line?)")
         elif key in seen:
             found.append(f"repeated key {key!r} after agi_callerid (injected line?)")
         seen.add(key)
-    if "agi_callerid" in seen and "agi_threadid" not in seen:
+    if "agi_threadid" not in seen:
         found.append("the environment ended before agi_threadid (cut short by caller data?)")
     return found
 
@@ -291,25 +317,33 @@ _EXEC_SAFE = re.compile(r"^[A-Za-z0-9_./,()=:+@-]*$")
 _APP_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 
 
-_LINE_BREAK = re.compile(r"[\r\n\x00]")
 _WORD = re.compile(r"[A-Z]+")
 
 
 def quote(arg: str) -> str:
     """One argument as Asterisk's parser reads it: in double quotes, ``\\`` and ``"``
     escaped. CR, LF and NUL are refused: they would end the command line."""
-    if _LINE_BREAK.search(arg):
+    if "\n" in arg or "\r" in arg or "\x00" in arg:
         raise UnsafeArgument(f"refusing to send an argument holding CR, LF or NUL: {arg[:40]!r}")
-    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if "\\" in arg or '"' in arg:
+        arg = arg.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + arg + '"'
+
+
+@functools.lru_cache(maxsize=64)
+def _command_words(words: tuple[str, ...]) -> str:
+    for w in words:
+        if not _WORD.fullmatch(w):
+            raise UnsafeArgument(f"not a command word: {w[:40]!r}")
+    return " ".join(words)
 
 
 def command(*words: str, args: Sequence[str] = ()) -> bytes:
     """A command line: fixed words (``GET``, ``VARIABLE``) then quoted arguments."""
-    for w in words:
-        if not _WORD.fullmatch(w):
-            raise UnsafeArgument(f"not a command word: {w[:40]!r}")
-    parts = [*words, *(quote(a) for a in args)]
-    return (" ".join(parts) + "\n").encode()
+    head = _command_words(words)
+    if not args:
+        return (head + "\n").encode()
+    return (head + " " + " ".join([quote(a) for a in args]) + "\n").encode()
 
 
 def safe_token(value: str, what: str) -> str:

@@ -56,7 +56,11 @@ class _AgiConnection(asyncio.BufferedProtocol):
         self.server = server
         self._buffer = server._read_buffer
         self.limits = server.limits
-        self.env = p.EnvironmentReader(max_bytes=self.limits.env_max_bytes)
+        # until the blank line; dropped then, as the session holds what it needs (every
+        # object a live session keeps is one more for the garbage collector to walk)
+        self.env: p.EnvironmentReader | None = p.EnvironmentReader(
+            max_bytes=self.limits.env_max_bytes
+        )
         self.session: AgiSession | None = None
         self.transport: asyncio.Transport | None = None
         self._rest = b""
@@ -72,8 +76,7 @@ class _AgiConnection(asyncio.BufferedProtocol):
             self._fail(None)
             return
         server.connections += 1
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.limits.env_timeout_s, self._fail, "timeout")
+        self._timer = server.loop.call_later(self.limits.env_timeout_s, self._fail, "timeout")
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._buffer
@@ -89,15 +92,17 @@ class _AgiConnection(asyncio.BufferedProtocol):
         if len(self._rest) > self.limits.max_line:
             self._fail("a line is too long")
             return
-        if self.session is None:
+        env = self.env
+        if env is not None:
             try:
-                blank = self.env.feed(lines)
+                blank = env.feed(lines)
             except p.EnvironmentTooLarge as exc:
                 self._fail(str(exc))
                 return
             if blank is None:
                 return
-            self._start(p.parse_environment(self.env.lines))
+            self.env = None
+            self._start(p.parse_environment(env.lines))
             lines = lines[blank + 1 :]  # what came after the blank line: the session's
         session = self.session
         assert session is not None
@@ -111,7 +116,7 @@ class _AgiConnection(asyncio.BufferedProtocol):
             self._timer.cancel()
         if self.session is not None:
             self.session.connection_lost()
-        elif not self._done:
+        elif not self._done and self.env is not None:
             why = EnvironmentIncomplete(
                 "Asterisk closed the AGI socket before the environment ended "
                 f"(got {len(self.env.lines)} of ~23 lines)"
@@ -166,15 +171,17 @@ class FastAgiServer:
         self._read_buffer = memoryview(bytearray(65536))
         self.close_on_hangup = close_on_hangup
         self.sync = sync
-        self.sessions: set[AgiSession] = set()
+        # each running session and its task (the loop holds tasks weakly); a session leaves
+        # when its task ends, so no done callback is needed per session
+        self.sessions: dict[AgiSession, asyncio.Task[None]] = {}
         self.connections = 0
         self.refused = 0
-        self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.base_events.Server | None = None
+        self.loop: asyncio.AbstractEventLoop  # set by start(); the connections' callbacks use it
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        self.loop = loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: _AgiConnection(self), self.host, self.port, backlog=self.limits.backlog
         )
@@ -191,8 +198,8 @@ class FastAgiServer:
         (Asterisk continues the dialplan; the wrapper maps an undecided call to unavailable)."""
         if self._server is not None:
             self._server.close()
-        if self._tasks:
-            _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        if self.sessions:
+            _done, pending = await asyncio.wait(set(self.sessions.values()), timeout=grace)
             for session in list(self.sessions):
                 session.close()
             if pending:
@@ -212,10 +219,7 @@ class FastAgiServer:
                 session.expire_if_late(now)
 
     def _launch(self, session: AgiSession) -> None:
-        self.sessions.add(session)
-        task = asyncio.get_running_loop().create_task(self._serve(session))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.sessions[session] = self.loop.create_task(self._serve(session))
 
     async def _serve(self, session: AgiSession) -> None:
         """One session's task. Kept to one frame above the handler: each reply resumes them
@@ -240,5 +244,5 @@ class FastAgiServer:
         except Exception:
             log.exception("agi_handler_crashed", extra={"kv": kv})
         finally:
-            self.sessions.discard(session)
+            self.sessions.pop(session, None)
             session.close()

@@ -52,6 +52,7 @@ class AgiSession:
     ) -> None:
         self.transport = transport
         self.env = env
+        self._loop = asyncio.get_running_loop()  # once: on 3.11 every lookup calls getpid()
         self.command_timeout = command_timeout
         self.close_on_hangup = close_on_hangup
         self.on_hangup = on_hangup
@@ -107,7 +108,7 @@ class AgiSession:
         pending = self._pending
         if pending is not None and not pending.done():
             raise RuntimeError("one AGI command at a time")
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         fut: asyncio.Future[p.Reply] = loop.create_future()
         self._pending = fut
         self._pending_line = line

@@ -213,6 +213,51 @@ def test_injected_environment_lines_never_override_trusted_keys() -> None:
     assert ("agi_network_script", "injected") in env.untrusted
 
 
+def _edited(old: bytes, new: bytes | None) -> list[bytes]:
+    """The captured environment (without its blank line) with one line replaced or removed,
+    or with ``new`` added at the end when ``old`` is empty."""
+    lines = list(ENV[:-1])
+    if not old:
+        return [*lines, new] if new is not None else lines
+    i = next(n for n, line in enumerate(lines) if line.startswith(old))
+    return lines[:i] + ([new] if new is not None else []) + lines[i + 1 :]
+
+
+@pytest.mark.parametrize(
+    ("lines", "anomaly"),
+    [
+        (_edited(b"agi_type:", b"agi_type\n"), "line without 'key: value'"),
+        (_edited(b"agi_type:", b"agi_injected: 1\n"), "unexpected key 'agi_injected' before"),
+        (_edited(b"agi_type:", b"agi_channel: SIP/evil\n"), "repeated key 'agi_channel'"),
+        (_edited(b"agi_uniqueid:", None), "missing key 'agi_uniqueid'"),
+        (_edited(b"agi_dnid:", b"agi_network_script: evil\n"), "unexpected key 'agi_network_script' after"),
+        (_edited(b"agi_dnid:", b"agi_calleridname: again\n"), "repeated key 'agi_calleridname' after"),
+        (_edited(b"agi_dnid:", b"just text\n"), "line without 'key: value'"),
+        (_edited(b"agi_threadid:", None), "ended before agi_threadid"),
+    ],
+    ids=["no-separator", "unknown-key", "repeated", "missing", "injected-after", "repeated-after",
+         "no-separator-after", "cut-short"],
+)  # fmt: skip
+def test_every_environment_anomaly_is_noted_and_trusted_keys_stay_first_seen(
+    lines: list[bytes], anomaly: str
+) -> None:
+    clean = p.parse_environment(ENV[:-1])
+    env = p.parse_environment(lines)
+    assert env.hostile and any(anomaly in a for a in env.anomalies), env.anomalies
+    for key, value in env.trusted.items():  # nothing a later line says replaces a value
+        if key != "agi_type":  # the line some cases edit
+            assert clean.trusted.get(key, value) == value
+
+
+def test_a_clean_environment_has_no_anomalies_and_keeps_the_callers_part_in_order() -> None:
+    env = p.parse_environment([*ENV[:-1], b"agi_arg_1: sales\n"])
+    assert not env.hostile, env.anomalies
+    caller = [line.decode().rstrip("\n") for line in ENV[:-1]]
+    caller = caller[next(i for i, t in enumerate(caller) if t.startswith("agi_callerid:")) :]
+    assert env.untrusted == [(*t.split(": ", 1),) for t in caller] + [("agi_arg_1", "sales")]
+    assert env.untrusted[0][0] == "agi_callerid" and "agi_callerid" not in env.trusted
+
+
 def test_an_environment_cut_short_is_resynchronised_before_the_first_reply() -> None:
     """nl2: "Eve\\n\\nagi_fake: 1" ends the environment early; the real rest of it arrives
     after the blank line. The sync discards it; the first reply is the real one."""
