@@ -5,6 +5,7 @@ of :mod:`callconsent.doctor`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import socket
@@ -15,6 +16,7 @@ from callconsent.config import Config
 from callconsent.control import SOCKET_NAME
 from callconsent.doctor import CHECKS, Finding
 from esl_listener.inbound import API_USED, SUBSCRIPTIONS
+from esl_listener.marks import REALM as MARK_REALM
 from recorder import migrate
 from recorder.audit import AuditContext
 from recorder.db import Database
@@ -228,7 +230,11 @@ def _esl(host: str, port: int, user: str, password: str) -> Finding:
             login = f"userauth {user}:{password}" if user else f"auth {password}"
             s.sendall(login.encode() + b"\n\n")
             reply = _block(s, b"\n\n")
-            s.sendall(b"exit\n\n")
+            db = None
+            if "+OK accepted" in reply and _may_use(reply, "db"):
+                db = _probe_mod_db(s)
+            with contextlib.suppress(OSError):  # the login is what this check is about
+                s.sendall(b"exit\n\n")
     except OSError as exc:
         return Finding(
             "error",
@@ -237,6 +243,14 @@ def _esl(host: str, port: int, user: str, password: str) -> Finding:
             "is FreeSWITCH running, with mod_event_socket on that address?",
         )
     if "+OK accepted" in reply:
+        if db is not None and "Command not found" in db:
+            return Finding(
+                "warn",
+                "esl",
+                f"ESL {host}:{port}: FreeSWITCH has no mod_db, so the caller's withdraw key "
+                "leaves no mark while callconsent is down (the recording is then kept)",
+                'load mod_db (modules.conf.xml: <load module="mod_db"/>)',
+            )
         return _esl_rights(host, port, reply)
     return Finding(
         "error",
@@ -246,10 +260,49 @@ def _esl(host: str, port: int, user: str, password: str) -> Finding:
     )
 
 
+def _headers(reply: str) -> dict[str, str]:
+    return dict(line.partition(": ")[::2] for line in reply.splitlines() if ": " in line)
+
+
+def _may_use(reply: str, api: str) -> bool:
+    """A password login may use any api; a user login names its own (``Allowed-API``)."""
+    allowed = _headers(reply).get("Allowed-API")
+    return allowed is None or api in allowed.split(",")
+
+
+def _probe_mod_db(s: socket.socket) -> str | None:
+    """mod_db keeps the withdraw key's mark (esl_listener.marks): a key that is not there
+    answers ``-ERR no reply``; without mod_db, ``-ERR db Command not found!`` (1.10.12). None
+    when FreeSWITCH did not answer (the login itself is what this check is about)."""
+    try:
+        s.sendall(f"api db select/{MARK_REALM}/callconsent-doctor-probe\n\n".encode())
+        return _api_body(s)
+    except OSError:
+        return None
+
+
+def _api_body(s: socket.socket) -> str:
+    """The body of the ``api/response`` to the command just sent."""
+    data = b""
+    while b"\n\n" not in data and len(data) < 65536:
+        chunk = s.recv(4096)
+        if not chunk:
+            return ""
+        data += chunk
+    head, _, body = data.partition(b"\n\n")
+    length = int(_headers(head.decode(errors="replace")).get("Content-Length", "0") or 0)
+    while len(body) < length:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        body += chunk
+    return body[:length].decode(errors="replace")
+
+
 def _esl_rights(host: str, port: int, reply: str) -> Finding:
     """A userauth reply names what the user may do (``Allowed-API``, ``Allowed-Events``,
     capture s5b); a password login may do anything and names nothing."""
-    headers = dict(line.partition(": ")[::2] for line in reply.splitlines() if ": " in line)
+    headers = _headers(reply)
     allowed_api = headers.get("Allowed-API")
     allowed_events = headers.get("Allowed-Events")
     missing = []

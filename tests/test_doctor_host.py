@@ -89,6 +89,27 @@ def esl(request: pytest.FixtureRequest) -> Iterator[int]:
     yield from serve_once(script)
 
 
+@pytest.fixture
+def esl_db(request: pytest.FixtureRequest) -> Iterator[int]:
+    """The shipped user, logged in; then the answer real FreeSWITCH 1.10.12 gives to
+    ``api db select/…`` for a missing key with mod_db loaded, or with mod_db unloaded."""
+    body = request.param
+    probes: list[bytes] = []
+
+    def script(conn: socket.socket) -> None:
+        conn.sendall(b"Content-Type: auth/request\n\n")
+        recv_until(conn, b"\n\n")
+        conn.sendall(
+            b"Content-Type: command/reply\nReply-Text: +OK accepted\n" + shipped_rights() + b"\n"
+        )
+        probes.append(recv_until(conn, b"\n\n"))
+        conn.sendall(f"Content-Type: api/response\nContent-Length: {len(body)}\n\n".encode() + body)
+        recv_until(conn, b"\n\n")  # exit
+
+    yield from serve_once(script)
+    assert probes and probes[0].startswith(b"api db select/callconsent_withdrawn/")
+
+
 def cfg_with(tmp_path: Path, extra: str) -> cfgmod.Config:
     path = tmp_path / "doctor.toml"
     path.write_text(f'[daemon]\ndata_dir = "data"\n{extra}')
@@ -177,6 +198,23 @@ def test_the_esl_users_rights_are_checked(esl: int, level: str, named: str, tmp_
     (finding,) = doctor_host.pbx(cfg)
     assert (finding.check, finding.level) == ("esl", level), finding
     assert named in finding.message
+
+
+@pytest.mark.parametrize(
+    ("esl_db", "level"),
+    [(b"-ERR no reply\n", "ok"), (b"-ERR db Command not found!\n", "warn")],
+    indirect=["esl_db"],
+    ids=["mod_db-loaded", "no-mod_db"],
+)
+def test_a_freeswitch_without_mod_db_is_named(esl_db: int, level: str, tmp_path: Path) -> None:
+    cfg = cfg_with(
+        tmp_path,
+        f"[freeswitch]\nenabled = true\nesl_port = {esl_db}\n"
+        'esl_user = "callconsent@default"\nesl_password = "good"\n',
+    )
+    (finding,) = doctor_host.pbx(cfg)
+    assert (finding.check, finding.level) == ("esl", level), finding
+    assert ("mod_db" in finding.message) == (level == "warn")
 
 
 def test_the_shipped_esl_user_may_run_every_api_we_use() -> None:

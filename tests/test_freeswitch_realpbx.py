@@ -529,3 +529,28 @@ def test_real_calls_from_before_a_daemon_restart_are_ended(  # type: ignore[no-u
 
     caplog.set_level("INFO", logger="callconsent")
     run(app, real, scenario)
+
+
+def test_real_doctor_names_a_freeswitch_without_mod_db(real) -> None:  # type: ignore[no-untyped-def]
+    """doctor's probe (``api db select/…``) on the real wire: with mod_db loaded it is quiet;
+    unloaded, FreeSWITCH answers ``-ERR db Command not found!`` and doctor names mod_db."""
+    from callconsent import doctor_host
+
+    host, port, password, _conf = real
+
+    def admin(command: str) -> str:
+        with socket.create_connection((host, port), timeout=5) as s:
+            s.recv(4096)  # auth/request
+            s.sendall(f"auth {password}\n\n".encode())
+            assert "+OK accepted" in doctor_host._block(s, b"\n\n")
+            s.sendall(f"api {command}\n\n".encode())
+            return doctor_host._api_body(s)
+
+    assert doctor_host._esl(host, port, "", password).level == "ok"
+    assert admin("unload mod_db").startswith("+OK")
+    try:
+        finding = doctor_host._esl(host, port, "", password)
+        assert finding.level == "warn" and "mod_db" in finding.message, finding
+    finally:
+        assert admin("load mod_db").startswith("+OK")
+    assert doctor_host._esl(host, port, "", password).level == "ok"
