@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from esl_listener import commands as cmd
 from esl_listener.connection import ApiReply
-from recorder.withdrawals import WithdrawMark
+from recorder.withdrawals import ChannelExists, WithdrawMark
 
 log = logging.getLogger("callconsent.calls")
 REALM = "callconsent_withdrawn"
@@ -44,3 +44,28 @@ class DbMarks:
         reply = await self.api(f"db delete/{REALM}/{cmd.uuid(channel)}")
         if not reply.ok:
             log.error("withdraw_mark_not_removed", extra={"kv": {"reply": reply.first_line}})
+
+    async def remove_stale(self, keep: set[str], exists: ChannelExists) -> int:
+        """Marks of no open call whose leg FreeSWITCH no longer has (``db list/…``, then
+        ``uuid_exists`` for each): a crash between a call's end and its mark's removal left
+        them. mod_db keeps no time, so a live leg's mark is kept whatever its age; a leg
+        FreeSWITCH does not answer for is kept too. Raises when FreeSWITCH cannot be asked."""
+        reply = await self.api(f"db list/{REALM}")
+        if reply.first_line == NO_REPLY:  # the realm is empty
+            return 0
+        if not reply.ok:
+            log.error("withdraw_marks_refused", extra={"kv": {"reply": reply.first_line}})
+            return 0
+        removed = 0
+        for leg in reply.first_line.split(","):
+            try:
+                cmd.uuid(leg)
+            except cmd.UnsafeValue:
+                continue  # not a key our extension writes
+            if leg in keep or await exists(leg) is not False:
+                continue
+            await self.clear(leg)
+            removed += 1
+        if removed:
+            log.info("stale_withdraw_marks_removed", extra={"kv": {"marks": removed}})
+        return removed

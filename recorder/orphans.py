@@ -16,7 +16,6 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
 
 from sqlalchemy import select
 
@@ -27,12 +26,8 @@ from recorder.models import Call, ConsentRecord, Recording
 
 log = logging.getLogger("callconsent.calls")
 _CHUNK = 500  # ids per IN list
-#: a withdraw mark of no open call is left this long (a crash between a call's end and the
-#: mark's removal), then removed by the next sweep
-STALE_MARK_AGE = timedelta(days=1)
-
 # a channel's existence as the PBX says: True, False, or None when it did not answer
-ChannelExists = Callable[[str], Awaitable[bool | None]]
+ChannelExists = withdrawals.ChannelExists
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,13 +105,19 @@ class Orphans:
                     log.exception("orphan_check_failed", extra={"kv": {"call": call.id}})
             if self._alive:
                 log.info("orphan_calls_watched", extra={"kv": {"calls": len(self._alive)}})
-            remove_stale = getattr(self.calls.marks.get(self.pbx), "remove_stale", None)
-            if remove_stale is not None:
-                keep = {ch for call in found for ch in call.channels}
-                try:
-                    await asyncio.to_thread(remove_stale, keep, STALE_MARK_AGE)
-                except OSError:
-                    log.exception("stale_withdraw_marks_unremoved")
+            await self._remove_stale_marks(exists)
+
+    async def _remove_stale_marks(self, exists: ChannelExists) -> None:
+        """Marks no open call will read (a crash between a call's end and its mark's
+        removal). The open calls are asked for again here: one may have opened meanwhile."""
+        marks = self.calls.marks.get(self.pbx)
+        if marks is None:
+            return
+        try:
+            now_open = await asyncio.to_thread(open_calls, self.calls.ledger, self.pbx)
+            await marks.remove_stale({ch for call in now_open for ch in call.channels}, exists)
+        except Exception:
+            log.exception("stale_withdraw_marks_unremoved")
 
     async def _check(
         self,

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,6 +48,8 @@ CAUSE = "caller_withdrew_while_away"  # the evidence's cause for a withdrawal le
 #: header a few ms later.
 SLACK = timedelta(seconds=2)
 _CHANNEL = re.compile(r"^[A-Za-z0-9._-]{1,128}$")  # an Asterisk uniqueid or FreeSWITCH uuid
+#: Is this channel up? None when the PBX did not say.
+ChannelExists = Callable[[str], Awaitable["bool | None"]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +66,18 @@ class WithdrawMarks(Protocol):
 
     async def clear(self, channel: str) -> None: ...
 
+    async def remove_stale(self, keep: set[str], exists: ChannelExists) -> int:
+        """Remove marks no open call (``keep``: their channels) will read: those a crash left
+        between a call's end and its mark's removal. Returns how many."""
+        ...
+
 
 class SpoolMarks:
     """Asterisk: ``callconsent-withdraw`` writes ``<spool>/withdrawn-<uniqueid>``."""
 
     PREFIX = "withdrawn-"
+    #: a mark of no open call is left this long (its file's time says when it was written)
+    STALE_AGE = timedelta(days=1)
 
     def __init__(self, spool: Path) -> None:
         self.spool = Path(spool)
@@ -92,9 +101,12 @@ class SpoolMarks:
             with contextlib.suppress(FileNotFoundError):
                 await asyncio.to_thread(os.unlink, path)
 
-    def remove_stale(self, keep: set[str], older_than: timedelta) -> int:
-        """Marks of no open call, left longer than ``older_than`` (a crash between a call's
-        end and the removal of its mark): removed. Returns how many."""
+    async def remove_stale(self, keep: set[str], exists: ChannelExists) -> int:
+        """Marks of no open call, older than :attr:`STALE_AGE`: removed (in a worker thread).
+        The age, not ``exists``, guards a call that opens meanwhile."""
+        return await asyncio.to_thread(self._remove_older, keep, self.STALE_AGE)
+
+    def _remove_older(self, keep: set[str], older_than: timedelta) -> int:
         cutoff = datetime.now(UTC) - older_than
         removed = 0
         with os.scandir(self.spool) as entries:

@@ -135,6 +135,8 @@ class Dialplan:
         if verb == "delete":
             self.db.pop((realm, key), None)
             return "+OK"
+        if verb == "list":  # the keys of a realm, joined by ","; an empty realm prints nothing
+            return ",".join(k for r, k in self.db if r == realm)
         return "-USAGE: [insert|delete]/<realm>/<key>/<val>"
 
     @staticmethod

@@ -6,8 +6,10 @@ consent session on the customer's leg only, once they consented)."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 import wave
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ from callconsent.app import App
 from callconsent.dialplan_render_freeswitch import render
 from esl_listener.service import FreeswitchService
 from recorder.callbook import CallBook
-from recorder.models import ConsentRecord, Recording
+from recorder.models import Call, ConsentRecord, Recording
 
 CONFIG = """
 [daemon]
@@ -388,6 +390,42 @@ def test_a_withdrawal_and_hangup_while_the_daemon_was_down_are_acted_on_after_it
             await until(lambda: fs.dialplan.db == {}, "the mark removed")
             # asked once: the sweep hands what it found on, it does not ask again
             assert fs.api_log.count(f"db select/callconsent_withdrawn/{leg.uuid}") == 1
+        finally:
+            await new.stop()
+
+    run(app, scenario)
+
+
+def test_marks_no_open_call_will_read_are_removed_at_the_sweep(app: App) -> None:
+    """A mark a crash left behind (its call ended in the store, its leg gone) is removed when
+    the daemon logs in. mod_db keeps no time, so a mark on a leg that is still up stays, as
+    does the mark of a call still open in the store."""
+
+    async def scenario(app: App, fs: FakeFreeSwitch, old: FreeswitchService) -> None:
+        leg = await call(fs, old, "withdraw", Caller(["1"]))
+        await fs.bridge(leg)
+        other = await call(fs, old, "withdraw", Caller(["1"]))  # open, up, held
+        settings = old.settings
+        await old.stop()
+        stale, live = str(uuid.uuid4()), leg.uuid
+        with app.ledger.db.write() as s:  # the first call's row says it ended
+            s.get(Call, rows(app, Call)[0].id).ended_at = datetime.now(UTC)
+        fs.dialplan.db.update(
+            {("callconsent_withdrawn", k): "1" for k in (stale, live, other.uuid)}
+            | {("another_realm", stale): "1"}
+        )
+        book = CallBook(app.ledger, app.calls.policies, app.prompts)
+        new = FreeswitchService(book, app.spool, settings)
+        await new.start()
+        try:
+            await until(lambda: f"db delete/callconsent_withdrawn/{stale}" in fs.api_log, "swept")
+            assert set(fs.dialplan.db) == {
+                ("callconsent_withdrawn", live),  # its leg is up
+                ("callconsent_withdrawn", other.uuid),  # its call is open
+                ("another_realm", stale),  # not ours
+            }
+            # an open call's leg is asked about once, by the orphan check, not for its mark
+            assert fs.api_log.count(f"uuid_exists {other.uuid}") == 1
         finally:
             await new.stop()
 

@@ -18,6 +18,7 @@ import contextlib
 import os
 import secrets
 import socket
+import uuid
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -531,26 +532,47 @@ def test_real_calls_from_before_a_daemon_restart_are_ended(  # type: ignore[no-u
     run(app, real, scenario)
 
 
+def _admin_api(real: tuple[str, int, str, Path], command: str) -> str:
+    """One ``api`` command as the admin, over a plain socket (before any service runs)."""
+    from callconsent import doctor_host
+
+    host, port, password, _conf = real
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.recv(4096)  # auth/request
+        s.sendall(f"auth {password}\n\n".encode())
+        assert "+OK accepted" in doctor_host._block(s, b"\n\n")
+        s.sendall(f"api {command}\n\n".encode())
+        return doctor_host._api_body(s)
+
+
 def test_real_doctor_names_a_freeswitch_without_mod_db(real) -> None:  # type: ignore[no-untyped-def]
     """doctor's probe (``api db select/…``) on the real wire: with mod_db loaded it is quiet;
     unloaded, FreeSWITCH answers ``-ERR db Command not found!`` and doctor names mod_db."""
     from callconsent import doctor_host
 
     host, port, password, _conf = real
-
-    def admin(command: str) -> str:
-        with socket.create_connection((host, port), timeout=5) as s:
-            s.recv(4096)  # auth/request
-            s.sendall(f"auth {password}\n\n".encode())
-            assert "+OK accepted" in doctor_host._block(s, b"\n\n")
-            s.sendall(f"api {command}\n\n".encode())
-            return doctor_host._api_body(s)
-
     assert doctor_host._esl(host, port, "", password).level == "ok"
-    assert admin("unload mod_db").startswith("+OK")
+    assert _admin_api(real, "unload mod_db").startswith("+OK")
     try:
         finding = doctor_host._esl(host, port, "", password)
         assert finding.level == "warn" and "mod_db" in finding.message, finding
     finally:
-        assert admin("load mod_db").startswith("+OK")
+        assert _admin_api(real, "load mod_db").startswith("+OK")
     assert doctor_host._esl(host, port, "", password).level == "ok"
+
+
+def test_real_stale_withdraw_marks_are_removed_at_login(app: App, real) -> None:  # type: ignore[no-untyped-def]
+    """A mark of no open call whose leg FreeSWITCH does not have (a crash left it) is gone
+    after the service's login sweep (``db list``, ``uuid_exists``, ``db delete``)."""
+    stale = str(uuid.uuid4())
+    assert _admin_api(real, f"db insert/callconsent_withdrawn/{stale}/1").startswith("+OK")
+
+    async def scenario(driver: Driver, svc: FreeswitchService) -> None:
+        select = f"db select/callconsent_withdrawn/{stale}"
+        for _ in range(100):  # the sweep runs after the login, beside this scenario
+            if (await driver.conn.api(select)).first_line == "-ERR no reply":
+                break
+            await asyncio.sleep(0.1)
+        assert (await driver.conn.api(select)).first_line == "-ERR no reply"
+
+    run(app, real, scenario)

@@ -4,13 +4,17 @@ channel they had is gone, watched until then, never ended on a guess."""
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 import uuid
+from pathlib import Path
 
 import consent_ivr as c
 from recorder.callbook import CallBook
 from recorder.ledger import Ledger
 from recorder.models import Call
 from recorder.orphans import OpenCall, Orphans, open_calls
+from recorder.withdrawals import SpoolMarks
 
 
 def book_of(ledger: Ledger) -> CallBook:
@@ -155,3 +159,34 @@ def test_a_gone_call_whose_withdraw_marks_cannot_be_read_is_not_ended(ledger: Le
     book.marks.clear()  # readable again (here: none kept at all)
     asyncio.run(Orphans(book, "asterisk").sweep(exists))
     assert ended(ledger, call_id)
+
+
+def test_stale_spool_marks_are_removed_at_the_sweep(ledger: Ledger, tmp_path: Path) -> None:
+    """A mark of no open call older than a day (a crash between a call's end and its mark's
+    removal) is removed; a newer one (a call may open meanwhile), an open call's, and any
+    other spool file stay."""
+    recording_call(ledger, "3.1", "3.2")  # open, its channel up
+    book = book_of(ledger)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    book.marks["asterisk"] = SpoolMarks(spool)
+    two_days_ago = time.time() - 2 * 86400
+    for name, old in (
+        ("withdrawn-9.9", True),
+        ("withdrawn-8.8", False),
+        ("withdrawn-3.2", True),
+        ("0b7e4a52-2a0e-4f8e-9c55-0a1f0c3e2d11.wav", True),
+    ):
+        (spool / name).write_text("1795345576")
+        if old:
+            os.utime(spool / name, (two_days_ago, two_days_ago))
+
+    async def exists(channel: str) -> bool | None:
+        return channel == "3.2"
+
+    asyncio.run(Orphans(book, "asterisk").sweep(exists))
+    assert sorted(p.name for p in spool.iterdir()) == [
+        "0b7e4a52-2a0e-4f8e-9c55-0a1f0c3e2d11.wav",
+        "withdrawn-3.2",
+        "withdrawn-8.8",
+    ]
