@@ -116,6 +116,15 @@ def cfg_with(tmp_path: Path, extra: str) -> cfgmod.Config:
     return cfgmod.load(path)
 
 
+def esl_cfg(tmp_path: Path, port: int) -> cfgmod.Config:
+    """FreeSWITCH on ``port``, with the credential the fake peers accept."""
+    return cfg_with(
+        tmp_path,
+        f"[freeswitch]\nenabled = true\nesl_port = {port}\n"
+        'esl_user = "callconsent@default"\nesl_password = "good"\n',
+    )
+
+
 @pytest.mark.parametrize(
     ("ami", "secret", "level"), [(True, "good", "ok"), (False, "bad", "error")], indirect=["ami"]
 )
@@ -130,11 +139,7 @@ def test_ami_login_is_checked(ami: int, secret: str, level: str, tmp_path: Path)
 
 @pytest.mark.parametrize(("esl", "level"), [(True, "ok"), (False, "error")], indirect=["esl"])
 def test_esl_credential_is_checked(esl: int, level: str, tmp_path: Path) -> None:
-    cfg = cfg_with(
-        tmp_path,
-        f"[freeswitch]\nenabled = true\nesl_port = {esl}\n"
-        'esl_user = "callconsent@default"\nesl_password = "good"\n',
-    )
+    cfg = esl_cfg(tmp_path, esl)
     (finding,) = doctor_host.pbx(cfg)
     assert (finding.check, finding.level) == ("esl", level)
 
@@ -190,11 +195,7 @@ def test_doctor_command_exits_1_and_says_what_to_fix(
     ids=["shipped-user", "user-of-an-earlier-version", "capture-s5b"],
 )
 def test_the_esl_users_rights_are_checked(esl: int, level: str, named: str, tmp_path: Path) -> None:
-    cfg = cfg_with(
-        tmp_path,
-        f"[freeswitch]\nenabled = true\nesl_port = {esl}\n"
-        'esl_user = "callconsent@default"\nesl_password = "good"\n',
-    )
+    cfg = esl_cfg(tmp_path, esl)
     (finding,) = doctor_host.pbx(cfg)
     assert (finding.check, finding.level) == ("esl", level), finding
     assert named in finding.message
@@ -207,11 +208,7 @@ def test_the_esl_users_rights_are_checked(esl: int, level: str, named: str, tmp_
     ids=["mod_db-loaded", "no-mod_db"],
 )
 def test_a_freeswitch_without_mod_db_is_named(esl_db: int, level: str, tmp_path: Path) -> None:
-    cfg = cfg_with(
-        tmp_path,
-        f"[freeswitch]\nenabled = true\nesl_port = {esl_db}\n"
-        'esl_user = "callconsent@default"\nesl_password = "good"\n',
-    )
+    cfg = esl_cfg(tmp_path, esl_db)
     (finding,) = doctor_host.pbx(cfg)
     assert (finding.check, finding.level) == ("esl", level), finding
     assert ("mod_db" in finding.message) == (level == "warn")
