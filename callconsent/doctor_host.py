@@ -243,15 +243,18 @@ def _esl(host: str, port: int, user: str, password: str) -> Finding:
             "is FreeSWITCH running, with mod_event_socket on that address?",
         )
     if "+OK accepted" in reply:
+        rights = _esl_rights(host, port, reply)
         if db is not None and "Command not found" in db:
+            also = f"; {rights.message}" if rights.level != "ok" else ""
             return Finding(
                 "warn",
                 "esl",
                 f"ESL {host}:{port}: FreeSWITCH has no mod_db, so the caller's withdraw key "
-                "leaves no mark while callconsent is down (the recording is then kept)",
-                'load mod_db (modules.conf.xml: <load module="mod_db"/>)',
+                f"leaves no mark while callconsent is down (the recording is then kept){also}",
+                'load mod_db (modules.conf.xml: <load module="mod_db"/>)'
+                + (f"; {rights.hint}" if also and rights.hint else ""),
             )
-        return _esl_rights(host, port, reply)
+        return rights
     return Finding(
         "error",
         "esl",

@@ -93,14 +93,16 @@ def esl(request: pytest.FixtureRequest) -> Iterator[int]:
 def esl_db(request: pytest.FixtureRequest) -> Iterator[int]:
     """The shipped user, logged in; then the answer real FreeSWITCH 1.10.12 gives to
     ``api db select/…`` for a missing key with mod_db loaded, or with mod_db unloaded."""
-    body = request.param
+    body, rights = request.param if isinstance(request.param, tuple) else (request.param, None)
     probes: list[bytes] = []
 
     def script(conn: socket.socket) -> None:
         conn.sendall(b"Content-Type: auth/request\n\n")
         recv_until(conn, b"\n\n")
         conn.sendall(
-            b"Content-Type: command/reply\nReply-Text: +OK accepted\n" + shipped_rights() + b"\n"
+            b"Content-Type: command/reply\nReply-Text: +OK accepted\n"
+            + (rights or shipped_rights())
+            + b"\n"
         )
         probes.append(recv_until(conn, b"\n\n"))
         conn.sendall(f"Content-Type: api/response\nContent-Length: {len(body)}\n\n".encode() + body)
@@ -202,16 +204,27 @@ def test_the_esl_users_rights_are_checked(esl: int, level: str, named: str, tmp_
 
 
 @pytest.mark.parametrize(
-    ("esl_db", "level"),
-    [(b"-ERR no reply\n", "ok"), (b"-ERR db Command not found!\n", "warn")],
+    ("esl_db", "level", "lacks"),
+    [
+        (b"-ERR no reply\n", "ok", ""),
+        (b"-ERR db Command not found!\n", "warn", ""),
+        (
+            (b"-ERR db Command not found!\n", shipped_rights().replace(b"uuid_kill,", b"")),
+            "warn",
+            "uuid_kill",
+        ),
+    ],
     indirect=["esl_db"],
-    ids=["mod_db-loaded", "no-mod_db"],
+    ids=["mod_db-loaded", "no-mod_db", "no-mod_db-and-a-right-missing"],
 )
-def test_a_freeswitch_without_mod_db_is_named(esl_db: int, level: str, tmp_path: Path) -> None:
-    cfg = esl_cfg(tmp_path, esl_db)
-    (finding,) = doctor_host.pbx(cfg)
+def test_a_freeswitch_without_mod_db_is_named(
+    esl_db: int, level: str, lacks: str, tmp_path: Path
+) -> None:
+    (finding,) = doctor_host.pbx(esl_cfg(tmp_path, esl_db))
     assert (finding.check, finding.level) == ("esl", level), finding
     assert ("mod_db" in finding.message) == (level == "warn")
+    if lacks:  # what the user lacks is named beside it
+        assert lacks in finding.message and "esl-allowed-api" in finding.hint
 
 
 def test_the_shipped_esl_user_may_run_every_api_we_use() -> None:
