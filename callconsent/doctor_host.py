@@ -286,13 +286,9 @@ def _probe_mod_db(s: socket.socket) -> str | None:
 
 def _api_body(s: socket.socket) -> str:
     """The body of the ``api/response`` to the command just sent."""
-    data = b""
-    while b"\n\n" not in data and len(data) < 65536:
-        chunk = s.recv(4096)
-        if not chunk:
-            return ""
-        data += chunk
-    head, _, body = data.partition(b"\n\n")
+    head, found, body = _recv_until(s, b"\n\n").partition(b"\n\n")
+    if not found:
+        return ""
     length = int(_headers(head.decode(errors="replace")).get("Content-Length", "0") or 0)
     while len(body) < length:
         chunk = s.recv(4096)
@@ -327,14 +323,19 @@ def _esl_rights(host: str, port: int, reply: str) -> Finding:
     return Finding("ok", "esl", f"ESL {host}:{port} accepts our credential")
 
 
-def _block(s: socket.socket, end: bytes = b"\r\n\r\n") -> str:
+def _recv_until(s: socket.socket, end: bytes) -> bytes:
+    """What arrives up to and including ``end`` (and whatever came with it), at most 64 KiB."""
     data = b""
     while end not in data and len(data) < 65536:
         chunk = s.recv(4096)
         if not chunk:
             break
         data += chunk
-    return data.decode(errors="replace")
+    return data
+
+
+def _block(s: socket.socket, end: bytes = b"\r\n\r\n") -> str:
+    return _recv_until(s, end).decode(errors="replace")
 
 
 CHECKS[0:0] = [account, store, vault, daemon, pbx]
