@@ -62,7 +62,12 @@ class DbMarks:
                 cmd.uuid(leg)
             except cmd.UnsafeValue:
                 continue  # not a key our extension writes
-            if leg in keep or await exists(leg) is not False:
+            if leg in keep:
+                continue
+            up = await exists(leg)
+            if up is None:  # FreeSWITCH did not say: keep the rest for the next login
+                break
+            if up:
                 continue
             await self.clear(leg)
             removed += 1

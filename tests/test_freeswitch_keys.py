@@ -19,6 +19,8 @@ from test_freeswitch_consent import call, decision, open_app, rows, run, until
 from callconsent import config as config_mod
 from callconsent.app import App
 from callconsent.dialplan_render_freeswitch import render
+from esl_listener.connection import ApiReply
+from esl_listener.marks import DbMarks
 from esl_listener.service import FreeswitchService
 from recorder.callbook import CallBook
 from recorder.models import Call, ConsentRecord, Recording
@@ -430,3 +432,23 @@ def test_marks_no_open_call_will_read_are_removed_at_the_sweep(app: App) -> None
             await new.stop()
 
     run(app, scenario)
+
+
+def test_stale_mark_removal_stops_when_freeswitch_does_not_answer() -> None:
+    """``uuid_exists`` unanswered (connection gone, api refused): nothing is removed and the
+    other marks are not asked about one by one; the next login sweeps again."""
+    keys = [str(uuid.uuid4()) for _ in range(3)]
+    sent: list[str] = []
+    asked: list[str] = []
+
+    async def api(command: str) -> ApiReply:
+        sent.append(command)
+        return ApiReply(",".join(keys) + "\n" if command.startswith("db list/") else "+OK\n")
+
+    async def exists(leg: str) -> bool | None:
+        asked.append(leg)
+        return None
+
+    assert asyncio.run(DbMarks(api).remove_stale(set(), exists)) == 0
+    assert asked == keys[:1]
+    assert sent == ["db list/callconsent_withdrawn"]
