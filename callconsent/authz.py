@@ -13,8 +13,8 @@ from callconsent import config as config_mod
 from callconsent.app import App
 from callconsent.config import Config
 from callconsent.errors import CommandError
-from recorder import audit
-from recorder.db import Database
+from recorder.store import audit
+from recorder.store.db import Database
 
 #: permission -> roles that hold it
 PERMISSIONS: dict[str, frozenset[str]] = {
