@@ -1,4 +1,5 @@
-"""``callconsent audit verify``: check the hash chain of the audit log."""
+"""``callconsent audit verify``: check the hash chain of the audit log, and every evidence and
+recording row against the seal its latest audit row gave it."""
 
 from __future__ import annotations
 
@@ -19,9 +20,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     cmds.required = True
     v = cmds.add_parser(
         "verify",
-        help="check that no audit row was edited, inserted or removed",
+        help="check that no audit row, consent evidence or recording was edited, inserted or "
+        "removed",
         description="Walk the hash chain from the first row; name every row that breaks it. "
-        "Exit status 1 if any does.",
+        "Then compare every consent evidence row, every recording (hashes, expiry, hold, "
+        "discard and purge state) and every call's consent status with what the latest audit "
+        "row about it sealed; name each one edited (and its columns), deleted, or inserted "
+        "without an audit row. Exit status 1 if anything is named.",
     )
     v.set_defaults(func=verify)
     e = cmds.add_parser(
@@ -74,6 +79,13 @@ def verify(args: argparse.Namespace) -> int:
         db.dispose()
     for seq, problem in report.problems:
         print(f"row {seq}: {problem}")
-    verdict = "chain intact" if report.ok else f"{len(report.problems)} problem(s)"
+    for row in report.content:
+        print(row)
+    verdict = "chain intact" if not report.problems else f"{len(report.problems)} problem(s)"
     print(f"audit log: {report.rows} rows, {verdict}")
+    rows = f"{report.sealed_rows} evidence and recording rows match their seals"
+    if report.unsealed_rows:
+        rows += f", {report.unsealed_rows} written before seals existed (not checked)"
+    tampered = f", {len(report.content)} tampered" if report.content else ""
+    print(f"stored rows: {rows}{tampered}")
     return 0 if report.ok else 1

@@ -326,14 +326,14 @@ class Finalizer:
             audit.append(
                 s, self.ctx, actor=SYSTEM_ACTOR, action="recording.encrypted",
                 subject_type="recording", subject_id=rec.id,
-                details={
+                details=audit.sealed({
                     "call_id": rec.call_id,
                     "key_epoch": epoch_id,
                     "duration_ms": info.duration_ms,
                     "plaintext_sha256": sealed.plaintext_sha256,
                     "ciphertext_sha256": sealed.ciphertext_sha256,
                     "expires_at": expires.isoformat(),
-                },
+                }, row),
             )  # fmt: skip
         return True
 

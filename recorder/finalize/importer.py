@@ -23,7 +23,7 @@ from recorder.finalize import wavcheck
 from recorder.finalize.finalizer import Finalizer, Outcome
 from recorder.store import audit
 from recorder.store.ledger import Ledger
-from recorder.store.models import ConsentRecord, Recording
+from recorder.store.models import Call, ConsentRecord, Recording
 from recorder.vault.directory import fsync_dir
 from recorder.vault.keystore import NoEpoch
 
@@ -130,17 +130,20 @@ class Importer:
         status = "granted" if basis is LegalBasis.CONSENT else "not_required"
         with ledger.db.write() as s:
             s.add(
-                ConsentRecord(
+                record := ConsentRecord(
                     id=str(uuid.uuid4()), call_id=call.id, kind="decision", status=status,
                     method="import", actor=req.actor[:64], legal_basis=basis.value,
                     policy={"imported": True, "campaign": req.campaign}, decided_at=at,
                 )
             )  # fmt: skip
+            s.get(Call, call.id).consent_status = status  # type: ignore[union-attr]
+            s.flush()
             audit.append(
                 s, ledger.ctx, actor=req.actor, action="recording.imported",
                 subject_type="recording", subject_id=rid,
-                details={"call_id": call.id, "legal_basis": basis.value,
-                         "campaign": req.campaign, "recorded_at": at.isoformat()},
+                details=audit.sealed({"call_id": call.id, "legal_basis": basis.value,
+                         "status": status, "campaign": req.campaign,
+                         "recorded_at": at.isoformat()}, record),
             )  # fmt: skip
         ledger.recording_started(
             call.id, rid, spool_path=str(self.spool.path_for(rid, "wav")), fmt="wav",

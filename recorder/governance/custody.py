@@ -105,7 +105,7 @@ class Custody:
                 action="recording.held",
                 subject_type="recording",
                 subject_id=rid,
-                details={"reason": reason, "hold_key": hold.id},
+                details=audit.sealed({"reason": reason, "hold_key": hold.id}, row),
             )
         return True
 
@@ -126,7 +126,7 @@ class Custody:
                 action="recording.released",
                 subject_type="recording",
                 subject_id=rid,
-                details={"reason": reason, "was": row.hold_reason or ""},
+                details=audit.sealed({"reason": reason, "was": row.hold_reason or ""}, row),
             )
         return True
 
@@ -169,7 +169,7 @@ class Custody:
                 action="recording.deleted",
                 subject_type="recording",
                 subject_id=rid,
-                details={"reason": reason, "purge_reason": purge_reason},
+                details=audit.sealed({"reason": reason, "purge_reason": purge_reason}, row),
             )
         return RecordingState.PURGED.value
 

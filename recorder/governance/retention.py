@@ -294,21 +294,25 @@ class Retention:
                 new = rule.expires_at(category, rec.started_at)
                 if rec.expires_at != new or rec.retention_category != category:
                     changed.append((rec.id, rec.expires_at, new))
+                    old = rec.expires_at
+                    rec.expires_at, rec.retention_category = new, category
                     rows.append(
                         {
                             "actor": actor,
                             "action": "retention.recomputed",
                             "subject_type": "recording",
                             "subject_id": rec.id,
-                            "details": {
-                                "reason": reason,
-                                "category": category,
-                                "old_expires_at": rec.expires_at.isoformat(),
-                                "new_expires_at": new.isoformat(),
-                            },
+                            "details": audit.sealed(
+                                {
+                                    "reason": reason,
+                                    "category": category,
+                                    "old_expires_at": old.isoformat(),
+                                    "new_expires_at": new.isoformat(),
+                                },
+                                rec,
+                            ),
                         }
                     )
-                    rec.expires_at, rec.retention_category = new, category
             audit.append_many(s, self.ctx, rows)
         return changed
 

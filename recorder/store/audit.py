@@ -27,7 +27,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from recorder.store.models import AuditEntry, AuditHead
+from recorder.store import rowseal
+from recorder.store.models import AuditEntry, AuditHead, ConsentRecord, Recording
 
 GENESIS_HASH = "0" * 64
 # "+" and 6..15 digits, however written: +4915112345678, +49 151 12345678, +49 (151) 1234-5678
@@ -105,6 +106,13 @@ def _at(moment: datetime) -> str:
 
 # the string encoder json.dumps(ensure_ascii=False) uses
 _s = json.encoder.c_encode_basestring or json.encoder.py_encode_basestring  # type: ignore[attr-defined]
+
+
+def sealed(details: Mapping[str, Any], row: ConsentRecord | Recording) -> dict[str, Any]:
+    """``details`` plus the seal of ``row`` as it now is (:mod:`recorder.store.rowseal`): the
+    audit row that writes or changes an evidence or recording row carries it, and
+    :func:`verify` names the row if its content later differs."""
+    return {**details, "row": rowseal.seal(row)}
 
 
 def _refuse_phone_numbers(details: Mapping[str, Any]) -> None:
@@ -239,16 +247,21 @@ def write_chain(session: Session, head: AuditHead, values: list[dict[str, Any]])
 @dataclass
 class AuditReport:
     rows: int = 0
-    problems: list[tuple[int, str]] = field(default_factory=list)
+    problems: list[tuple[int, str]] = field(default_factory=list)  # (seq, what): the chain
+    content: list[rowseal.RowProblem] = field(default_factory=list)  # evidence, recordings
+    sealed_rows: int = 0  # evidence and recording rows that match their latest seal
+    unsealed_rows: int = 0  # written before seals existed: nothing to compare them with
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and not self.content
 
 
-def verify(session: Session, batch: int = 5000) -> AuditReport:
-    """Walk the whole chain in order and name every row that breaks it."""
+def verify(session: Session, batch: int = 5000, *, content: bool = True) -> AuditReport:
+    """Walk the whole chain in order and name every row that breaks it; then (``content``)
+    compare every evidence and recording row with the seal its latest audit row gave it."""
     report = AuditReport()
+    seals = rowseal.SealChecker()
     expected_seq, prev_hash = 1, GENESIS_HASH
     for entry in _walk(session, batch):
         report.rows += 1
@@ -272,6 +285,8 @@ def verify(session: Session, batch: int = 5000) -> AuditReport:
                 (entry.seq, f"row {entry.seq} was edited (its hash does not match)")
             )
         expected_seq, prev_hash = entry.seq + 1, entry.hash
+        if content:
+            seals.observe(entry)
     head = session.get(AuditHead, 1)
     last_seq = expected_seq - 1
     if head is None:
@@ -284,6 +299,9 @@ def verify(session: Session, batch: int = 5000) -> AuditReport:
             )
         else:
             report.problems.append((head.seq, "the audit head does not match the last row"))
+    if content:
+        report.content = seals.check(session)
+        report.sealed_rows, report.unsealed_rows = seals.sealed_rows, seals.unsealed_rows
     return report
 
 

@@ -166,7 +166,7 @@ class Ledger:
         with self.db.write() as s:
             call = _get(s, Call, call_id)
             s.add(
-                ConsentRecord(
+                record := ConsentRecord(
                     id=evidence.consent_id,
                     call_id=call_id,
                     kind="decision",
@@ -194,13 +194,16 @@ class Ledger:
                 action="consent.decision",
                 subject_type="call",
                 subject_id=call_id,
-                details={
-                    "consent_id": evidence.consent_id,
-                    "status": evidence.decision.value,
-                    "method": evidence.method,
-                    "legal_basis": evidence.legal_basis,
-                    "campaign": call.campaign,
-                },
+                details=audit.sealed(
+                    {
+                        "consent_id": evidence.consent_id,
+                        "status": evidence.decision.value,
+                        "method": evidence.method,
+                        "legal_basis": evidence.legal_basis,
+                        "campaign": call.campaign,
+                    },
+                    record,
+                ),
             )
 
     def log_status_change(
@@ -222,7 +225,7 @@ class Ledger:
             if decision is None:
                 raise LedgerError(f"call {call_id} has no consent decision to change")
             s.add(
-                ConsentRecord(
+                record := ConsentRecord(
                     id=change_id,
                     call_id=call_id,
                     kind="change",
@@ -243,7 +246,9 @@ class Ledger:
                 action="consent.change",
                 subject_type="call",
                 subject_id=call_id,
-                details={"status": status.value, "cause": cause, "change_id": change_id},
+                details=audit.sealed(
+                    {"status": status.value, "cause": cause, "change_id": change_id}, record
+                ),
             )
         return change_id
 
@@ -268,7 +273,7 @@ class Ledger:
         with self.db.write() as s:
             _get(s, Call, call_id)
             s.add(
-                Recording(
+                rec := Recording(
                     id=recording_id,
                     call_id=call_id,
                     state=RecordingState.RECORDING.value,
@@ -290,7 +295,9 @@ class Ledger:
                 action="recording.started",
                 subject_type="recording",
                 subject_id=recording_id,
-                details={"call_id": call_id, "format": fmt, "channels": channels},
+                details=audit.sealed(
+                    {"call_id": call_id, "format": fmt, "channels": channels}, rec
+                ),
             )
 
     def set_pbx_ref(self, recording_id: str, pbx_ref: str) -> None:
@@ -314,7 +321,7 @@ class Ledger:
                 action="recording.closed",
                 subject_type="recording",
                 subject_id=recording_id,
-                details={"call_id": rec.call_id},
+                details=audit.sealed({"call_id": rec.call_id}, rec),
             )
         if self.sink is not None:
             self.sink.recording_closed(recording_id)
@@ -343,7 +350,9 @@ class Ledger:
                 action="recording.discarded",
                 subject_type="recording",
                 subject_id=recording_id,
-                details={"call_id": rec.call_id, "reason": reason, "previous_state": previous},
+                details=audit.sealed(
+                    {"call_id": rec.call_id, "reason": reason, "previous_state": previous}, rec
+                ),
             )
         if self.sink is not None:
             self.sink.recording_discarded(recording_id)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from recstore import Rig, make_rig, write_wav
+from sealing import seal_written
 
 from callconsent.app import App
 from recorder.governance.custody import Custody, CustodyError
@@ -203,6 +204,7 @@ def _fake_expired(ledger: Ledger, vault_dir: Path, n: int, node_calls: int = 1) 
                 )
             )
             ids.append(rid)
+    seal_written(ledger.db, ids)
     return ids
 
 
@@ -372,6 +374,7 @@ def test_many_files_some_stuck_each_failure_lands_on_its_own_row(app: App) -> No
                 for i, rid in enumerate(ids)
             ],
         )
+    seal_written(app.db, ids)
     report = retention(app, at=datetime.now(UTC), batch=260).run(shred=False)
     assert sorted(report.purged) == sorted(set(ids) - stuck)
     assert {rid: why for rid, why in report.failed} == {
