@@ -92,6 +92,17 @@ class OutboundServer:
             log.warning(
                 "outbound_session_failed", extra={"kv": {"conn": conn.name, "error": str(exc)}}
             )
+        except p.UnsafeCommand as exc:  # a value FreeSWITCH sent that no command may carry
+            log.warning(
+                "outbound_session_refused",
+                extra={
+                    "kv": {
+                        "conn": conn.name,
+                        "why": str(exc),
+                        "effect": "nothing recorded or stored; the dialplan's fallback runs",
+                    }
+                },
+            )
         except asyncio.CancelledError:
             log.warning("outbound_session_cut", extra={"kv": {"conn": conn.name}})
         except Exception:
