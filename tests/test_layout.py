@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-OUR_PACKAGES = {"agi", "esl_listener", "consent_ivr", "recorder", "callconsent"}
+OUR_PACKAGES = {"agi", "esl_listener", "consent_ivr", "recorder", "callconsent", "web"}
 
 
 def imports_of(package: str) -> set[tuple[str, str]]:
@@ -44,6 +44,13 @@ def test_consent_ivr_imports_only_the_standard_library() -> None:
         ("recorder", "callconsent"),
         ("agi", "callconsent"),
         ("esl_listener", "callconsent"),
+        ("web", "agi"),
+        ("web", "esl_listener"),
+        ("web", "callconsent"),
+        ("agi", "web"),
+        ("esl_listener", "web"),
+        ("recorder", "web"),
+        ("consent_ivr", "web"),
     ],
 )
 def test_dependency_direction(package: str, forbidden: str) -> None:
