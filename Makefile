@@ -89,7 +89,7 @@ sql: install
 	$(VENV)/bin/callconsent db sql --dialect postgresql > sql/postgresql.sql
 
 demo: debian-deps install daemon-account
-	$(VPY) tests/asterisk_demo.py
+	$(VPY) tests/support/asterisk_demo.py
 
 dialplan: install
 	$(VPY) -c 'from agi.dialplan import render, DialplanSettings; \

@@ -20,7 +20,6 @@ import asyncio
 import functools
 import logging
 import re
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +30,17 @@ from agi import agent, consent
 from agi.ami import AmiClient, AmiError, AmiUnavailable, Message, NoSuchChannel
 from agi.calls import CallRegistry
 from agi.closure import Closer
+from agi.context import AsteriskOptions
 from agi.control import AmiControl
 from agi.protocol import AgiEnvironment
 from agi.server import Handler
-from recorder import withdrawals
-from recorder.callbook import CallBook, LiveCall, RecordingFile
-from recorder.models import ConsentRecord, Recording
-from recorder.orphans import OpenCall, Orphans
-from recorder.spool import Spool
-from recorder.withdrawals import SpoolMarks
+from recorder.finalize.spool import Spool
+from recorder.live import callbook
+from recorder.live.callbook import CallBook, LiveCall
+from recorder.live.orphans import OpenCall, Orphans
+from recorder.live.port import RecordingFile
+from recorder.live.withdrawals import SpoolMarks
+from recorder.store.models import ConsentRecord, Recording
 
 log = logging.getLogger("callconsent.agi")
 
@@ -50,32 +51,10 @@ WITHDRAWN_VAR = "CONSENT_WITHDRAWN"  # set by callconsent-withdraw before its AG
 WITHDRAW_KEYS = {**{d: d for d in "0123456789"}, "star": "*", "hash": "#"}
 
 
-@dataclass(frozen=True)
-class AsteriskOptions:
-    """The ``[asterisk]`` settings the adapter uses (same names as in the config file)."""
-
-    agi_host: str = "127.0.0.1"
-    agi_port: int = 4573
-    ami_host: str = "127.0.0.1"
-    ami_port: int = 5038
-    ami_user: str = ""
-    ami_secret: str = ""
-    ami_system_user: str = ""
-    ami_system_secret: str = ""
-    max_sessions: int = 5000
-    env_timeout_s: float = 5.0
-    command_timeout_s: float = 10.0
-    header_wait_s: float = 2.0
-    spy_group: str = "consented"
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> AsteriskOptions:
-        """From any object with these attributes (the config's ``[asterisk]`` section)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{n: getattr(settings, n) for n in names if hasattr(settings, n)})
-
-
 class AsteriskAdapter:
+    """The shared state the routes act on (it is an :class:`agi.context.Asterisk`) and the
+    table that maps each FastAGI path to its route."""
+
     def __init__(
         self,
         calls: CallBook,
@@ -187,7 +166,7 @@ class AsteriskAdapter:
             return
         found = await live.consult_withdraw_marks(live.control)
         if not found and live.status is c.ConsentStatus.GRANTED:  # a variable, no file:
-            await withdrawals.learn(live, None, live.control)  # the time is unknown
+            await callbook.learn_withdrawal(live, None, live.control)  # the time is unknown
         for uid in marked:  # as the withdraw AGI does: the key is the caller's again
             found = await self.ami.action("Getvar", Channel=uid, Variable="DYNAMIC_FEATURES")
             kept = [f for f in str(found.get("Value") or "").split("#") if f]

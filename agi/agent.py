@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING
 
 import consent_ivr as c
+from agi.context import Asterisk
 from agi.control import AmiControl, ChannelControl, play_agent_tone
 from agi.session import AgiSession
-from recorder.callbook import CallControl
-
-if TYPE_CHECKING:
-    from agi.adapter import AsteriskAdapter
+from recorder.live.port import CallControl
 
 log = logging.getLogger("callconsent.agi")
 PBX = "asterisk"
@@ -45,7 +42,7 @@ def resolve(verb: str, machine: c.ConsentCall) -> str:
     return "pause"
 
 
-async def command(ad: AsteriskAdapter, session: AgiSession, verb: str) -> None:
+async def command(ad: Asterisk, session: AgiSession, verb: str) -> None:
     env = session.env
     found = await session.values(
         "${CONSENT_CALL}",

@@ -1,7 +1,7 @@
 """What the Asterisk adapter knows about each call beyond the consent machine: which channel
 is the customer leg, which spool files its recordings write, who listens in.
 
-The :class:`recorder.callbook.CallBook` keys calls by ``CHANNEL(linkedid)``; AMI events name
+The :class:`recorder.live.callbook.CallBook` keys calls by ``CHANNEL(linkedid)``; AMI events name
 channels by uniqueid, so the registry indexes both.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from recorder.callbook import RecordingFile
+from recorder.live.port import RecordingFile
 
 
 @dataclass

@@ -19,7 +19,8 @@ import struct
 from pathlib import Path
 
 from agi.calls import AsteriskCall, CallRegistry
-from recorder.callbook import CallBook, RecordingFile
+from recorder.live.callbook import CallBook
+from recorder.live.port import RecordingFile
 
 log = logging.getLogger("callconsent.agi")
 PBX = "asterisk"

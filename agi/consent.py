@@ -3,7 +3,7 @@ answer hook, and the caller's withdraw key.
 
 Each session reads what it needs in one base64-encoded round trip (caller data can neither
 split nor forge a reply), finds or opens the call in the shared
-:class:`recorder.callbook.CallBook` under ``CHANNEL(linkedid)`` (not in the AGI environment),
+:class:`recorder.live.callbook.CallBook` under ``CHANNEL(linkedid)`` (not in the AGI environment),
 and lets :mod:`consent_ivr` decide. The ``CallBook`` stores the decision before a recording is
 registered, and registers it before ``MixMonitor`` writes a byte.
 """
@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 import consent_ivr as c
 from agi.calls import AsteriskCall
+from agi.context import Asterisk
 from agi.control import AmiControl, ChannelControl, play_agent_tone
 from agi.session import AgiSession
-from recorder.callbook import LiveCall
-
-if TYPE_CHECKING:
-    from agi.adapter import AsteriskAdapter
+from recorder.live.callbook import LiveCall
 
 log = logging.getLogger("callconsent.agi")
 PBX = "asterisk"
@@ -34,7 +31,7 @@ def is_withheld(presentation: str) -> bool:
     return presentation.startswith("prohib") or presentation == "unavailable"
 
 
-async def inbound(ad: AsteriskAdapter, session: AgiSession, campaign: str) -> None:
+async def inbound(ad: Asterisk, session: AgiSession, campaign: str) -> None:
     """``Gosub(callconsent-inbound,s,1(<campaign>))`` → ``agi://…/consent/<campaign>``."""
     env = session.env
     found = await session.values(
@@ -59,7 +56,7 @@ async def inbound(ad: AsteriskAdapter, session: AgiSession, campaign: str) -> No
     await _run_on_customer_leg(ad, session, live, call, answer=state != "Up")
 
 
-async def outbound(ad: AsteriskAdapter, session: AgiSession, campaign: str, agent: str) -> None:
+async def outbound(ad: Asterisk, session: AgiSession, campaign: str, agent: str) -> None:
     """``Gosub(callconsent-outbound,s,1(<campaign>,<agent>[,<number>]))`` on the agent's
     channel before it dials: registers the call; the dialogue (or the campaign's mode)
     runs on the customer's channel when it answers (``answer``)."""
@@ -81,7 +78,7 @@ async def outbound(ad: AsteriskAdapter, session: AgiSession, campaign: str, agen
     log.info("outbound_registered", extra={"kv": {"call": key, "campaign": campaign}})
 
 
-async def answered(ad: AsteriskAdapter, session: AgiSession) -> None:
+async def answered(ad: Asterisk, session: AgiSession) -> None:
     """A leg was answered (Dial ``U()``, Queue's AGI and gosub arguments)."""
     env = session.env
     found = await session.values("${CONSENT_CALL}", "${CHANNEL(linkedid)}", "${CONSENT_AGENT}")
@@ -145,7 +142,7 @@ async def _warn_if_never_started(live: LiveCall, key: str, wait_s: float = 3.0) 
         )
 
 
-async def withdraw(ad: AsteriskAdapter, session: AgiSession, digit: str) -> None:
+async def withdraw(ad: Asterisk, session: AgiSession, digit: str) -> None:
     """The caller pressed a withdraw key (a feature enabled on the customer leg only)."""
     env = session.env
     found = await session.values("${CONSENT_CALL}", "${CHANNEL(linkedid)}", "${DYNAMIC_FEATURES}")
@@ -172,7 +169,7 @@ async def withdraw(ad: AsteriskAdapter, session: AgiSession, digit: str) -> None
 
 
 async def _run_on_customer_leg(
-    ad: AsteriskAdapter,
+    ad: Asterisk,
     session: AgiSession,
     live: LiveCall,
     call: AsteriskCall,

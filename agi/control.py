@@ -1,5 +1,5 @@
 """The two ways we act on a call's customer leg: through an AGI session running *on* it, and
-out of band through AMI. Both implement :class:`recorder.callbook.CallControl`.
+out of band through AMI. Both implement :class:`recorder.live.callbook.CallControl`.
 
 * :class:`ChannelControl`: an AGI session on the customer leg (the consent dialogue, the
   ``peer`` feature that starts a recording, the caller's withdraw key, the answer hook). It
@@ -21,17 +21,14 @@ import contextlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import consent_ivr as c
 from agi import ami as ami_mod
 from agi.calls import AsteriskCall
+from agi.context import Asterisk
 from agi.session import AgiSession, ChannelGone, CommandTimeout
-from recorder.callbook import CallGone, RecordingFile
-from recorder.prompts import PromptFile
-
-if TYPE_CHECKING:
-    from agi.adapter import AsteriskAdapter
+from recorder.live.port import CallGone, RecordingFile
+from recorder.live.prompts import PromptFile
 
 log = logging.getLogger("callconsent.agi")
 
@@ -62,7 +59,7 @@ def mixmonitor_options(stereo: bool, beep_s: int) -> str:
 class _CustomerLeg:
     """What both controls do the same way: AMI actions on the customer leg."""
 
-    def __init__(self, adapter: AsteriskAdapter, call: AsteriskCall, policy: c.Policy) -> None:
+    def __init__(self, adapter: Asterisk, call: AsteriskCall, policy: c.Policy) -> None:
         self.adapter = adapter
         self.call = call
         self.policy = policy
@@ -146,7 +143,7 @@ class ChannelControl(_CustomerLeg):
 
     def __init__(
         self,
-        adapter: AsteriskAdapter,
+        adapter: Asterisk,
         call: AsteriskCall,
         policy: c.Policy,
         session: AgiSession,
@@ -291,7 +288,7 @@ class AmiControl(_CustomerLeg):
 
     def __init__(
         self,
-        adapter: AsteriskAdapter,
+        adapter: Asterisk,
         call: AsteriskCall,
         policy: c.Policy,
         agent_session: AgiSession | None = None,
@@ -350,9 +347,7 @@ async def _tone_for(ami: ami_mod.AmiClient, channel: str) -> None:
         await ami.action("PlayDTMF", Channel=channel, Digit="#", Duration="400", Async="false")
 
 
-async def play_agent_tone(
-    adapter: AsteriskAdapter, session: AgiSession, name: str, language: str
-) -> None:
+async def play_agent_tone(adapter: Asterisk, session: AgiSession, name: str, language: str) -> None:
     """A short prompt for the agent (refused, done, the consent status); skipped if absent."""
     path = agent_prompt(adapter.prompt_dir, name, language)
     if path is None:

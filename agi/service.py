@@ -16,8 +16,8 @@ from agi.adapter import AsteriskAdapter, AsteriskOptions
 from agi.ami import AmiClient, AmiError, AmiUnavailable, PermissionDenied
 from agi.protocol import UnsafeArgument, safe_token
 from agi.server import FastAgiServer, ServerLimits
-from recorder.callbook import CallBook
-from recorder.spool import Spool
+from recorder.finalize.spool import Spool
+from recorder.live.callbook import CallBook
 
 log = logging.getLogger("callconsent.agi")
 

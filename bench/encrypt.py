@@ -48,8 +48,8 @@ def make_wav(path: Path, rate: int, channels: int, seconds: int) -> int:
 
 
 def child_stream(src: Path, out_dir: Path) -> dict[str, float]:
-    from recorder import envelope
-    from recorder.vault import Vault
+    from recorder.vault import envelope
+    from recorder.vault.directory import Vault
 
     _, public = envelope.generate_keypair()
     rid = "00000000-0000-4000-8000-00000000b001"

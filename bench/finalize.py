@@ -36,11 +36,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from callconsent import config as config_mod
 from callconsent.app import App
 from callconsent.recordings import retention_rule
-from recorder import fileformat as ff
-from recorder.expiry import epochs_between
-from recorder.finalizer import Finalizer, FinalizerSettings, Outcome
-from recorder.keystore import KeyStore
-from recorder.vault import Vault
+from recorder.finalize.finalizer import Finalizer, FinalizerSettings, Outcome
+from recorder.vault import fileformat as ff
+from recorder.vault.directory import Vault
+from recorder.vault.expiry import epochs_between
+from recorder.vault.keystore import KeyStore
 
 IN_FLIGHT = 50
 SECONDS = 300  # five-minute calls

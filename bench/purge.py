@@ -32,7 +32,7 @@ def build(root: Path, count: int) -> tuple[Path, Path]:
 
     from callconsent import config
     from callconsent.app import App
-    from recorder.models import Recording
+    from recorder.store.models import Recording
 
     cfg_path = root / "callconsent.toml"
     cfg_path.write_text('[daemon]\ndata_dir = "data"\nnode = "bench"\n[metrics]\nenabled = false\n')

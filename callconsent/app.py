@@ -7,15 +7,15 @@ import os
 from dataclasses import dataclass
 
 from callconsent.config import Config
-from recorder import migrate
-from recorder.audit import AuditContext
-from recorder.callbook import CallBook
-from recorder.db import Database
-from recorder.keydir import KeyDir
-from recorder.ledger import Ledger, RecordingSink
-from recorder.numbers import SECRET_NAME, NumberProtector
-from recorder.prompts import PromptCatalog
-from recorder.spool import Spool
+from recorder.finalize.spool import Spool
+from recorder.live.callbook import CallBook
+from recorder.live.prompts import PromptCatalog
+from recorder.store import migrate
+from recorder.store.audit import AuditContext
+from recorder.store.db import Database
+from recorder.store.ledger import Ledger, RecordingSink
+from recorder.store.numbers import SECRET_NAME, NumberProtector
+from recorder.vault.keydir import KeyDir
 
 log = logging.getLogger("callconsent")
 

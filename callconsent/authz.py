@@ -21,8 +21,8 @@ from callconsent import config as config_mod
 from callconsent.app import App
 from callconsent.config import Config
 from callconsent.errors import CommandError
-from recorder import audit
-from recorder.db import Database
+from recorder.store import audit
+from recorder.store.db import Database
 from web.accounts import Accounts
 
 log = logging.getLogger("callconsent")

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import consent_ivr as c
-from recorder.callbook import CallBook, CallGone
+from recorder.live.callbook import CallBook
+from recorder.live.port import CallGone
 
 log = logging.getLogger("callconsent.control")
 SOCKET_NAME = "control.sock"

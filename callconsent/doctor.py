@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from callconsent.config import Config
-from recorder.spool import Spool, SpoolError
+from recorder.finalize.spool import Spool, SpoolError
 
 
 @dataclass(frozen=True)

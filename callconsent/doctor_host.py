@@ -17,12 +17,12 @@ from callconsent.control import SOCKET_NAME
 from callconsent.doctor import CHECKS, Finding
 from esl_listener.inbound import API_USED, SUBSCRIPTIONS
 from esl_listener.marks import REALM as MARK_REALM
-from recorder import migrate
-from recorder.audit import AuditContext
-from recorder.db import Database
-from recorder.expiry import RetentionRule
-from recorder.keydir import KeyDir, KeyPermissionError
-from recorder.keystore import KeyStore
+from recorder.store import migrate
+from recorder.store.audit import AuditContext
+from recorder.store.db import Database
+from recorder.vault.expiry import RetentionRule
+from recorder.vault.keydir import KeyDir, KeyPermissionError
+from recorder.vault.keystore import KeyStore
 
 TIMEOUT_S = 3.0
 

@@ -12,9 +12,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from recorder.db import Database
 from recorder.metrics import REGISTRY
-from recorder.models import Recording, RecordingState
+from recorder.store.db import Database
+from recorder.store.models import Recording, RecordingState
 
 log = logging.getLogger("callconsent.metrics")
 

@@ -1,6 +1,6 @@
 """The prompts callers (and agents) hear: spoken from the texts in ``prompt_texts/<lang>.toml``
 with espeak-ng, or converted from an admin's own recording with pydub (ffmpeg reads any common
-format), and written as 8 kHz mono 16-bit WAV in the layout of :mod:`recorder.prompts`:
+format), and written as 8 kHz mono 16-bit WAV in the layout of :mod:`recorder.live.prompts`:
 ``<prompt dir>/<language>/<prompt id>.wav``.
 
 The PBX plays them by absolute path, as its own account, so directories are 0755 and files

@@ -7,13 +7,13 @@ from typing import Any
 
 from callconsent.app import App
 from callconsent.config import Config
-from recorder.custody import Custody
-from recorder.expiry import RetentionRule
-from recorder.finalizer import Finalizer, FinalizerSettings
-from recorder.keystore import KeyStore
-from recorder.retention import Retention
-from recorder.subjects import Subjects
-from recorder.vault import Vault
+from recorder.finalize.finalizer import Finalizer, FinalizerSettings
+from recorder.governance.custody import Custody
+from recorder.governance.retention import Retention
+from recorder.governance.subjects import Subjects
+from recorder.vault.directory import Vault
+from recorder.vault.expiry import RetentionRule
+from recorder.vault.keystore import KeyStore
 
 
 def retention_rule(config: Config) -> RetentionRule:

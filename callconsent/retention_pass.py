@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 
-from recorder.retention import Retention
+from recorder.governance.retention import Retention
 
 log = logging.getLogger("callconsent.retention")
 

@@ -14,8 +14,8 @@ Everything that affects the rules lives in this file. A call has two parts of st
 * the **recordings** of the call, each with its own :class:`RecordingState`. A call may have
   several (an agent stops, then starts again); each has its own id.
 
-The rules this file guarantees (and ``tests/test_consent_properties.py`` checks for any event
-sequence):
+The rules this file guarantees (for any event sequence, checked by
+``tests/consent_ivr/test_consent_properties.py``):
 
 1. On a call whose policy asks for consent, no ``StartRecording`` comes before the caller's
    accept digit.

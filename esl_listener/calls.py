@@ -17,19 +17,19 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import consent_ivr as c
 from esl_listener.connection import ApiReply, EslError
+from esl_listener.fscall import FsCall
 from esl_listener.marks import DbMarks
 from esl_listener.protocol import Event
 from esl_listener.remote import RemoteControl
-from recorder import withdrawals
-from recorder.callbook import CallBook, LiveCall
-from recorder.ledger import LedgerError
-from recorder.orphans import OpenCall, Orphans
-from recorder.spool import Spool
+from recorder.finalize.spool import Spool
+from recorder.live import callbook
+from recorder.live.callbook import CallBook, LiveCall
+from recorder.live.orphans import OpenCall, Orphans
+from recorder.store.ledger import LedgerError
 
 log = logging.getLogger("callconsent.esl.calls")
 
@@ -50,24 +50,6 @@ AGENT_VERBS = {
 _ACTOR = re.compile(r"^[A-Za-z0-9_.@+/-]{1,48}$")
 
 ApiPort = Callable[[str], Awaitable[ApiReply]]
-
-
-@dataclass
-class FsCall:
-    """One call as FreeSWITCH knows it. ``key`` is its ``Channel-Call-UUID``."""
-
-    key: str
-    direction: str = "inbound"
-    customer_uuid: str | None = None  # the leg we record; None until an outbound call bridges
-    session_uuid: str | None = None  # the leg our outbound socket drove
-    recordings: dict[str, str] = field(default_factory=dict)  # recording id -> path
-    closed: set[str] = field(default_factory=set)
-    listeners: set[str] = field(default_factory=set)  # supervisors' legs eavesdropping
-    hung_up: bool = False
-
-    @property
-    def open_recordings(self) -> set[str]:
-        return set(self.recordings) - self.closed
 
 
 class CallRegistry:
@@ -223,7 +205,7 @@ class CallRegistry:
         (its recordings are then adopted by the finalizer once their files are final); a
         leg marked ``callconsent_withdrawn`` by the shipped withdraw extension means the
         caller withdrew and we never heard the event. Then the store's open calls this
-        daemon does not hold (it restarted): see :mod:`recorder.orphans`."""
+        daemon does not hold (it restarted): see :mod:`recorder.live.orphans`."""
         await self._recheck_held()
         await self.orphans.sweep(self._channel_exists, self._orphan_alive)
 
@@ -288,8 +270,8 @@ class CallRegistry:
         if live.control is None:
             live.control = self.control(call)
         # the recording ran on from the key until now: under on_withdrawal = "stop" it is
-        # not kept (recorder.withdrawals); the mark is removed once the store has it
-        await withdrawals.learn(live, None, self.control(call))
+        # not kept (recorder.live.withdrawals); the mark is removed once the store has it
+        await callbook.learn_withdrawal(live, None, self.control(call))
         await live.consult_withdraw_marks()
 
     async def _end(self, call: FsCall) -> None:

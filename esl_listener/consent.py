@@ -32,11 +32,13 @@ from dataclasses import dataclass
 
 import consent_ivr as c
 from esl_listener import commands as cmd
-from esl_listener.calls import CallRegistry, FsCall
+from esl_listener.calls import CallRegistry
 from esl_listener.connection import ChannelGone, CommandTimeout, ConnectionClosed, EslConnection
+from esl_listener.fscall import FsCall
 from esl_listener.protocol import Event, Frame
-from recorder.callbook import CallBook, CallGone, RecordingFile
-from recorder.prompts import PromptFile
+from recorder.live.callbook import CallBook
+from recorder.live.port import CallGone, RecordingFile
+from recorder.live.prompts import PromptFile
 
 log = logging.getLogger("callconsent.esl.consent")
 
@@ -93,7 +95,7 @@ class ChannelInfo:
 
 
 class SessionControl:
-    """A call's :class:`~recorder.callbook.CallControl` over its outbound-socket session."""
+    """A call's :class:`~recorder.live.callbook.CallControl` over its outbound-socket session."""
 
     def __init__(
         self,

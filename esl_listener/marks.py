@@ -1,5 +1,5 @@
 """The mark FreeSWITCH's withdraw extension leaves for a callconsent that may not hear its
-event (see :mod:`recorder.withdrawals`): ``db insert/callconsent_withdrawn/${uuid}/1``.
+event (see :mod:`recorder.live.withdrawals`): ``db insert/callconsent_withdrawn/${uuid}/1``.
 
 mod_db keeps it in FreeSWITCH's core database, so it outlives the channel (and a FreeSWITCH
 restart). We read it with ``api db select/…`` and remove it with ``api db delete/…``; the
@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from esl_listener import commands as cmd
 from esl_listener.connection import ApiReply
-from recorder.withdrawals import ChannelExists, WithdrawMark
+from recorder.live.withdrawals import ChannelExists, WithdrawMark
 
 log = logging.getLogger("callconsent.calls")
 REALM = "callconsent_withdrawn"

@@ -1,21 +1,35 @@
-"""A FreeSWITCH call's out-of-band :class:`~recorder.callbook.CallControl`: what happens after
+"""A FreeSWITCH call's out-of-band :class:`~recorder.live.callbook.CallControl`: what happens after
 the consent dialogue (agent codes, the CLI, bridges, the caller's withdraw key) is done with
 ``api`` commands over the inbound ESL connection, on the customer's leg."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 
 import consent_ivr as c
 from esl_listener import commands as cmd
 from esl_listener.connection import ApiReply, EslError
-from recorder.callbook import CallGone, RecordingFile
-from recorder.prompts import PromptFile
+from esl_listener.fscall import FsCall
+from recorder.finalize.spool import Spool
+from recorder.live.port import CallGone, RecordingFile
+from recorder.live.prompts import PromptFile
 
-if TYPE_CHECKING:
-    from esl_listener.calls import CallRegistry, FsCall
+
+class Registry(Protocol):
+    """What the control needs of the call registry (:class:`esl_listener.calls.CallRegistry`
+    is one); named here so that the registry may build controls without an import cycle."""
+
+    spool: Spool
+    eavesdrop_group: str
+
+    api: Callable[[str], Awaitable[ApiReply]]
+
+    def recording_started(self, call: FsCall, recording_id: str, path: str) -> None: ...
+
+    async def not_started(self, recording_id: str) -> None: ...
+
 
 log = logging.getLogger("callconsent.esl.calls")
 
@@ -24,7 +38,7 @@ class RemoteControl:
     """A call's out-of-band :class:`CallControl`: inbound ESL ``api`` commands on the customer
     leg, for what happens after the dialogue (agent codes, CLI, bridges, withdrawal)."""
 
-    def __init__(self, registry: CallRegistry, call: FsCall, agent_uuid: str | None) -> None:
+    def __init__(self, registry: Registry, call: FsCall, agent_uuid: str | None) -> None:
         self.registry = registry
         self.call = call
         self.agent_uuid = agent_uuid

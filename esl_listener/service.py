@@ -17,8 +17,8 @@ from esl_listener.connection import ApiReply
 from esl_listener.consent import ConsentSessions
 from esl_listener.inbound import WITHDRAW_EVENT, InboundClient
 from esl_listener.outbound import OutboundServer
-from recorder.callbook import CallBook
-from recorder.spool import Spool
+from recorder.finalize.spool import Spool
+from recorder.live.callbook import CallBook
 
 log = logging.getLogger("callconsent.esl")
 

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-sys.path.insert(0, os.path.dirname(__file__))
-
 import pg
+import pytest
 
 from callconsent import config as config_mod
 from callconsent.app import App
-from recorder import migrate
-from recorder.audit import AuditContext
-from recorder.db import Database
-from recorder.ledger import Ledger
-from recorder.numbers import NumberProtector
+from recorder.store import migrate
+from recorder.store.audit import AuditContext
+from recorder.store.db import Database
+from recorder.store.ledger import Ledger
+from recorder.store.numbers import NumberProtector
 
 TEST_SECRET = bytes(range(32))
 

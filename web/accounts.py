@@ -17,9 +17,9 @@ import pyotp
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from recorder import audit
-from recorder.db import Database
-from recorder.models import ApiToken, User, WebSession
+from recorder.store import audit
+from recorder.store.db import Database
+from recorder.store.models import ApiToken, User, WebSession
 from web.tokens import new_token, token_hash
 
 ROLES = ("agent", "supervisor", "dpo", "admin")

@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-from recorder import audit
-from recorder.db import Database
-from recorder.models import Recording, RecordingState, ShareLink
+from recorder.store import audit
+from recorder.store.db import Database
+from recorder.store.models import Recording, RecordingState, ShareLink
 from web.tokens import new_token, token_hash
 
 DEFAULT_HOURS = 24

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from callconsent import config
-from recorder import audit
-from recorder.db import Database
+from recorder.store import audit
+from recorder.store.db import Database
 
 
 def register(sub: argparse._SubParsersAction) -> None:

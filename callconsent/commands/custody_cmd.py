@@ -10,7 +10,7 @@ from callconsent.authz import authorized_app
 from callconsent.commands.keys_cmd import add_secret_args, unlock
 from callconsent.errors import CommandError
 from callconsent.recordings import custody
-from recorder.custody import CustodyError
+from recorder.governance.custody import CustodyError
 
 
 def register_actions(cmds: argparse._SubParsersAction) -> None:

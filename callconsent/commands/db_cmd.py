@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from callconsent import config
-from recorder import migrate
-from recorder.db import Database
+from recorder.store import migrate
+from recorder.store.db import Database
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -18,11 +18,11 @@ from callconsent import config
 from callconsent.app import App
 from callconsent.errors import CommandError
 from callconsent.recordings import key_store, retention_rule
-from recorder import audit
-from recorder.expiry import epochs_between
-from recorder.keydir import KeyDir, KeyPermissionError
-from recorder.keystore import Epoch, KeyStore, KeyStoreError, PrivateKeys
-from recorder.models import Recording
+from recorder.store import audit
+from recorder.store.models import Recording
+from recorder.vault.expiry import epochs_between
+from recorder.vault.keydir import KeyDir, KeyPermissionError
+from recorder.vault.keystore import Epoch, KeyStore, KeyStoreError, PrivateKeys
 
 PASSPHRASE_ENV = "CALLCONSENT_KEY_PASSPHRASE"  # noqa: S105 - the variable's name
 

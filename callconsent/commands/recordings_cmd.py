@@ -24,12 +24,14 @@ from callconsent.commands import custody_cmd
 from callconsent.commands.keys_cmd import add_reason_args, add_secret_args, unlock
 from callconsent.errors import CommandError
 from callconsent.recordings import finalizer
-from recorder import audit, envelope, vault
-from recorder import fileformat as ff
-from recorder.finalizer import FinalizerError
-from recorder.importer import Importer, ImportRefused, ImportRequest
-from recorder.models import Call, Recording, RecordingState
-from recorder.numbers import NotAPhoneNumber, mask
+from recorder.finalize.finalizer import FinalizerError
+from recorder.finalize.importer import Importer, ImportRefused, ImportRequest
+from recorder.store import audit
+from recorder.store.models import Call, Recording, RecordingState
+from recorder.store.numbers import NotAPhoneNumber, mask
+from recorder.vault import directory as vault
+from recorder.vault import envelope
+from recorder.vault import fileformat as ff
 
 LEGAL_BASES = ("consent", "contract", "legal_obligation", "legitimate_interest")
 

@@ -9,9 +9,9 @@ from callconsent.authz import authorized_app
 from callconsent.commands.keys_cmd import add_secret_args, unlock
 from callconsent.errors import CommandError
 from callconsent.recordings import subjects
-from recorder.custody import CustodyError
-from recorder.numbers import NotAPhoneNumber
-from recorder.subjects import SubjectError, unreadable
+from recorder.governance.custody import CustodyError
+from recorder.governance.subjects import SubjectError, unreadable
+from recorder.store.numbers import NotAPhoneNumber
 
 
 def register(sub: argparse._SubParsersAction) -> None:

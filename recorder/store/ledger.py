@@ -1,0 +1,424 @@
+"""What the PBX adapters write down about a call: the call, its consent evidence, its
+recordings and their life cycle. Every change commits together with its audit row.
+
+The methods are synchronous (SQLAlchemy); adapters on the event loop call them through
+``asyncio.to_thread``. When a recording is closed or discarded, the ledger tells its
+:class:`RecordingSink` (the finalizer) after the commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol, TypeVar
+
+from sqlalchemy import Select, select
+from sqlalchemy.exc import IntegrityError
+
+from consent_ivr.evidence import ConsentEvidence
+from consent_ivr.status import ConsentStatus
+from recorder.store import audit
+from recorder.store.db import Database
+from recorder.store.models import Call, ConsentRecord, Recording, RecordingState
+from recorder.store.numbers import NumberProtector
+
+SYSTEM_ACTOR = "callconsent"
+_T = TypeVar("_T")
+
+
+class LedgerError(Exception):
+    """A change the ledger refuses: unknown call or recording, or a state it cannot leave."""
+
+
+class RecordingSink(Protocol):
+    """Who hears that a recording's file is final, or must be destroyed (the finalizer)."""
+
+    def recording_closed(self, recording_id: str) -> None: ...
+
+    def recording_discarded(self, recording_id: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CallRef:
+    id: str
+    pbx: str
+    pbx_call_id: str
+    campaign: str
+    direction: str
+    consent_status: str | None
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Ledger:
+    def __init__(
+        self,
+        db: Database,
+        numbers: NumberProtector,
+        ctx: audit.AuditContext,
+        *,
+        sink: RecordingSink | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.db = db
+        self.numbers = numbers
+        self.ctx = ctx
+        self.sink = sink
+        self._clock = clock
+
+    # -- calls ---------------------------------------------------------------------------------
+
+    def open_call(
+        self,
+        *,
+        pbx: str,
+        pbx_call_id: str,
+        campaign: str,
+        direction: str = "inbound",
+        number: str | None = None,
+        number_withheld: bool = False,
+        agent: str | None = None,
+    ) -> CallRef:
+        """The call for this PBX call id, created on first sight (idempotent)."""
+        found = self.find_call(pbx, pbx_call_id)
+        if found is not None:
+            return found
+        protected = self.numbers.protect(number, withheld=number_withheld)
+        call = Call(
+            id=str(uuid.uuid4()),
+            pbx=pbx,
+            node=self.ctx.node[:64],
+            pbx_call_id=pbx_call_id,
+            campaign=campaign,
+            direction=direction,
+            agent=agent,
+            number_kind=protected.kind.value,
+            number_key=protected.key,
+            number_enc=protected.enc,
+            started_at=self._clock(),
+        )
+        try:
+            with self.db.write() as s:
+                s.add(call)
+                s.flush()
+                audit.append(
+                    s,
+                    self.ctx,
+                    actor=SYSTEM_ACTOR,
+                    action="call.opened",
+                    subject_type="call",
+                    subject_id=call.id,
+                    details={
+                        "pbx": pbx,
+                        "pbx_call_id": pbx_call_id,
+                        "campaign": campaign,
+                        "direction": direction,
+                        "number_kind": protected.kind.value,
+                    },
+                )
+        except IntegrityError:
+            # another session of the same call won the race
+            found = self.find_call(pbx, pbx_call_id)
+            if found is None:
+                raise
+            return found
+        return _ref(call)
+
+    def _by_pbx_id(self, pbx: str, pbx_call_id: str) -> Select[tuple[Call]]:
+        """This node's call with that PBX call id (unique per node and PBX)."""
+        return select(Call).where(
+            Call.node == self.ctx.node[:64], Call.pbx == pbx, Call.pbx_call_id == pbx_call_id
+        )
+
+    def find_call(self, pbx: str, pbx_call_id: str) -> CallRef | None:
+        with self.db.read() as s:
+            call = s.execute(self._by_pbx_id(pbx, pbx_call_id)).scalar_one_or_none()
+            return _ref(call) if call else None
+
+    def call_ended(self, call_id: str) -> None:
+        with self.db.write() as s:
+            call = _get(s, Call, call_id)
+            if call.ended_at is None:
+                call.ended_at = self._clock()
+
+    # -- consent -------------------------------------------------------------------------------
+
+    def log_consent(
+        self,
+        call_id: str,
+        evidence: ConsentEvidence,
+        *,
+        prompt_digests: Mapping[str, str] | None = None,
+        pbx_call_id: str | None = None,
+        pbx_channel_id: str | None = None,
+    ) -> None:
+        """Keep the call's one consent decision as evidence. ``prompt_digests`` maps each
+        prompt id to the SHA-256 of the audio file the caller heard."""
+        digests = dict(prompt_digests or {})
+        prompts = [
+            {**p, "sha256": digests.get(p["prompt_id"])} for p in evidence.as_dict()["prompts"]
+        ]
+        data = evidence.as_dict()
+        with self.db.write() as s:
+            call = _get(s, Call, call_id)
+            s.add(
+                ConsentRecord(
+                    id=evidence.consent_id,
+                    call_id=call_id,
+                    kind="decision",
+                    status=evidence.decision.value,
+                    method=evidence.method,
+                    legal_basis=evidence.legal_basis,
+                    prompt_id=evidence.question_prompt,
+                    prompt_sha256=digests.get(evidence.question_prompt or ""),
+                    language=evidence.language,
+                    digits=data["digits"],
+                    prompts=prompts,
+                    attempts=evidence.attempts,
+                    policy=data["policy"],
+                    pbx_call_id=pbx_call_id,
+                    pbx_channel_id=pbx_channel_id,
+                    decided_at=evidence.decided_at,
+                )
+            )
+            call.consent_status = evidence.decision.value
+            s.flush()
+            audit.append(
+                s,
+                self.ctx,
+                actor=SYSTEM_ACTOR,
+                action="consent.decision",
+                subject_type="call",
+                subject_id=call_id,
+                details={
+                    "consent_id": evidence.consent_id,
+                    "status": evidence.decision.value,
+                    "method": evidence.method,
+                    "legal_basis": evidence.legal_basis,
+                    "campaign": call.campaign,
+                },
+            )
+
+    def log_status_change(
+        self,
+        call_id: str,
+        status: ConsentStatus,
+        cause: str,
+        at: datetime,
+        actor: str | None = None,
+    ) -> str:
+        change_id = str(uuid.uuid4())
+        with self.db.write() as s:
+            call = _get(s, Call, call_id)
+            decision = s.execute(
+                select(ConsentRecord).where(
+                    ConsentRecord.call_id == call_id, ConsentRecord.kind == "decision"
+                )
+            ).scalar_one_or_none()
+            if decision is None:
+                raise LedgerError(f"call {call_id} has no consent decision to change")
+            s.add(
+                ConsentRecord(
+                    id=change_id,
+                    call_id=call_id,
+                    kind="change",
+                    status=status.value,
+                    method=cause,
+                    actor=actor,
+                    legal_basis=decision.legal_basis,
+                    policy=decision.policy,
+                    decided_at=at,
+                )
+            )
+            call.consent_status = status.value
+            s.flush()
+            audit.append(
+                s,
+                self.ctx,
+                actor=actor or SYSTEM_ACTOR,
+                action="consent.change",
+                subject_type="call",
+                subject_id=call_id,
+                details={"status": status.value, "cause": cause, "change_id": change_id},
+            )
+        return change_id
+
+    # -- recordings ----------------------------------------------------------------------------
+
+    def recording_started(
+        self,
+        call_id: str,
+        recording_id: str,
+        *,
+        spool_path: str,
+        fmt: str = "wav",
+        channels: int = 1,
+        sample_rate: int | None = None,
+        pbx_ref: str | None = None,
+        pbx_channel: str | None = None,
+        retention_category: str = "default",
+        actor: str | None = None,
+    ) -> None:
+        """Register a recording the PBX was asked to start (before it writes a byte), so a
+        file that appears in the spool is always accounted for."""
+        with self.db.write() as s:
+            _get(s, Call, call_id)
+            s.add(
+                Recording(
+                    id=recording_id,
+                    call_id=call_id,
+                    state=RecordingState.RECORDING.value,
+                    spool_path=spool_path,
+                    format=fmt,
+                    channels=channels,
+                    sample_rate=sample_rate,
+                    pbx_ref=pbx_ref,
+                    pbx_channel=pbx_channel,
+                    retention_category=retention_category,
+                    started_at=self._clock(),
+                )
+            )
+            s.flush()
+            audit.append(
+                s,
+                self.ctx,
+                actor=actor or SYSTEM_ACTOR,
+                action="recording.started",
+                subject_type="recording",
+                subject_id=recording_id,
+                details={"call_id": call_id, "format": fmt, "channels": channels},
+            )
+
+    def set_pbx_ref(self, recording_id: str, pbx_ref: str) -> None:
+        """Keep the PBX's handle (MixMonitorID) once the PBX has told us."""
+        with self.db.write() as s:
+            _get(s, Recording, recording_id).pbx_ref = pbx_ref
+
+    def recording_closed(self, recording_id: str) -> bool:
+        """The PBX closed the file (its header is final). Returns False if it was already
+        closed or discarded (PBXs report a close more than once)."""
+        with self.db.write() as s:
+            rec = _get(s, Recording, recording_id)
+            if rec.state != RecordingState.RECORDING.value:
+                return False
+            rec.state = RecordingState.CLOSED.value
+            rec.closed_at = self._clock()
+            audit.append(
+                s,
+                self.ctx,
+                actor=SYSTEM_ACTOR,
+                action="recording.closed",
+                subject_type="recording",
+                subject_id=recording_id,
+                details={"call_id": rec.call_id},
+            )
+        if self.sink is not None:
+            self.sink.recording_closed(recording_id)
+        return True
+
+    def discard(self, recording_id: str, reason: str, actor: str | None = None) -> bool:
+        """Mark a recording as never to be kept; the sink destroys its audio. Returns False if
+        it was already discarded or purged."""
+        discardable = {
+            RecordingState.RECORDING.value,
+            RecordingState.CLOSED.value,
+            RecordingState.ENCRYPTED.value,
+        }
+        with self.db.write() as s:
+            rec = _get(s, Recording, recording_id)
+            if rec.state not in discardable:
+                return False
+            previous = rec.state
+            rec.state = RecordingState.DISCARDED.value
+            rec.discarded_at = self._clock()
+            rec.discard_reason = reason[:64]
+            audit.append(
+                s,
+                self.ctx,
+                actor=actor or SYSTEM_ACTOR,
+                action="recording.discarded",
+                subject_type="recording",
+                subject_id=recording_id,
+                details={"call_id": rec.call_id, "reason": reason, "previous_state": previous},
+            )
+        if self.sink is not None:
+            self.sink.recording_discarded(recording_id)
+        return True
+
+    def call_state(self, pbx: str, pbx_call_id: str) -> CallState | None:
+        """The decided call with this PBX id on this node, or None (unknown or undecided)."""
+        with self.db.read() as s:
+            call = s.execute(self._by_pbx_id(pbx, pbx_call_id)).scalar_one_or_none()
+            if call is None:
+                return None
+            decision = s.execute(
+                select(ConsentRecord).where(
+                    ConsentRecord.call_id == call.id, ConsentRecord.kind == "decision"
+                )
+            ).scalar_one_or_none()
+            if decision is None:
+                return None
+            recordings = {
+                r.id: (r.state, r.pbx_ref)
+                for r in s.execute(
+                    select(Recording)
+                    .where(Recording.call_id == call.id)
+                    .order_by(Recording.started_at)
+                ).scalars()
+            }
+            return CallState(
+                _ref(call), decision.id, decision.language, call.ended_at is not None, recordings
+            )
+
+    def customer_channels(self, call_id: str) -> set[str]:
+        """The PBX channels a call's decision was taken and its recordings run on."""
+        with self.db.read() as s:
+            decided = s.scalars(
+                select(ConsentRecord.pbx_channel_id).where(
+                    ConsentRecord.call_id == call_id, ConsentRecord.pbx_channel_id.is_not(None)
+                )
+            )
+            recorded = s.scalars(
+                select(Recording.pbx_channel).where(
+                    Recording.call_id == call_id, Recording.pbx_channel.is_not(None)
+                )
+            )
+            return {ch for ch in [*decided, *recorded] if ch}
+
+    def recordings_of_call(self, call_id: str) -> list[Recording]:
+        with self.db.read() as s:
+            return list(
+                s.execute(
+                    select(Recording)
+                    .where(Recording.call_id == call_id)
+                    .order_by(Recording.started_at)
+                ).scalars()
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class CallState:
+    """What the store knows of a decided call, enough to rebuild its consent machine."""
+
+    ref: CallRef
+    consent_id: str
+    language: str | None
+    ended: bool
+    recordings: dict[str, tuple[str, str | None]]  # id -> (state, pbx_ref)
+
+
+def _get(session: object, model: type[_T], key: str) -> _T:
+    obj = session.get(model, key)  # type: ignore[attr-defined]
+    if obj is None:
+        raise LedgerError(f"no {model.__tablename__[:-1]} with id {key}")  # type: ignore[attr-defined]
+    return obj
+
+
+def _ref(call: Call) -> CallRef:
+    return CallRef(
+        call.id, call.pbx, call.pbx_call_id, call.campaign, call.direction, call.consent_status
+    )

@@ -1,0 +1,161 @@
+"""The shared call driver, against a scripted fake PBX: the store is kept in step, in order."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from fake_pbx import FakePbx, make_prompts
+
+import consent_ivr as c
+from recorder.live.callbook import CallBook
+from recorder.store.ledger import Ledger
+from recorder.store.models import AuditEntry, ConsentRecord, Recording
+
+
+@pytest.fixture
+def book(ledger: Ledger, tmp_path: Path) -> CallBook:
+    policies = c.PolicyBook.from_mapping({"sales": {"monitoring_allowed": True}})
+    return CallBook(ledger, lambda: policies, make_prompts(tmp_path / "prompts"))
+
+
+def test_accept_stores_the_decision_before_the_pbx_records(book: CallBook, ledger: Ledger) -> None:
+    async def scenario() -> None:
+        pbx = FakePbx([c.DigitReceived("1"), c.PromptFinished("thanks")])
+        live = await book.open(
+            pbx="asterisk",
+            pbx_call_id="1.74",
+            campaign="sales",
+            number="+4915112345678",
+            channel_language="de_DE",
+            pbx_channel_id="1.75",
+        )
+        assert await live.run_dialogue(pbx) is c.ConsentStatus.GRANTED
+        kinds = [entry[0] for entry in pbx.calls]
+        assert kinds == ["play", "set", "start", "allow_monitoring", "play", "hand_back"]
+        assert pbx.calls[0][2] == "de"
+        rid = pbx.calls[2][1]
+        with ledger.db.read() as s:
+            actions = list(s.scalars(sa.select(AuditEntry.action).order_by(AuditEntry.seq)))
+            decision = s.scalars(sa.select(ConsentRecord)).one()
+            rec = s.get(Recording, rid)
+        assert actions == ["call.opened", "consent.decision", "recording.started"]
+        assert decision.prompt_sha256 == book.prompts.get("consent", "de").sha256
+        assert decision.pbx_channel_id == "1.75" and decision.language == "de"
+        assert rec.state == "recording" and rec.pbx_ref == "0x0003"
+        assert book.find("asterisk", "1.74") is live
+
+    asyncio.run(scenario())
+
+
+def test_agent_commands_in_another_session_reach_the_same_call(
+    book: CallBook, ledger: Ledger
+) -> None:
+    async def scenario() -> None:
+        dialogue = FakePbx([c.DigitReceived("1"), c.PromptFinished("thanks")])
+        live = await book.open(pbx="freeswitch", pbx_call_id="uuid-1", campaign="default")
+        await live.run_dialogue(dialogue)
+        rid = next(e[1] for e in dialogue.calls if e[0] == "start")
+        control = FakePbx([])
+        live.control = control
+        found = book.find("freeswitch", "uuid-1")
+        assert found is live
+        await found.agent("pause", "7001")
+        await found.agent("pause", "7001")  # refused: already paused
+        await found.agent("discard", "7001")
+        assert [e[0] for e in control.calls] == ["pause", "reject", "set", "stop"]
+        with ledger.db.read() as s:
+            assert s.get(Recording, rid).state == "discarded"
+        refused = await found.agent("start", "7001")
+        assert isinstance(refused[-1], c.RejectCommand)
+
+    asyncio.run(scenario())
+
+
+def test_missing_prompt_means_unavailable(book: CallBook, ledger: Ledger) -> None:
+    async def scenario() -> None:
+        book.prompts.get("consent", "en").path.unlink()
+        book.prompts.reload()
+        pbx = FakePbx([])
+        live = await book.open(pbx="asterisk", pbx_call_id="2.1", campaign="default")
+        assert await live.run_dialogue(pbx) is c.ConsentStatus.UNAVAILABLE
+        assert [e[0] for e in pbx.calls] == ["set", "hand_back"]
+
+    asyncio.run(scenario())
+
+
+def test_hangup_while_setting_variables_stops_before_recording(
+    book: CallBook, ledger: Ledger
+) -> None:
+    async def scenario() -> None:
+        pbx = FakePbx([c.DigitReceived("1")], gone_on="set")
+        live = await book.open(pbx="asterisk", pbx_call_id="3.1", campaign="default")
+        assert await live.run_dialogue(pbx) is c.ConsentStatus.GRANTED
+        assert "start" not in [e[0] for e in pbx.calls]
+        assert live.machine.phase is c.Phase.ENDED
+        with ledger.db.read() as s:
+            assert s.scalars(sa.select(Recording)).all() == []
+
+    asyncio.run(scenario())
+
+
+def test_a_decided_call_is_rebuilt_from_the_store_after_a_restart(
+    book: CallBook, ledger: Ledger
+) -> None:
+    async def scenario() -> None:
+        pbx = FakePbx([c.DigitReceived("1"), c.PromptFinished("thanks")])
+        live = await book.open(pbx="asterisk", pbx_call_id="7.1", campaign="sales")
+        await live.run_dialogue(pbx)
+        rid = next(e[1] for e in pbx.calls if e[0] == "start")
+        ref = live.pbx_refs[rid]
+        restarted = CallBook(ledger, book.policies, book.prompts)  # a new daemon, empty memory
+        assert restarted.find("asterisk", "7.1") is None
+        again = await restarted.lookup("asterisk", "7.1")
+        assert again is not None and again.status is c.ConsentStatus.GRANTED
+        again.control = control = FakePbx([])
+        await again.agent("stop", "7001")
+        assert control.calls == [("stop", rid, ref)]
+        assert await restarted.lookup("asterisk", "unknown") is None
+
+    asyncio.run(scenario())
+
+
+def test_a_discard_survives_a_stop_that_finds_the_channel_gone(
+    book: CallBook, ledger: Ledger
+) -> None:
+    async def scenario() -> None:
+        dialogue = FakePbx([c.DigitReceived("1"), c.PromptFinished("thanks")])
+        live = await book.open(pbx="freeswitch", pbx_call_id="uuid-9", campaign="default")
+        await live.run_dialogue(dialogue)
+        rid = next(e[1] for e in dialogue.calls if e[0] == "start")
+        live.control = FakePbx([], gone_on="stop")  # the customer hung up a moment ago
+        done = await live.agent("discard", "7001")
+        assert any(isinstance(a, c.DiscardRecording) for a in done)
+        assert live.machine.phase is c.Phase.ENDED
+        with ledger.db.read() as s:
+            assert s.get(Recording, rid).state == "discarded"
+
+    asyncio.run(scenario())
+
+
+def test_a_discard_is_stored_even_when_the_pbx_fails_the_stop(
+    book: CallBook, ledger: Ledger
+) -> None:
+    """*49 is stop then discard; a stop the PBX refuses (not a hangup) must not leave the
+    recording to be finalized and kept: the discard still reaches the store, the error goes up."""
+
+    async def scenario() -> None:
+        dialogue = FakePbx([c.DigitReceived("1"), c.PromptFinished("thanks")])
+        live = await book.open(pbx="asterisk", pbx_call_id="lid-7", campaign="default")
+        await live.run_dialogue(dialogue)
+        rid = next(e[1] for e in dialogue.calls if e[0] == "start")
+        live.control = FakePbx([], fail_on="stop")
+        with pytest.raises(RuntimeError, match="refused stop"):
+            await live.agent("discard", "7001")
+        with ledger.db.read() as s:
+            rec = s.get(Recording, rid)
+            assert (rec.state, rec.discard_reason) == ("discarded", "agent_discard")
+
+    asyncio.run(scenario())
