@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from panoramisk import Manager
+from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message
 
 from recorder import metrics
@@ -66,7 +67,7 @@ class NoSuchChannel(AmiError):
     """The channel is gone."""
 
 
-class AmiUnavailable(Exception):
+class AmiUnavailable(ConnectionError):
     """Not logged in to AMI (not configured, down, or reconnecting)."""
 
 
@@ -76,6 +77,27 @@ def _error(action: str, message: str) -> AmiError:
     if message.startswith(("No such channel", "Channel does not exist")):
         return NoSuchChannel(action, message)
     return AmiError(action, message)
+
+
+class _GuardedProtocol(AMIProtocol):  # type: ignore[misc]
+    """panoramisk's protocol, except that a message it cannot handle (a header given twice
+    where one is expected, a mangled ActionID) is dropped with one warning line instead of
+    an exception out of ``data_received`` (which asyncio logs as a fatal error, with a
+    traceback, and answers by closing the connection)."""
+
+    def handle_message(self, message: Message) -> None:
+        try:
+            super().handle_message(message)
+        except Exception as exc:
+            log.warning(
+                "ami_message_dropped",
+                extra={
+                    "kv": {
+                        "why": f"{type(exc).__name__}: {exc}",
+                        "event": str(message.get("Event", ""))[:64],
+                    }
+                },
+            )
 
 
 class _Manager(Manager):
@@ -141,6 +163,7 @@ class AmiClient:
             ping_interval=10,
             forgetable_actions=OUR_ACTIONS,
             log=logging.getLogger("callconsent.ami.panoramisk"),
+            protocol_factory=_GuardedProtocol,
         )
         self.manager.client = self
         if events:

@@ -49,10 +49,24 @@ class _MaskFilter(logging.Filter):
         return True
 
 
+# what must be quoted: spaces, quotes, "=", and anything that could end or split a line
+# (C0 controls, DEL, NEL, and the Unicode line and paragraph separators str.splitlines honours)
+_NEEDS_QUOTES = re.compile('[ "=\x00-\x1f\x7f\x85\u2028\u2029]')
+# what json.dumps(ensure_ascii=False) leaves raw but a line reader may split on
+_LINE_BREAKERS = {0x7F: "\\u007f", 0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+MAX_VALUE_CHARS = 2000  # a 64 KB caller name is cut, not copied into every line
+
+
+def _cut(s: str) -> str:
+    if len(s) <= MAX_VALUE_CHARS:
+        return s
+    return f"{s[:MAX_VALUE_CHARS]}…({len(s)} chars)"
+
+
 def _fmt_value(v: Any) -> str:
-    s = str(v)
-    if s == "" or any(ch in s for ch in ' "=\n\t'):
-        return json.dumps(s, ensure_ascii=False)
+    s = _cut(str(v))
+    if s == "" or _NEEDS_QUOTES.search(s):
+        return json.dumps(s, ensure_ascii=False).translate(_LINE_BREAKERS)
     return s
 
 
@@ -84,7 +98,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, ensure_ascii=False, default=str)
+        return json.dumps(doc, ensure_ascii=False, default=str).translate(_LINE_BREAKERS)
 
 
 def setup(level: str = "info", fmt: str = "kv", stream: Any = None) -> None:

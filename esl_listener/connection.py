@@ -234,8 +234,10 @@ class EslConnection:
                 for frame in self._parser.feed(data):
                     self._dispatch(frame)
         except p.ProtocolError as exc:
+            # the peer's fault, not ours: the session's one end line (outbound_session_failed,
+            # esl_disconnected) carries this reason; a line here would be a second one
             reason = f"protocol error: {exc}"
-            log.error("esl_protocol_error", extra={"kv": {"conn": self.name, "error": str(exc)}})
+            log.debug("esl_protocol_error", extra={"kv": {"conn": self.name, "error": str(exc)}})
         except (ConnectionError, OSError) as exc:
             reason = f"read failed: {exc}"
         except asyncio.CancelledError:

@@ -61,8 +61,9 @@ HANDLED = frozenset(
 )
 
 
-class EslUnavailable(EslError):
-    """The inbound connection is down and did not come back in time."""
+class EslUnavailable(EslError, ConnectionError):
+    """The inbound connection is down and did not come back in time (a ConnectionError, so
+    PBX-neutral code can tell "the PBX is away" from a fault of its own)."""
 
 
 class InboundClient:

@@ -116,6 +116,11 @@ class Orphans:
         try:
             now_open = await asyncio.to_thread(open_calls, self.calls.ledger, self.pbx)
             await marks.remove_stale({ch for call in now_open for ch in call.channels}, exists)
+        except (ConnectionError, TimeoutError) as exc:  # the PBX went away again meanwhile
+            log.warning(
+                "stale_withdraw_marks_unremoved",
+                extra={"kv": {"why": str(exc) or type(exc).__name__, "retry": "next login"}},
+            )
         except Exception:
             log.exception("stale_withdraw_marks_unremoved")
 

@@ -226,7 +226,9 @@ def test_nineteen_declines_turned_into_grants_are_each_named(app: App) -> None:
         was_declined = Call.consent_status == "declined"
         s.execute(sa.update(Call).where(was_declined).values(consent_status="granted"))
     problems = named(app)
-    evidence = sorted(p.split()[1].rstrip(":") for p in problems if p.startswith("consent_evidence"))
+    evidence = sorted(
+        p.split()[1].rstrip(":") for p in problems if p.startswith("consent_evidence")
+    )
     assert evidence == sorted(e for _, e in decided[:19])
     assert all("edited: status differ" in p for p in problems if p.startswith("consent_"))
     assert sorted(p.split()[1].rstrip(":") for p in problems if p.startswith("calls ")) == sorted(
