@@ -350,3 +350,27 @@ def test_openapi_document_lists_every_api_route(world: World) -> None:
     listed = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
     assert listed == {(e.method, e.path) for e in ROUTES if e.api}
     assert doc["openapi"].startswith("3.")
+
+
+def test_player_page_draws_a_waveform_with_a_style_nonce_and_marks_a_withdrawal(
+    world: World,
+) -> None:
+    import consent_ivr as c_ivr
+    from recorder.store.models import Recording as Rec
+
+    rid, call_id = world.recordings["alice"], world.calls["alice"]
+    with world.services.db.read() as s:
+        started = s.get(Rec, rid).started_at
+    world.rig.app.ledger.log_status_change(
+        call_id, c_ivr.ConsentStatus.WITHDRAWN, "caller_withdrew", started + timedelta(seconds=4)
+    )
+    r = world.client("supervisor").get(f"/recordings/{rid}")
+    nonce = re.search(r'data-style-nonce="([^"]+)"', r.text).group(1)
+    csp = r.headers["content-security-policy"]
+    assert f"style-src 'self' 'nonce-{nonce}'" in csp and "script-src 'self';" in csp
+    assert "/static/vendor/wavesurfer.js/regions.min.js" in r.text and "/static/player.js" in r.text
+    marks = json.loads(re.search(r'id="player-marks">(.*?)</script>', r.text).group(1))
+    assert marks == [{"at": 4.0, "label": "change: withdrawn"}]
+    other = world.client("supervisor").get("/calls").headers["content-security-policy"]
+    assert "nonce" not in other
+    assert world.client().get("/static/vendor/wavesurfer.js/wavesurfer.min.js").status_code == 200
