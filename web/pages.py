@@ -10,9 +10,9 @@ from starlette.responses import RedirectResponse, Response
 
 from recorder.store import audit
 from web import actions, dashboard, queries
-from web.csp import content_security_policy
 from web.accounts import ROLES, AccountError
 from web.auth import SESSION_COOKIE, LoginRefused, Sessions, log_in
+from web.csp import content_security_policy
 from web.routing import Ctx, HttpError, field_int, field_text
 from web.sharing import DEFAULT_HOURS, ShareRefused
 from web.tokens import same
