@@ -14,13 +14,14 @@ CONFIG ?=
 # command -> Debian package, for what the test suite and the prompts need
 DEBIAN_TEST_PACKAGES := initdb:postgresql espeak-ng:espeak-ng ffmpeg:ffmpeg sox:sox systemd-analyze:systemd chromium:chromium
 
-.PHONY: run test lint bench demo sql dialplan venv install debian-deps clean help
+.PHONY: run test lint bench demo sql dialplan venv install debian-deps clean help reliability
 
 help:
 	@echo "make run    start the daemon on embedded defaults (SQLite, ./var/)"
 	@echo "make test   install test dependencies and run the whole suite"
 	@echo "make lint   ruff"
 	@echo "make bench  run every benchmark (QUICK=1 for a short run)"
+	@echo "make reliability  tamper, fuzz, injection, kills under load, a 1-minute soak (< 10 min)"
 	@echo "make sql    regenerate sql/*.sql from the migrations"
 	@echo "make demo   three consent calls through a simulated Asterisk, then what was kept"
 	@echo "make dialplan  regenerate dialplan/asterisk/*.conf from agi/templates/"
@@ -74,6 +75,15 @@ run: install daemon-account
 test: debian-deps install daemon-account
 	@echo ">>> running the test suite"
 	$(VPY) -m pytest $(PYTEST_ARGS)
+
+# docs/reliability.md: the fast parts run in `make test` too (fewer fuzz examples, no kills)
+reliability: debian-deps install daemon-account
+	@echo ">>> reliability: tamper-evidence, wire fuzzing (200 examples a surface), injection,"
+	@echo ">>> SIGKILL/SIGTERM under load, the crash matrix, then a 1-minute soak"
+	CALLCONSENT_FUZZ_EXAMPLES=200 CALLCONSENT_RELIABILITY_HEAVY=1 $(VPY) -m pytest -q \
+	  -W ignore::hypothesis.errors.HypothesisWarning tests/reliability \
+	  tests/esl_listener/test_outbound_refusal.py tests/recorder/finalize/test_crash.py
+	$(VPY) bench/soak.py --quick
 
 lint: install
 	$(VENV)/bin/ruff check .

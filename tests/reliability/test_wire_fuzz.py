@@ -29,6 +29,9 @@ from esl_listener.service import FreeswitchService, Settings
 from recorder.store import audit
 from recorder.store.models import Call, ConsentRecord, Recording
 
+# a failing example of several megabytes is reported in full anyway: no warning about its size
+pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")
+
 AGI_FRAMES = [
     e.data
     for name in ("asterisk/agi-decline-1795345576.9.log", "asterisk-bridge/agi-s7_injection.log")
