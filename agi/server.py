@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from agi import protocol as p
 from agi.session import AgiSession, ChannelGone, CommandTimeout
+from recorder.store import outage
 
 log = logging.getLogger("callconsent.agi")
 
@@ -241,8 +242,11 @@ class FastAgiServer:
             log.warning("agi_command_timeout", extra={"kv": {**kv, "why": str(exc)}})
         except (p.ProtocolError, p.UnsafeArgument) as exc:
             log.warning("agi_session_failed", extra={"kv": {**kv, "why": str(exc)}})
-        except Exception:
-            log.exception("agi_handler_crashed", extra={"kv": kv})
+        except Exception as exc:
+            if outage.is_unavailable(exc):  # said once for all calls, not per call
+                outage.OUTAGE.report(exc, f"channel {env.uniqueid}")
+            else:
+                log.exception("agi_handler_crashed", extra={"kv": kv})
         finally:
             self.sessions.pop(session, None)
             session.close()

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from esl_listener import protocol as p
 from esl_listener.connection import DEFAULT_COMMAND_TIMEOUT, EslConnection, EslError
+from recorder.store import outage
 
 log = logging.getLogger("callconsent.esl.outbound")
 
@@ -105,8 +106,11 @@ class OutboundServer:
             )
         except asyncio.CancelledError:
             log.warning("outbound_session_cut", extra={"kv": {"conn": conn.name}})
-        except Exception:
-            log.exception("outbound_session_crashed", extra={"kv": {"conn": conn.name}})
+        except Exception as exc:
+            if outage.is_unavailable(exc):  # said once for all calls, not per call
+                outage.OUTAGE.report(exc, conn.name)
+            else:
+                log.exception("outbound_session_crashed", extra={"kv": {"conn": conn.name}})
         finally:
             with contextlib.suppress(Exception):
                 await conn.close("session over")

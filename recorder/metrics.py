@@ -55,3 +55,8 @@ KEY_EPOCH_WEEKS_LEFT = Gauge(
     "Weeks the key epochs reach beyond what a recording made now needs (warns below 8)",
     registry=REGISTRY,
 )
+STORE_UNAVAILABLE = Gauge(
+    "callconsent_store_unavailable",
+    "1 while the database cannot be reached (calls are not recorded meanwhile), else 0",
+    registry=REGISTRY,
+)

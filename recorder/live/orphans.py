@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from recorder.live import callbook, withdrawals
 from recorder.live.callbook import CallBook
+from recorder.store import outage
 from recorder.store.ledger import Ledger
 from recorder.store.models import Call, ConsentRecord, Recording
 
@@ -121,8 +122,11 @@ class Orphans:
                 "stale_withdraw_marks_unremoved",
                 extra={"kv": {"why": str(exc) or type(exc).__name__, "retry": "next login"}},
             )
-        except Exception:
-            log.exception("stale_withdraw_marks_unremoved")
+        except Exception as exc:
+            if outage.is_unavailable(exc):
+                outage.OUTAGE.report(exc, "stale withdraw marks")
+            else:
+                log.exception("stale_withdraw_marks_unremoved")
 
     async def _check(
         self,

@@ -17,6 +17,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from recorder.store import outage
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
@@ -84,6 +86,7 @@ class Database:
             try:
                 yield session
                 session.commit()
+                outage.OUTAGE.clear()  # said once when the store is back after an outage
             except BaseException:
                 session.rollback()
                 raise
