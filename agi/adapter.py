@@ -142,7 +142,7 @@ class AsteriskAdapter:
         live = self.calls.find(PBX, key)
         if live is not None:
             live.pbx_refs[recording_id] = ref
-        await asyncio.to_thread(self.calls.ledger.set_pbx_ref, recording_id, ref)
+        await self.calls.ledger.set_pbx_ref_async(recording_id, ref)
 
     def on_ami_ready(self) -> None:
         """After a (re)login: a Hangup may have been missed while we were away, and after a
