@@ -14,13 +14,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from esl_listener.connection import EslConnection
+from typing import Protocol
 
 READ_BUFFER_BYTES = 65536
 _buffers: dict[asyncio.AbstractEventLoop, memoryview] = {}
+
+
+class FrameSink(Protocol):
+    """What a :class:`FrameProtocol` feeds (an :class:`esl_listener.connection.EslConnection`)."""
+
+    def data_received(self, data: bytes | memoryview) -> None: ...
+
+    def connection_lost(self, exc: Exception | None) -> None: ...
 
 
 def _loop_buffer() -> memoryview:
@@ -36,12 +41,12 @@ def _loop_buffer() -> memoryview:
 
 
 class FrameProtocol(asyncio.BufferedProtocol):
-    """Feeds one :class:`EslConnection` (:meth:`attach`); ``on_made(protocol)`` runs once
+    """Feeds one connection (:meth:`attach`); ``on_made(protocol)`` runs once
     the transport is there (a server's new connection)."""
 
     def __init__(self, on_made: Callable[[FrameProtocol], object] | None = None) -> None:
         self.on_made = on_made
-        self.conn: EslConnection | None = None
+        self.conn: FrameSink | None = None
         self._early = bytearray()  # what arrived before a connection was attached
         self.transport: asyncio.Transport | None = None
         self._buffer = _loop_buffer()
@@ -54,7 +59,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
         if self.on_made is not None:
             self.on_made(self)
 
-    def attach(self, conn: EslConnection) -> None:
+    def attach(self, conn: FrameSink) -> None:
         self.conn = conn
         if self._early:
             early, self._early = bytes(self._early), bytearray()
