@@ -60,3 +60,10 @@ STORE_UNAVAILABLE = Gauge(
     "1 while the database cannot be reached (calls are not recorded meanwhile), else 0",
     registry=REGISTRY,
 )
+STORE_TRANSACTIONS = Counter(
+    "callconsent_store_transactions",
+    "Store transactions, by how they ended (commit: a write; rollback: a read). Counted only "
+    "with CALLCONSENT_STORE_STATS=1 (bench/daemon_load.py sets it)",
+    ["end"],
+    registry=REGISTRY,
+)

@@ -110,6 +110,26 @@ def seal_of(table: str, values: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def columns(table: str) -> list[Any]:
+    """The sealed columns of ``table``, to select (Core)."""
+    t = _MODELS[table].__table__
+    return [t.c[name] for name in SEALED[table]]
+
+
+def _default(table: str, name: str) -> Any:
+    default = _MODELS[table].__table__.c[name].default
+    if default is None:
+        return None
+    if default.is_scalar:
+        return default.arg
+    return default.arg(None)  # a callable default (list, dict), as SQLAlchemy wraps it
+
+
+def seal_insert(table: str, row: Mapping[str, Any]) -> dict[str, Any]:
+    """The seal of a row a Core ``insert(row)`` writes (its columns' defaults filled in)."""
+    return seal_of(table, {n: row[n] if n in row else _default(table, n) for n in SEALED[table]})
+
+
 def seal(row: ConsentRecord | Recording) -> dict[str, Any]:
     """The seal of a row as it is now (flush a new row first: its defaults are set then)."""
     return seal_of(row.__tablename__, content(row))

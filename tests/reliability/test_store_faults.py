@@ -78,16 +78,17 @@ def test_a_database_gone_means_no_recording_and_nothing_invented_until_it_is_bac
     tmp_path: Path,
 ) -> None:
     async def scenario(h: Harness) -> None:
-        working = h.app.db._sessions
+        working = h.app.db._sessions, h.app.db.engine
         gone = sa.create_engine(f"sqlite:///{tmp_path}/no/such/dir/callconsent.db")
         h.app.db._sessions = sessionmaker(gone, expire_on_commit=False)  # the store is gone
+        h.app.db.engine = gone  # for the group-commit writer too
         try:
             with LogTap() as tap:
                 during = [await h.sim.inbound("sales", ACCEPT) for _ in range(3)]
                 await h.settle()
                 records = tap.take()
         finally:
-            h.app.db._sessions = working  # and back
+            h.app.db._sessions, h.app.db.engine = working  # and back
             gone.dispose()
         for c in during:  # the dialplan's fallback: the call goes on, unrecorded
             assert c.gosub_retval in ("unavailable", "")
@@ -125,9 +126,10 @@ def test_freeswitch_calls_with_the_database_gone_are_not_recorded_and_said_once(
     app = open_app(tmp_path, '[daemon]\ndata_dir = "data"\nnode = "pbx-test"\n', ("en",))
 
     async def scenario(app, fs, svc) -> None:  # type: ignore[no-untyped-def]
-        working = app.db._sessions
+        working = app.db._sessions, app.db.engine
         gone = sa.create_engine(f"sqlite:///{tmp_path}/no/such/dir/callconsent.db")
         app.db._sessions = sessionmaker(gone, expire_on_commit=False)
+        app.db.engine = gone
         try:
             with LogTap() as tap:
                 legs = [
@@ -136,7 +138,7 @@ def test_freeswitch_calls_with_the_database_gone_are_not_recorded_and_said_once(
                 await until(lambda: svc.outbound.active_sessions == 0, "sessions over")
                 records = tap.take()
         finally:
-            app.db._sessions = working
+            app.db._sessions, app.db.engine = working
             gone.dispose()
         said = [(r.levelname, r.getMessage()) for r in records if r.levelno >= logging.WARNING]
         assert said == [("ERROR", "store_unavailable")], said
