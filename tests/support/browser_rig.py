@@ -48,6 +48,7 @@ CHROMIUM_ARGS = [
 ]
 CLI = [sys.executable, "-m", "callconsent"]
 PASSWORD = "a long test password"
+DOC_SHOTS_ENV = "CALLCONSENT_DOC_SCREENSHOTS"
 PROMPT_SHA256 = hashlib.sha256(b"the consent prompt as played").hexdigest()
 
 
@@ -69,14 +70,20 @@ def free_port() -> int:
 
 
 def tone_wav(path: Path, seconds: float, rate: int = 8000) -> bytes:
-    """A 16-bit mono WAV of a quiet tone (what an audio element decodes like speech)."""
+    """A 16-bit mono WAV of a 400 Hz tone in bursts of changing loudness, like speech with
+    pauses (so a waveform has a shape); the same bytes for the same length."""
+    period, burst = rate // 400, rate // 4  # samples per cycle, per quarter second
+    cycles = [
+        b"".join(
+            int(level * 2500 * (1 - abs(2 * i / period - 1) * 2)).to_bytes(2, "little", signed=True)
+            for i in range(period)
+        )
+        * (burst // period)
+        for level in range(8)
+    ]
     n = int(seconds * rate)
-    period = rate // 400
-    cycle = b"".join(
-        int(3000 * (1 - abs(2 * i / period - 1) * 2)).to_bytes(2, "little", signed=True)
-        for i in range(period)
-    )
-    frames = (cycle * (n // period + 1))[: n * 2]
+    levels = [(k * 7 + k // 5 * 3) % 11 for k in range(n // burst + 1)]  # 8..10: a pause
+    frames = b"".join(cycles[lv] if lv < 8 else cycles[0] for lv in levels)[: n * 2]
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
@@ -257,11 +264,17 @@ class Shots:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.taken: list[Path] = []
+        docs = os.environ.get(DOC_SHOTS_ENV)
+        self.docs = Path(docs) if docs else None
 
-    def take(self, page: Any, name: str) -> Path:
+    def take(self, page: Any, name: str, doc: str | None = None) -> Path:
+        """A full-page screenshot; with ``doc`` and $CALLCONSENT_DOC_SCREENSHOTS set, also the
+        viewport into that directory under that name (docs/img/ for docs/web.md)."""
         path = self.directory / f"{len(self.taken) + 1:02d}-{name}.png"
         page.screenshot(path=str(path), full_page=True)
         self.taken.append(path)
+        if doc and self.docs:
+            page.screenshot(path=str(self.docs / doc))
         return path
 
     @property

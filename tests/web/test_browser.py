@@ -43,16 +43,16 @@ class Ui:
         self.contexts.append(context)
         return context.new_page()
 
-    def goto(self, page: Any, path: str, name: str) -> Any:
+    def goto(self, page: Any, path: str, name: str, doc: str | None = None) -> Any:
         response = page.goto(path)
-        self.shots.take(page, name)
+        self.shots.take(page, name, doc)
         return response
 
-    def submit(self, page: Any, selector: str, name: str) -> Any:
+    def submit(self, page: Any, selector: str, name: str, doc: str | None = None) -> Any:
         """Click a form's button and wait for the page it leads to."""
         with page.expect_navigation() as nav:
             page.click(selector)
-        self.shots.take(page, name)
+        self.shots.take(page, name, doc)
         return nav.value
 
     def log_in(self, page: Any, name: str, password: str = PASSWORD) -> Any:
@@ -148,13 +148,13 @@ def test_log_in_find_a_call_by_its_national_number_and_see_the_evidence(ui: Ui) 
     ui.check(len(table_rows(page)) == 3, f"sam sees every call: {table_rows(page)}")
 
     page.fill("input[name=number]", "0151 1234 5678")  # +49 151 12345678, national notation
-    ui.submit(page, ".filters button", "calls-by-number")
+    ui.submit(page, ".filters button", "calls-by-number", doc="calls.png")
     rows = table_rows(page)
     ui.check(len(rows) == 1 and "alice" in rows[0], f"one call of alice's matches: {rows}")
     ui.check("nk=" in page.url and "12345678" not in page.url, f"no number in {page.url}")
     ui.check("12345678" not in rows[0] and "…78" in rows[0], f"the number masked: {rows[0]}")
 
-    ui.submit(page, "#calls tbody a", "call-evidence")
+    ui.submit(page, "#calls tbody a", "call-evidence", doc="call.png")
     call = ui.site.calls["alice"]
     ui.check(page.url.endswith(f"/calls/{call.call_id}"), f"the call's page: {page.url}")
     ui.check(page.inner_text("#consent-status") == "granted", "consent status granted")
@@ -192,6 +192,11 @@ def test_a_recording_plays_and_seeks_with_a_range_request(ui: Ui) -> None:
         f"duration {state['duration']} s is the recording's {call.seconds} s",
     )
 
+    drawn = page.locator("#waveform[data-ready='1']")
+    drawn.wait_for(state="attached")  # wavesurfer.js decoded the audio and drew it
+    ui.check(drawn.count() == 1, "the waveform is drawn over the player")
+    ui.shots.take(page, "waveform", doc="player.png")
+
     middle = call.seconds / 2
     page.evaluate("t => { document.getElementById('player').currentTime = t; }", middle)
     play(page, middle + 1.0)
@@ -223,7 +228,7 @@ def test_a_share_link_plays_without_a_session_until_revoked(ui: Ui) -> None:
     ui.check(url.startswith(ui.site.url + "/s/"), f"a share link was shown: {url!r}")
 
     stranger = ui.page()  # a fresh context: no cookie, no session
-    response = ui.goto(stranger, url, "share-opened")
+    response = ui.goto(stranger, url, "share-opened", doc="shared.png")
     ui.check(response.status == 200, f"the link opens: {response.status}")
     text = stranger.inner_text("main")
     ui.check("shared with you" in text and "sales" in text, f"player page: {text}")
@@ -256,6 +261,10 @@ def test_a_supervisor_has_no_delete_button_and_the_api_refuses(ui: Ui) -> None:
     ui.check(sam.locator("#player").count() == 1, "the supervisor sees the player")
     ui.check(sam.locator("button#delete").count() == 0, "no delete button for a supervisor")
     ui.check(sam.locator("button#hold").count() == 0, "no hold button for a supervisor")
+    ui.goto(sam, "/dashboard", "dashboard")
+    sam.locator("#charts canvas").first.wait_for()
+    ui.shots.take(sam, "dashboard-drawn", doc="dashboard.png")
+    ui.check("sales" in sam.inner_text("#charts"), "Chart.js drew the sales campaign's chart")
 
     api = ui.playwright.request.new_context(
         base_url=ui.site.url,
