@@ -8,10 +8,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from callconsent import __version__, logs
+from callconsent import __version__, config, logs
 from callconsent.commands import COMMAND_MODULES
 from callconsent.config import ConfigError
 from callconsent.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandError
+from callconsent.privileges import PrivilegeError, act_as_daemon
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.umask(0o027)  # nothing we write (database, exports, keys) is for other accounts
     logs.setup("info")
     try:
+        if getattr(args, "acts_as_daemon", False) and os.geteuid() == 0:
+            switch_to_daemon(args)
         return int(args.func(args) or EXIT_OK)
     except ConfigError as exc:
         print(f"callconsent: config error: {exc}", file=sys.stderr)
@@ -47,12 +50,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         print(f"callconsent: {exc}", file=sys.stderr)
         return exc.exit_code
+    except PrivilegeError as exc:
+        print(f"callconsent: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a clear line first; the traceback for --debug readers
         logging.getLogger("callconsent").debug("unhandled", exc_info=True)
         print(f"callconsent: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def switch_to_daemon(args: argparse.Namespace) -> None:
+    """A command that creates or changes the daemon's state, started as root, acts as the
+    daemon's account (as ``serve`` does), so everything it creates is that account's. What
+    only root can read (a ``--key-file`` under /root, the terminal) is read first."""
+    cfg = config.load(args.config)
+    before = getattr(args, "before_switch", None)
+    if before is not None:
+        before(args)
+    act_as_daemon(cfg.daemon.user, config.state_paths(cfg), own=[cfg.data_dir])
 
 
 if __name__ == "__main__":  # pragma: no cover

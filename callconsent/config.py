@@ -273,6 +273,12 @@ class Config:
         return p if p.is_absolute() else (self.base_dir / p).absolute()
 
 
+def state_paths(cfg: Config) -> list[Path]:
+    """What the daemon's account must reach: its config file and its state."""
+    source = [Path(cfg.source)] if cfg.source != EMBEDDED else []
+    return [*source, cfg.data_dir, cfg.key_dir, cfg.spool_dir, cfg.prompt_dir, cfg.vault_dir]
+
+
 def locate(explicit: str | os.PathLike[str] | None) -> Path | None:
     """The config file to use, or None for the embedded defaults."""
     if explicit:

@@ -1,15 +1,36 @@
-"""The daemon never runs as root: started as root, it switches to its own account first."""
+"""The daemon never runs as root: started as root, it switches to its own account first.
+
+``serve`` and every command that creates or changes the daemon's state (``keys init``,
+``prompts build``, ``db upgrade``, …) call :func:`act_as_daemon` when started as root, so what
+they create belongs to the account that must use it. After the switch, :func:`check_reachable`
+proves the account can read its own installation and reach its state; when it cannot, the error
+names the account, the path and the directory that blocks it (not a later, misleading error
+from alembic or SQLite).
+"""
 
 from __future__ import annotations
 
 import grp
 import os
 import pwd
+import stat
+import sys
+import sysconfig
+from collections.abc import Iterable
 from pathlib import Path
 
 
 class PrivilegeError(Exception):
     pass
+
+
+# Who started a command that now acts as the daemon's account ("root", or the sudo user):
+# the audit log and the actor checks keep naming that person, not the daemon's account.
+_invoked_by: str | None = None
+
+
+def invoked_by() -> str | None:
+    return _invoked_by
 
 
 def drop_root(user: str, own: list[Path]) -> str:
@@ -42,3 +63,79 @@ def drop_root(user: str, own: list[Path]) -> str:
     os.environ["HOME"] = pw.pw_dir
     os.environ["USER"] = os.environ["LOGNAME"] = user
     return f"{user} (groups {','.join(grp.getgrgid(g).gr_name for g in groups)})"
+
+
+def act_as_daemon(user: str, state: Iterable[Path], own: list[Path] | None = None) -> str:
+    """Started as root: become ``user`` (see :func:`drop_root`), then check that it can read
+    the installation and reach ``state`` (the config file, the data directory, …)."""
+    global _invoked_by
+    sudo = os.environ.get("SUDO_USER")
+    invoker = sudo if sudo and sudo != "root" else pwd.getpwuid(os.geteuid()).pw_name
+    who = drop_root(user, own or [])
+    _invoked_by = invoker
+    check_reachable(user, [*installation_paths(), *state])
+    return who
+
+
+def installation_paths() -> list[Path]:
+    """What the running code reads after the switch: its packages (the migrations among them)
+    and the directories its libraries are imported from."""
+    import recorder.store.migrate as migrate
+
+    paths = [Path(sysconfig.get_paths()["purelib"]), migrate.MIGRATIONS / "versions"]
+    for name in ("callconsent", "recorder", "agi", "esl_listener", "consent_ivr"):
+        module = sys.modules.get(name)
+        if module is not None and module.__file__:
+            paths.append(Path(module.__file__).parent)
+    return paths
+
+
+def check_reachable(user: str, paths: Iterable[Path]) -> None:
+    """Raise :class:`PrivilegeError` naming the first path this process (running as ``user``)
+    cannot read, and the directory that blocks it. A path that does not exist yet is checked
+    as far as it exists (its creation reports its own error)."""
+    for path in paths:
+        problem = unreachable(Path(path))
+        if problem:
+            raise PrivilegeError(f"the account {user} cannot read {path}: {problem}")
+
+
+def unreachable(path: Path) -> str | None:
+    """Why this process cannot read ``path`` (None if it can): the blocking directory first."""
+    path = Path(os.path.abspath(path))
+    for parent in reversed(path.parents):
+        if not os.access(parent, os.X_OK):
+            if not os.path.exists(parent):
+                return None  # created later, by whoever needs it
+            return f"it cannot enter {parent} ({describe(parent)}); {fix_hint(parent)}"
+    if not os.path.lexists(path):
+        return None
+    want = os.R_OK | (os.X_OK if path.is_dir() else 0)
+    if not os.access(path, want):
+        return f"permission denied ({describe(path)})"
+    return None
+
+
+def describe(path: Path) -> str:
+    """``mode 0700, owner root:root``, as ``ls -l`` would tell."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return f"mode {stat.S_IMODE(st.st_mode):04o}, owner {owner}:{group}"
+
+
+def fix_hint(blocker: Path) -> str:
+    return (
+        "install callconsent where this account can read it (see deploy/README.md), "
+        f"or, for a development checkout, run `make run` (it grants the account traversal "
+        f"of {blocker} with an ACL)"
+    )

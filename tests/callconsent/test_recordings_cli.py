@@ -1,11 +1,11 @@
 """The keys and recordings commands as real processes, run as an unprivileged account (as the
-daemon's account would: the finalizer refuses root). Under root they run as ``nobody``."""
+daemon's account would: the finalizer refuses root). Under root they run as that account
+(tests/support/daemon_account.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-import pwd
 import subprocess
 import sys
 import tempfile
@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import daemon_account
 import pytest
 from recstore import write_wav
 
@@ -23,13 +24,9 @@ PASS = "a long test passphrase"
 NUMBER = "0151 1234567"
 
 
-def nobody_can_run_python() -> bool:
-    return not os.path.realpath(sys.executable).startswith("/root/")
-
-
 pytestmark = pytest.mark.skipif(
-    ROOT and not nobody_can_run_python(),
-    reason="under root the CLI runs as 'nobody', who cannot read this interpreter",
+    ROOT and not daemon_account.interpreter_readable(),
+    reason="under root the CLI runs as the daemon's account, who cannot read this interpreter",
 )
 
 
@@ -43,9 +40,8 @@ class Cli:
             '[policies.sales]\nretention_category = "sales"\n'
         )
         if ROOT:
-            nobody = pwd.getpwnam("nobody")
-            os.chown(workdir, nobody.pw_uid, nobody.pw_gid)
-            os.chown(self.config, nobody.pw_uid, nobody.pw_gid)
+            os.chown(workdir, daemon_account.UID, daemon_account.GID)
+            os.chown(self.config, daemon_account.UID, daemon_account.GID)
 
     def __call__(
         self, *args: str, passphrase: str | None = PASS
@@ -61,8 +57,8 @@ class Cli:
             env=env,
             stdin=subprocess.DEVNULL,
             timeout=120,
-            user="nobody" if ROOT else None,
-            group="nogroup" if ROOT else None,
+            user=daemon_account.NAME if ROOT else None,
+            group=daemon_account.GROUP if ROOT else None,
             extra_groups=[] if ROOT else None,
         )
 
@@ -79,7 +75,7 @@ class Cli:
     def give(self, path: Path) -> Path:
         """Make a file the test wrote the CLI's (whatever the test process's umask)."""
         if ROOT:
-            os.chown(path, pwd.getpwnam("nobody").pw_uid, -1)
+            os.chown(path, daemon_account.UID, -1)
         return path
 
 

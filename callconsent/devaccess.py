@@ -1,0 +1,87 @@
+"""``python -m callconsent.devaccess ACCOUNT DIR``: let the daemon's account reach a checkout.
+
+For development only (``make run`` and ``make test`` call it as root). A checkout under
+``/root`` or in a ``mktemp -d`` directory sits below a 0700 directory: the daemon, once it has
+switched to its account, could neither import its code nor open ``./var/``. Rather than copy
+the code elsewhere (a second copy that goes stale while you edit) this grants ACCOUNT the
+narrowest right that fixes it: traversal (``x``, not listing) of each directory above DIR that
+blocks it, with a POSIX ACL, and says so. Undo with ``setfacl -x u:ACCOUNT DIR``.
+A production install (``deploy/README.md``) never needs this.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from callconsent.privileges import unreachable
+
+
+def _as_account(account: str, question: Callable[[], str]) -> str:
+    """Ask ``question`` in a child process that runs as ``account``; its answer."""
+    pw = pwd.getpwnam(account)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            os.close(read)
+            os.setgroups(os.getgrouplist(account, pw.pw_gid))
+            os.setgid(pw.pw_gid)
+            os.setuid(pw.pw_uid)
+            os.write(write, question().encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        answer = f.read().decode()
+    os.waitpid(pid, 0)
+    return answer
+
+
+def first_blocker(account: str, path: Path) -> Path | None:
+    """The first directory above ``path`` that ``account`` cannot enter (checked as it)."""
+
+    def ask() -> str:
+        return next((str(p) for p in reversed(path.parents) if not os.access(p, os.X_OK)), "")
+
+    found = _as_account(account, ask)
+    return Path(found) if found else None
+
+
+def grant(account: str, path: Path) -> list[Path]:
+    """Grant ``account`` traversal of every directory above ``path`` that blocks it."""
+    granted: list[Path] = []
+    while (blocker := first_blocker(account, path)) is not None:
+        if blocker in granted:
+            raise SystemExit(f"!!! granting {account} traversal of {blocker} did not help")
+        setfacl = shutil.which("setfacl")
+        if setfacl is None:
+            raise SystemExit("!!! setfacl is missing: apt-get install acl")
+        subprocess.run([setfacl, "-m", f"u:{account}:x", str(blocker)], check=True)  # noqa: S603
+        print(
+            f">>> {blocker} is closed to the daemon's account {account}: granted it traversal "
+            f"only (ACL u:{account}:x; undo: setfacl -x u:{account} {blocker})"
+        )
+        granted.append(blocker)
+    return granted
+
+
+def main(argv: list[str]) -> int:
+    account, directory = argv[0], Path(argv[1]).absolute()
+    if os.geteuid() != 0:
+        return 0  # the daemon does not switch accounts then: nothing to grant
+    grant(account, directory)
+    problem = _as_account(account, lambda: unreachable(directory / "setup.cfg") or "")
+    if problem:
+        print(f"!!! the daemon's account {account} cannot read this checkout: {problem}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1:]))
