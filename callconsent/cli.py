@@ -35,13 +35,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def run() -> int:
+    """The ``callconsent`` command (console script and ``python -m callconsent``): a process
+    of its own, which a state-changing command started as root switches to the daemon's
+    account."""
+    return main(sys.argv[1:], switch_account=True)
+
+
+def main(argv: Sequence[str] | None = None, *, switch_account: bool = False) -> int:
+    """Run one command in this process. ``switch_account``: see :func:`run` (off for callers
+    that embed the CLI, such as the tests, whose process must stay what it is)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     os.umask(0o027)  # nothing we write (database, exports, keys) is for other accounts
     logs.setup("info")
     try:
-        if getattr(args, "acts_as_daemon", False) and os.geteuid() == 0:
+        if switch_account and getattr(args, "acts_as_daemon", False) and os.geteuid() == 0:
             switch_to_daemon(args)
         return int(args.func(args) or EXIT_OK)
     except ConfigError as exc:
@@ -73,4 +82,4 @@ def switch_to_daemon(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(run())

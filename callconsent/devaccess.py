@@ -12,35 +12,12 @@ A production install (``deploy/README.md``) never needs this.
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from callconsent.privileges import unreachable
-
-
-def _as_account(account: str, question: Callable[[], str]) -> str:
-    """Ask ``question`` in a child process that runs as ``account``; its answer."""
-    pw = pwd.getpwnam(account)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        try:
-            os.close(read)
-            os.setgroups(os.getgrouplist(account, pw.pw_gid))
-            os.setgid(pw.pw_gid)
-            os.setuid(pw.pw_uid)
-            os.write(write, question().encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as f:
-        answer = f.read().decode()
-    os.waitpid(pid, 0)
-    return answer
+from callconsent.privileges import ask_as, unreachable
 
 
 def first_blocker(account: str, path: Path) -> Path | None:
@@ -49,7 +26,7 @@ def first_blocker(account: str, path: Path) -> Path | None:
     def ask() -> str:
         return next((str(p) for p in reversed(path.parents) if not os.access(p, os.X_OK)), "")
 
-    found = _as_account(account, ask)
+    found = ask_as(account, ask)
     return Path(found) if found else None
 
 
@@ -76,7 +53,7 @@ def main(argv: list[str]) -> int:
     if os.geteuid() != 0:
         return 0  # the daemon does not switch accounts then: nothing to grant
     grant(account, directory)
-    problem = _as_account(account, lambda: unreachable(directory / "setup.cfg") or "")
+    problem = ask_as(account, lambda: unreachable(directory / "setup.cfg") or "")
     if problem:
         print(f"!!! the daemon's account {account} cannot read this checkout: {problem}")
         return 1

@@ -16,7 +16,7 @@ import pwd
 import stat
 import sys
 import sysconfig
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
@@ -103,17 +103,29 @@ def check_reachable(user: str, paths: Iterable[Path]) -> None:
 def unreachable(path: Path) -> str | None:
     """Why this process cannot read ``path`` (None if it can): the blocking directory first."""
     path = Path(os.path.abspath(path))
-    for parent in reversed(path.parents):
-        if not os.access(parent, os.X_OK):
-            if not os.path.exists(parent):
-                return None  # created later, by whoever needs it
-            return f"it cannot enter {parent} ({describe(parent)}); {fix_hint(parent)}"
+    blocked = blocked_on_the_way(path)
+    if blocked:
+        return f"{blocked}; {fix_hint(blocked_dir(path) or path)}"
     if not os.path.lexists(path):
         return None
-    want = os.R_OK | (os.X_OK if path.is_dir() else 0)
+    want = os.R_OK | (os.X_OK if os.path.isdir(path) else 0)
     if not os.access(path, want):
         return f"permission denied ({describe(path)})"
     return None
+
+
+def blocked_dir(path: Path) -> Path | None:
+    """The first existing directory above ``path`` this process cannot enter."""
+    for parent in reversed(Path(os.path.abspath(path)).parents):
+        if not os.access(parent, os.X_OK):
+            return parent if os.path.exists(parent) else None  # else: created later
+    return None
+
+
+def blocked_on_the_way(path: Path) -> str | None:
+    """``it cannot enter /root (mode 0700, owner root:root)``, or None."""
+    parent = blocked_dir(path)
+    return f"it cannot enter {parent} ({describe(parent)})" if parent else None
 
 
 def describe(path: Path) -> str:
@@ -139,3 +151,46 @@ def fix_hint(blocker: Path) -> str:
         f"or, for a development checkout, run `make run` (it grants the account traversal "
         f"of {blocker} with an ACL)"
     )
+
+
+def ask_as(account: str, question: Callable[[], str]) -> str:
+    """Root only: ask ``question`` in a child process that runs as ``account`` (with its
+    groups, so ACLs and group modes count as they will for it); returns its answer."""
+    pw = pwd.getpwnam(account)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            os.close(read)
+            os.setgroups(os.getgrouplist(account, pw.pw_gid))
+            os.setgid(pw.pw_gid)
+            os.setuid(pw.pw_uid)
+            try:
+                answer = question()
+            except Exception as exc:
+                answer = f"could not be checked ({type(exc).__name__}: {exc})"
+            os.write(write, answer.encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        answer = f.read().decode()
+    os.waitpid(pid, 0)
+    return answer
+
+
+def readable_by(path: Path, account: str, mode: int) -> str | None:
+    """Give ``path`` ``mode`` and, for a mode closed to others (0640), the group of ``account``
+    (the PBX's), so that account can read it. None when done, else why not (for a note)."""
+    os.chmod(path, mode)
+    if mode & 0o004:
+        return None
+    try:
+        gid = pwd.getpwnam(account).pw_gid
+    except KeyError:
+        return f"no account {account!r} here: give {path} its group yourself (chgrp)"
+    try:
+        os.chown(path, -1, gid)
+    except PermissionError:
+        return f"only root may give {path} the group of {account}: chgrp it yourself"
+    return None
