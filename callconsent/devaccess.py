@@ -5,7 +5,8 @@ For development only (``make run`` and ``make test`` call it as root). A checkou
 switched to its account, could neither import its code nor open ``./var/``. Rather than copy
 the code elsewhere (a second copy that goes stale while you edit) this grants ACCOUNT the
 narrowest right that fixes it: traversal (``x``, not listing) of each directory above DIR that
-blocks it, with a POSIX ACL, and says so. Undo with ``setfacl -x u:ACCOUNT DIR``.
+blocks it, with a POSIX ACL, and says so. Undo with ``setfacl -x u:ACCOUNT DIR``. A checkout
+that is itself closed to others (a strict umask) also gets reading for ACCOUNT, within it.
 A production install (``deploy/README.md``) never needs this.
 """
 
@@ -48,12 +49,39 @@ def grant(account: str, path: Path) -> list[Path]:
     return granted
 
 
+def grant_reading(account: str, directory: Path) -> None:
+    """A checkout made under a strict umask (0027, 0077) is closed to the account even when it
+    can reach it: grant it reading (``r``, and ``x`` on directories) of the checkout itself,
+    inherited by what is created there later (a default ACL)."""
+    setfacl = shutil.which("setfacl")
+    if setfacl is None:
+        raise SystemExit("!!! setfacl is missing: apt-get install acl")
+    rights = f"u:{account}:rX,d:u:{account}:rX"
+    subprocess.run([setfacl, "-R", "-m", rights, str(directory)], check=True)  # noqa: S603
+    print(
+        f">>> {directory} is not readable by the daemon's account {account} (a strict umask): "
+        f"granted it reading (ACL {rights}; undo: setfacl -R -x u:{account},d:u:{account} "
+        f"{directory})"
+    )
+
+
+def _unreadable_part(directory: Path) -> str:
+    """As the account: the first file or directory of the checkout it cannot read."""
+    for probe in (directory / "setup.cfg", directory / ".venv", directory / "recorder"):
+        why = unreachable(probe)
+        if why:
+            return why
+    return ""
+
+
 def main(argv: list[str]) -> int:
     account, directory = argv[0], Path(argv[1]).absolute()
     if os.geteuid() != 0:
         return 0  # the daemon does not switch accounts then: nothing to grant
     grant(account, directory)
-    problem = ask_as(account, lambda: unreachable(directory / "setup.cfg") or "")
+    if ask_as(account, lambda: _unreadable_part(directory)):
+        grant_reading(account, directory)
+    problem = ask_as(account, lambda: _unreadable_part(directory))
     if problem:
         print(f"!!! the daemon's account {account} cannot read this checkout: {problem}")
         return 1

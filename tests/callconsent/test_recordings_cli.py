@@ -190,7 +190,10 @@ def test_import_refuses_what_is_not_a_closed_wav_or_already_expired(keyed: Cli) 
 
 
 @pytest.mark.skipif(not ROOT, reason="checks the refusal to run as root")
-def test_import_as_root_is_refused(tmp_path: Path) -> None:
+def test_import_as_root_where_the_daemons_account_cannot_reach_is_refused(tmp_path: Path) -> None:
+    """Started as root, import acts as the daemon's account (tests/callconsent/
+    test_root_commands.py); where that account cannot reach the config (pytest's 0700 temp
+    dir), it refuses at once, naming the account and what blocks it, and imports nothing."""
     cfg = tmp_path / "c.toml"
     cfg.write_text('[daemon]\ndata_dir = "data"\n')
     wav = tmp_path / "a.wav"
@@ -200,5 +203,8 @@ def test_import_as_root_is_refused(tmp_path: Path) -> None:
          str(wav), "--legal-basis", "consent"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert done.returncode == 1 and "refuses to run as root" in done.stderr
+    assert done.returncode == 1, done.stderr
+    assert "the account callconsent cannot read" in done.stderr or (
+        "refusing to run as root, and the account 'callconsent' does not exist" in done.stderr
+    )
     assert wav.exists()
