@@ -284,7 +284,7 @@ def import_public(args: argparse.Namespace) -> int:
     try:
         try:
             created = key_store(app).import_public(
-                doc["epochs"], actor=args.actor or app.audit_ctx.os_user
+                doc["epochs"], actor=named_actor(app, args.actor)
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise CommandError(f"{args.file}: a damaged epoch entry ({exc})") from None
