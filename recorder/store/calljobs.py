@@ -1,6 +1,11 @@
 """The ledger's hot writes as group-commit jobs (:mod:`recorder.store.writer`): SQLAlchemy Core
 statements, each job one call's change and its audit row, with the same rows, values and
 audit details the ORM versions wrote (``tests/recorder/store`` compares them).
+
+The statements are built once, here, with bound parameters: building a statement and
+computing its cache key cost more than executing it (``bench/daemon_load.py``'s profile).
+A change that only applies to a row in a given state is one ``UPDATE … WHERE state = …
+RETURNING``; the row is looked up only when that finds nothing (unknown, or already done).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 
 from recorder.store import rowseal
 from recorder.store.models import Call, ConsentRecord, Recording, RecordingState
@@ -42,21 +47,65 @@ class CallRef:
     consent_status: str | None
 
 
-_REF_COLUMNS = (
+_FIND_CALL = select(
     CALLS.c.id,
     CALLS.c.pbx,
     CALLS.c.pbx_call_id,
     CALLS.c.campaign,
     CALLS.c.direction,
     CALLS.c.consent_status,
+).where(
+    CALLS.c.node == bindparam("b_node"),
+    CALLS.c.pbx == bindparam("b_pbx"),
+    CALLS.c.pbx_call_id == bindparam("b_pbx_call_id"),
+)
+_INSERT_CALL = insert(CALLS)
+_INSERT_EVIDENCE = insert(EVIDENCE)
+_INSERT_RECORDING = insert(RECORDINGS)
+_CALL_EXISTS = select(CALLS.c.id).where(CALLS.c.id == bindparam("b_id"))
+_DECIDED = (
+    update(CALLS)
+    .where(CALLS.c.id == bindparam("b_id"))
+    .values(consent_status=bindparam("b_status"))
+    .returning(CALLS.c.campaign)
+)
+_ENDED = (
+    update(CALLS)
+    .where(CALLS.c.id == bindparam("b_id"), CALLS.c.ended_at.is_(None))
+    .values(ended_at=bindparam("b_now"))
+)
+_RECORDING = select(RECORDINGS.c.state, RECORDINGS.c.call_id).where(
+    RECORDINGS.c.id == bindparam("b_id")
+)
+_PBX_REF = (
+    update(RECORDINGS)
+    .where(RECORDINGS.c.id == bindparam("b_id"))
+    .values(pbx_ref=bindparam("b_ref"))
+)
+_CLOSED = (
+    update(RECORDINGS)
+    .where(
+        RECORDINGS.c.id == bindparam("b_id"),
+        RECORDINGS.c.state == RecordingState.RECORDING.value,
+    )
+    .values(state=RecordingState.CLOSED.value, closed_at=bindparam("b_now"))
+    .returning(*rowseal.columns("recordings"))  # the row as changed: its seal, no second read
+)
+_DISCARDED = (
+    update(RECORDINGS)
+    .where(RECORDINGS.c.id == bindparam("b_id"))
+    .values(
+        state=RecordingState.DISCARDED.value,
+        discarded_at=bindparam("b_now"),
+        discard_reason=bindparam("b_reason"),
+    )
+    .returning(*rowseal.columns("recordings"))
 )
 
 
 def find_call(b: Batch, node: str, pbx: str, pbx_call_id: str) -> CallRef | None:
     row = b.conn.execute(
-        select(*_REF_COLUMNS).where(
-            CALLS.c.node == node, CALLS.c.pbx == pbx, CALLS.c.pbx_call_id == pbx_call_id
-        )
+        _FIND_CALL, {"b_node": node, "b_pbx": pbx, "b_pbx_call_id": pbx_call_id}
     ).first()
     return CallRef(*row) if row else None
 
@@ -79,7 +128,7 @@ def open_call(
         return found
     call_id = str(uuid.uuid4())
     b.conn.execute(
-        insert(CALLS),
+        _INSERT_CALL,
         {
             "id": call_id, "pbx": pbx, "node": node, "pbx_call_id": pbx_call_id,
             "campaign": campaign, "direction": direction, "agent": agent,
@@ -103,18 +152,17 @@ def open_call(
     return CallRef(call_id, pbx, pbx_call_id, campaign, direction, None)
 
 
-def _campaign_of(b: Batch, call_id: str) -> str:
-    campaign = b.conn.execute(select(CALLS.c.campaign).where(CALLS.c.id == call_id)).scalar()
-    if campaign is None:
+def _call_exists(b: Batch, call_id: str) -> None:
+    if b.conn.execute(_CALL_EXISTS, {"b_id": call_id}).first() is None:
         raise LedgerError(f"no call with id {call_id}")
-    return campaign
 
 
 def log_consent(b: Batch, call_id: str, row: dict[str, Any]) -> None:
     """The call's one consent decision (``row``: the evidence row) and its audit row."""
-    campaign = _campaign_of(b, call_id)
-    b.conn.execute(insert(EVIDENCE), row)
-    b.conn.execute(update(CALLS).where(CALLS.c.id == call_id).values(consent_status=row["status"]))
+    campaign = b.conn.execute(_DECIDED, {"b_id": call_id, "b_status": row["status"]}).scalar()
+    if campaign is None:
+        raise LedgerError(f"no call with id {call_id}")
+    b.conn.execute(_INSERT_EVIDENCE, row)
     b.audit(
         actor=SYSTEM_ACTOR,
         action="consent.decision",
@@ -133,8 +181,8 @@ def log_consent(b: Batch, call_id: str, row: dict[str, Any]) -> None:
 
 def recording_started(b: Batch, row: dict[str, Any], actor: str | None) -> None:
     """Register a recording (``row``) before the PBX writes a byte of it."""
-    _campaign_of(b, row["call_id"])
-    b.conn.execute(insert(RECORDINGS), row)
+    _call_exists(b, row["call_id"])
+    b.conn.execute(_INSERT_RECORDING, row)
     b.audit(
         actor=actor or SYSTEM_ACTOR,
         action="recording.started",
@@ -150,39 +198,31 @@ def recording_started(b: Batch, row: dict[str, Any], actor: str | None) -> None:
 
 
 def set_pbx_ref(b: Batch, recording_id: str, pbx_ref: str) -> None:
-    done = b.conn.execute(
-        update(RECORDINGS).where(RECORDINGS.c.id == recording_id).values(pbx_ref=pbx_ref)
-    )
-    if done.rowcount == 0:
+    if b.conn.execute(_PBX_REF, {"b_id": recording_id, "b_ref": pbx_ref}).rowcount == 0:
         raise LedgerError(f"no recording with id {recording_id}")
 
 
-def _recording(b: Batch, recording_id: str) -> dict[str, Any]:
-    """The recording's sealed columns (state and call id among them): the new seal is these
-    with the change applied, so no second read."""
-    row = b.conn.execute(
-        select(*rowseal.columns("recordings")).where(RECORDINGS.c.id == recording_id)
-    ).first()
+def _recording(b: Batch, recording_id: str) -> tuple[str, str]:
+    row = b.conn.execute(_RECORDING, {"b_id": recording_id}).first()
     if row is None:
         raise LedgerError(f"no recording with id {recording_id}")
-    return dict(row._mapping)
+    return row[0], row[1]
 
 
 def recording_closed(b: Batch, recording_id: str, now: datetime) -> bool:
     """False if it was already closed or discarded (PBXs report a close more than once)."""
-    current = _recording(b, recording_id)
-    if current["state"] != RecordingState.RECORDING.value:
+    after = b.conn.execute(_CLOSED, {"b_id": recording_id, "b_now": now}).first()
+    if after is None:
+        _recording(b, recording_id)  # unknown: raises; known: it was closed before
         return False
-    change = {"state": RecordingState.CLOSED.value, "closed_at": now}
-    b.conn.execute(update(RECORDINGS).where(RECORDINGS.c.id == recording_id).values(**change))
     b.audit(
         actor=SYSTEM_ACTOR,
         action="recording.closed",
         subject_type="recording",
         subject_id=recording_id,
         details={
-            "call_id": current["call_id"],
-            "row": rowseal.seal_of("recordings", current | change),
+            "call_id": after.call_id,
+            "row": rowseal.seal_of("recordings", after._mapping),  # as the UPDATE left it
         },
     )
     return True
@@ -190,16 +230,12 @@ def recording_closed(b: Batch, recording_id: str, now: datetime) -> bool:
 
 def discard(b: Batch, recording_id: str, reason: str, actor: str | None, now: datetime) -> bool:
     """False if it was already discarded or purged."""
-    current = _recording(b, recording_id)
-    state, call_id = current["state"], current["call_id"]
+    state, call_id = _recording(b, recording_id)
     if state not in _DISCARDABLE:
         return False
-    change = {
-        "state": RecordingState.DISCARDED.value,
-        "discarded_at": now,
-        "discard_reason": reason[:64],
-    }
-    b.conn.execute(update(RECORDINGS).where(RECORDINGS.c.id == recording_id).values(**change))
+    after = b.conn.execute(
+        _DISCARDED, {"b_id": recording_id, "b_now": now, "b_reason": reason[:64]}
+    ).one()
     b.audit(
         actor=actor or SYSTEM_ACTOR,
         action="recording.discarded",
@@ -209,16 +245,12 @@ def discard(b: Batch, recording_id: str, reason: str, actor: str | None, now: da
             "call_id": call_id,
             "reason": reason,
             "previous_state": state,
-            "row": rowseal.seal_of("recordings", current | change),
+            "row": rowseal.seal_of("recordings", after._mapping),
         },
     )
     return True
 
 
 def call_ended(b: Batch, call_id: str, now: datetime) -> None:
-    found = b.conn.execute(select(CALLS.c.id, CALLS.c.ended_at).where(CALLS.c.id == call_id))
-    row = found.first()
-    if row is None:
-        raise LedgerError(f"no call with id {call_id}")
-    if row[1] is None:
-        b.conn.execute(update(CALLS).where(CALLS.c.id == call_id).values(ended_at=now))
+    if b.conn.execute(_ENDED, {"b_id": call_id, "b_now": now}).rowcount == 0:
+        _call_exists(b, call_id)  # unknown: raises; known: it had ended before
