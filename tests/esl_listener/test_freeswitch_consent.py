@@ -69,10 +69,11 @@ def test_accept_records_the_customer_leg_and_hands_the_call_back(app: App) -> No
         assert apps[:3] == ["set", "answer", "play_and_get_digits"]
         (rec,) = rows(app, Recording)
         path = app.spool.path_for(rec.id)
+        # on the session's own socket: an api runs at once, an execute waits for a frame
         assert (
-            "record_session",
-            f"{path} {{RECORD_STEREO=false,RECORD_PRE_BUFFER_FRAMES=0}}",
-        ) in sim.executed
+            f"api uuid_record {leg.uuid} start {path} 0 "
+            "{RECORD_STEREO=false,RECORD_PRE_BUFFER_FRAMES=0}"
+        ) in sim.commands
         assert leg.exports >= {"consent_status", "consent_id", "consent_recording_id"}
         assert leg.variables["consent_status"] == "granted"
         assert leg.variables["consent_recording_id"] == rec.id
