@@ -153,7 +153,7 @@ async def serve_panoramisk(port: int) -> None:
 
 
 def captured_environment() -> bytes:
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "tests" / "sim"))
     from asterisk_captures import fixture, parse_agi_capture
 
     conn = parse_agi_capture(fixture("asterisk/agi-accept_brief-1795345505.1.log"))[0]

@@ -104,7 +104,7 @@ PLACE_APP = b"aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa"
 
 def captured_frames() -> dict[str, bytes]:
     """Frames of the captured accept session, channel UUID replaced by a same-length mark."""
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "tests" / "sim"))
     sys.path.insert(0, str(ROOT))
     import fs_captures
 

@@ -1,11 +1,19 @@
-"""Who may do what: roles from ``[actors]``, checked before any act on personal data, and
-every refusal audited (with the OS user beside the named actor, as every audit row)."""
+"""Who may do what through the CLI: ``--actor`` names a user of the store (``callconsent users``),
+whose role is checked before any act on personal data; every refusal is audited (with the OS
+user beside the named actor, as every audit row).
+
+``[actors]`` in the config is deprecated: a name found there and not among the users is still
+accepted with a warning (run ``callconsent users import-actors`` once to move them); its
+``os_users`` still bind the name to OS accounts, for users too. The web console has its own
+authorisation module (``web/authz.py``) over the same roles."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import pwd
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,6 +23,9 @@ from callconsent.config import Config
 from callconsent.errors import CommandError
 from recorder.store import audit
 from recorder.store.db import Database
+from web.accounts import Accounts
+
+log = logging.getLogger("callconsent")
 
 #: permission -> roles that hold it
 PERMISSIONS: dict[str, frozenset[str]] = {
@@ -53,12 +64,26 @@ def authorize(
 ) -> None:
     """Return if ``actor`` may do ``permission``; otherwise audit the refusal and raise."""
     roles = PERMISSIONS[permission]
-    known = config.actors.get(actor)
-    if known is None:
-        why = f"unknown actor {actor!r}: name one from [actors] in {config.source}"
-    elif known.role not in roles:
-        why = f"actor {actor!r} is {known.role}; {permission} needs {' or '.join(sorted(roles))}"
-    elif known.os_users and invoking_os_user() not in known.os_users:
+    user = Accounts(db, ctx).get(actor)
+    claimed = config.actors.get(actor)
+    role = user.role if user else claimed.role if claimed else None
+    if user is None and claimed is not None:
+        log.warning(
+            "actor_from_config_deprecated",
+            extra={"kv": {"actor": actor, "config": config.source}},
+        )
+        print(
+            f"callconsent: warning: actor {actor!r} comes from [actors] in {config.source}, "
+            "which is deprecated: run `callconsent users import-actors` once",
+            file=sys.stderr,
+        )
+    if role is None:
+        why = f"unknown actor {actor!r}: add it with `callconsent users add {actor} --role ROLE`"
+    elif user is not None and user.disabled:
+        why = f"user {actor!r} is disabled"
+    elif role not in roles:
+        why = f"actor {actor!r} is {role}; {permission} needs {' or '.join(sorted(roles))}"
+    elif claimed and claimed.os_users and invoking_os_user() not in claimed.os_users:
         why = f"OS account {invoking_os_user()!r} may not act as {actor!r}"
     else:
         return

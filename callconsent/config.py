@@ -193,6 +193,38 @@ class RetentionSection:
         return found
 
 
+def _cidr(v: str) -> str | None:
+    if not v:
+        return None
+    try:
+        ipaddress.ip_network(v)
+    except ValueError:
+        return f"expected an address or network such as 127.0.0.1 or 10.0.0.0/24; got {v!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class WebSection:
+    """``callconsent web``: the console and API (docs/web.md)."""
+
+    host: str = field(default="127.0.0.1", metadata=_check(_ip))
+    port: int = field(default=8470, metadata=_check(_port))
+    # how the private keys are unlocked at start (else: no audio, and the pages say why)
+    key_file: Path | None = None
+    passphrase_file: Path | None = None
+    credential: str = "callconsent-keys"  # systemd LoadCredential= name ($CREDENTIALS_DIRECTORY)
+    credential_is_key_file: bool = False  # the credential holds key-file bytes, not a passphrase
+    session_idle_minutes: int = field(default=30, metadata=_check(_at_least_one))
+    session_absolute_hours: int = field(default=12, metadata=_check(_at_least_one))
+    share_link_max_hours: int = field(default=168, metadata=_check(_at_least_one))
+    login_max_failures: int = field(default=5, metadata=_check(_at_least_one))
+    lockout_minutes: int = field(default=15, metadata=_check(_at_least_one))
+    address_max_failures: int = field(default=20, metadata=_check(_at_least_one))
+    trusted_proxy: str = field(default="", metadata=_check(_cidr))  # empty: no proxy trusted
+    proxy_auth_header: str = ""  # e.g. "Remote-User": SSO, believed from trusted_proxy only
+    secure_cookies: str = field(default="auto", metadata=_check(_choice("auto", "always", "never")))
+
+
 SECTIONS: dict[str, type] = {
     "daemon": DaemonSection,
     "database": DatabaseSection,
@@ -205,6 +237,7 @@ SECTIONS: dict[str, type] = {
     "metrics": MetricsSection,
     "recorder": RecorderSection,
     "retention": RetentionSection,
+    "web": WebSection,
 }
 
 
@@ -236,6 +269,7 @@ class Config:
     metrics: MetricsSection
     recorder: RecorderSection
     retention: RetentionSection
+    web: WebSection
     policies: PolicyBook
     actors: Mapping[str, Actor] = field(default_factory=dict)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)

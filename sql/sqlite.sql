@@ -155,3 +155,73 @@ DROP INDEX ix_recordings_state;
 
 UPDATE alembic_version SET version_num='0003' WHERE alembic_version.version_num = '0002';
 
+-- Running upgrade 0003 -> 0004
+
+CREATE TABLE users (
+    id INTEGER NOT NULL, 
+    name VARCHAR(64) NOT NULL, 
+    role VARCHAR(16) NOT NULL, 
+    password_hash VARCHAR(255), 
+    totp_secret VARCHAR(64), 
+    disabled BOOLEAN NOT NULL, 
+    failed_logins INTEGER NOT NULL, 
+    locked_until DATETIME, 
+    created_at DATETIME NOT NULL, 
+    password_changed_at DATETIME, 
+    last_login_at DATETIME, 
+    CONSTRAINT pk_users PRIMARY KEY (id), 
+    CONSTRAINT uq_users_name UNIQUE (name)
+);
+
+CREATE TABLE web_sessions (
+    id_hash VARCHAR(64) NOT NULL, 
+    user_id INTEGER NOT NULL, 
+    csrf_token VARCHAR(64) NOT NULL, 
+    address VARCHAR(64), 
+    created_at DATETIME NOT NULL, 
+    last_seen_at DATETIME NOT NULL, 
+    idle_expires_at DATETIME NOT NULL, 
+    absolute_expires_at DATETIME NOT NULL, 
+    revoked_at DATETIME, 
+    CONSTRAINT pk_web_sessions PRIMARY KEY (id_hash), 
+    CONSTRAINT fk_web_sessions_user_id_users FOREIGN KEY(user_id) REFERENCES users (id)
+);
+
+CREATE INDEX ix_web_sessions_user_id ON web_sessions (user_id);
+
+CREATE TABLE api_tokens (
+    id INTEGER NOT NULL, 
+    token_hash VARCHAR(64) NOT NULL, 
+    user_id INTEGER NOT NULL, 
+    label VARCHAR(64) NOT NULL, 
+    created_at DATETIME NOT NULL, 
+    expires_at DATETIME NOT NULL, 
+    last_used_at DATETIME, 
+    revoked_at DATETIME, 
+    CONSTRAINT pk_api_tokens PRIMARY KEY (id), 
+    CONSTRAINT fk_api_tokens_user_id_users FOREIGN KEY(user_id) REFERENCES users (id), 
+    CONSTRAINT uq_api_tokens_token_hash UNIQUE (token_hash)
+);
+
+CREATE INDEX ix_api_tokens_user_id ON api_tokens (user_id);
+
+CREATE TABLE share_links (
+    id INTEGER NOT NULL, 
+    token_hash VARCHAR(64) NOT NULL, 
+    recording_id VARCHAR(36) NOT NULL, 
+    created_by INTEGER NOT NULL, 
+    created_at DATETIME NOT NULL, 
+    expires_at DATETIME NOT NULL, 
+    max_plays INTEGER, 
+    plays_used INTEGER NOT NULL, 
+    revoked_at DATETIME, 
+    CONSTRAINT pk_share_links PRIMARY KEY (id), 
+    CONSTRAINT fk_share_links_created_by_users FOREIGN KEY(created_by) REFERENCES users (id), 
+    CONSTRAINT fk_share_links_recording_id_recordings FOREIGN KEY(recording_id) REFERENCES recordings (id), 
+    CONSTRAINT uq_share_links_token_hash UNIQUE (token_hash)
+);
+
+CREATE INDEX ix_share_links_recording_id ON share_links (recording_id);
+
+UPDATE alembic_version SET version_num='0004' WHERE alembic_version.version_num = '0003';
+

@@ -222,3 +222,72 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+# -- people: the web console's users, their sessions, API tokens and share links ---------------
+# (docs/data-model.md "Users and access"; secrets are stored as SHA-256 / argon2id, never raw)
+
+
+class User(Base):
+    """A person who may act on recordings (web console, API, and the CLI's ``--actor``)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # agent | supervisor | dpo | admin
+    password_hash: Mapped[str | None] = mapped_column(String(255))  # argon2id; None: no login
+    totp_secret: Mapped[str | None] = mapped_column(String(64))  # base32; None: no 2nd factor
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)  # since the last success
+    locked_until: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    password_changed_at: Mapped[datetime | None]
+    last_login_at: Mapped[datetime | None]
+
+
+class WebSession(Base):
+    """A browser's login, server-side: the cookie carries a random token, we keep its hash."""
+
+    __tablename__ = "web_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 of the token
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))  # per session, sent in every form
+    address: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    idle_expires_at: Mapped[datetime]
+    absolute_expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class ApiToken(Base):
+    """A personal API token: it acts as its user, with the user's role."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # SHA-256 of the token
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    label: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class ShareLink(Base):
+    """A link to one recording's player, for someone without an account."""
+
+    __tablename__ = "share_links"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # SHA-256 of the token
+    recording_id: Mapped[str] = mapped_column(ForeignKey("recordings.id"), index=True)
+    created_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    max_plays: Mapped[int | None] = mapped_column(Integer)  # None: unlimited until expiry
+    plays_used: Mapped[int] = mapped_column(Integer, default=0)
+    revoked_at: Mapped[datetime | None]

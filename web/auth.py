@@ -1,0 +1,230 @@
+"""Who is asking: a browser session (a random token in an HttpOnly, SameSite=Strict cookie,
+kept server-side as its hash, with idle and absolute expiry), a personal API token
+(``Authorization: Bearer``), or, from the configured proxy only, an SSO user name header.
+
+Logins are throttled per user (``login_max_failures`` then a lockout, kept in the store) and
+per client address (in memory); every login and failed login is an audit row.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import argon2
+import pyotp
+from sqlalchemy import select
+from starlette.requests import Request
+
+from recorder.store import audit
+from recorder.store.models import User, WebSession
+from web.accounts import Person
+from web.services import Services
+from web.tokens import new_token, token_hash
+
+log = logging.getLogger("callconsent.web")
+
+SESSION_COOKIE = "cc_session"
+_NAME_SHAPE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    person: Person
+    via: str  # session | token | proxy
+    csrf: str | None = None  # the session's CSRF token (sessions only)
+
+
+class LoginRefused(Exception):
+    """Wrong name, password or code, or locked: the message is safe to show."""
+
+
+def client_address(request: Request, services: Services) -> str:
+    peer = request.client.host if request.client else ""
+    if services.settings.is_trusted_proxy(peer):
+        forwarded = request.headers.get("x-forwarded-for", "").split(",")[-1].strip()
+        return forwarded[:64] or peer
+    return peer[:64]
+
+
+def over_tls(request: Request, services: Services) -> bool:
+    peer = request.client.host if request.client else ""
+    if services.settings.is_trusted_proxy(peer):
+        return request.headers.get("x-forwarded-proto", "") == "https"
+    return request.url.scheme == "https"
+
+
+def identify(request: Request, services: Services) -> Identity | None:
+    """The user behind this request, or None (anonymous, expired, revoked, disabled)."""
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        person = services.accounts.token_owner(auth[7:].strip())
+        return Identity(person, "token") if person else None
+    header = services.settings.proxy_auth_header
+    peer = request.client.host if request.client else ""
+    if header and services.settings.is_trusted_proxy(peer) and request.headers.get(header):
+        person = services.accounts.get(request.headers[header])
+        return Identity(person, "proxy") if person and not person.disabled else None
+    raw = request.cookies.get(SESSION_COOKIE)
+    return Sessions(services).load(raw) if raw else None
+
+
+class Sessions:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    def create(self, person: Person, address: str) -> tuple[str, str]:
+        """(cookie value, CSRF token) of a new session."""
+        raw, digest = new_token()
+        csrf, _ = new_token()
+        now = datetime.now(UTC)
+        cfg = self.s.settings
+        absolute = now + timedelta(hours=cfg.session_absolute_hours)
+        with self.s.db.write() as s:
+            s.add(
+                WebSession(
+                    id_hash=digest,
+                    user_id=person.id,
+                    csrf_token=csrf,
+                    address=address,
+                    created_at=now,
+                    last_seen_at=now,
+                    idle_expires_at=min(
+                        now + timedelta(minutes=cfg.session_idle_minutes), absolute
+                    ),
+                    absolute_expires_at=absolute,
+                )
+            )
+        return raw, csrf
+
+    def load(self, raw: str) -> Identity | None:
+        now = datetime.now(UTC)
+        with self.s.db.write() as s:
+            row = s.get(WebSession, token_hash(raw))
+            if row is None or row.revoked_at is not None:
+                return None
+            if now >= row.idle_expires_at or now >= row.absolute_expires_at:
+                return None
+            user = s.get(User, row.user_id)
+            if user is None or user.disabled:
+                return None
+            if (now - row.last_seen_at).total_seconds() > 15:  # not a write per request
+                row.last_seen_at = now
+                row.idle_expires_at = min(
+                    now + timedelta(minutes=self.s.settings.session_idle_minutes),
+                    row.absolute_expires_at,
+                )
+            return Identity(Person.of(user), "session", row.csrf_token)
+
+    def revoke(self, raw: str) -> None:
+        with self.s.db.write() as s:
+            row = s.get(WebSession, token_hash(raw))
+            if row is not None and row.revoked_at is None:
+                row.revoked_at = datetime.now(UTC)
+
+
+class AddressThrottle:
+    """Failed logins per client address within a window (in memory: one process serves)."""
+
+    def __init__(self) -> None:
+        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def blocked(self, address: str, limit: int, window_s: float) -> bool:
+        with self._lock:
+            q = self._failures[address]
+            while q and q[0] < time.monotonic() - window_s:
+                q.popleft()
+            return len(q) >= limit
+
+    def failed(self, address: str) -> None:
+        with self._lock:
+            self._failures[address].append(time.monotonic())
+
+
+def log_in(
+    services: Services,
+    throttle: AddressThrottle,
+    name: str,
+    password: str,
+    code: str,
+    address: str,
+) -> Person:
+    """The person, if name, password (and TOTP code) are right and nothing is locked."""
+    cfg = services.settings
+    window = cfg.lockout_minutes * 60
+    if throttle.blocked(address, cfg.address_max_failures, window):
+        _audit_failure(services, name, address, "address_throttled")
+        raise LoginRefused("too many failed logins from your address: try again later")
+    hasher = services.hasher or argon2.PasswordHasher()
+    now = datetime.now(UTC)
+    with services.db.write() as s:
+        user = s.scalars(select(User).where(User.name == name)).one_or_none()
+        why = _refusal(user, now)
+        if why is None:
+            assert user is not None and user.password_hash is not None
+            try:
+                hasher.verify(user.password_hash, password)
+                ok = not user.totp_secret or pyotp.TOTP(user.totp_secret).verify(
+                    code, valid_window=1
+                )
+                why = None if ok else "wrong_code"
+            except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+                why = "wrong_password"
+        if why is None:
+            assert user is not None
+            user.failed_logins, user.locked_until, user.last_login_at = 0, None, now
+            if hasher.check_needs_rehash(user.password_hash or ""):
+                user.password_hash = hasher.hash(password)
+            audit.append(
+                s,
+                services.ctx,
+                actor=user.name,
+                action="web.login",
+                subject_type="user",
+                subject_id=user.name,
+                details={"address": address},
+            )
+            return Person.of(user)
+        if user is not None and why in ("wrong_password", "wrong_code"):
+            user.failed_logins += 1
+            if user.failed_logins >= cfg.login_max_failures:
+                user.locked_until = now + timedelta(minutes=cfg.lockout_minutes)
+                why += "_locked"
+    throttle.failed(address)
+    _audit_failure(services, name, address, why)
+    log.info("web_login_failed", extra={"kv": {"reason": why}})
+    if why.endswith("locked"):
+        raise LoginRefused("this account is locked for a while after too many failed logins")
+    raise LoginRefused("wrong name, password or code")
+
+
+def _refusal(user: User | None, now: datetime) -> str | None:
+    if user is None:
+        return "unknown_user"
+    if user.disabled:
+        return "disabled"
+    if user.password_hash is None:
+        return "no_web_login"
+    if user.locked_until is not None and user.locked_until > now:
+        return "locked"
+    return None
+
+
+def _audit_failure(services: Services, name: str, address: str, why: str) -> None:
+    shown = name if _NAME_SHAPE.match(name) and not name.lstrip("+").isdigit() else "(invalid)"
+    with services.db.write() as s:
+        audit.append(
+            s,
+            services.ctx,
+            actor=shown,
+            action="web.login_failed",
+            subject_type="user",
+            subject_id=shown,
+            details={"address": address, "reason": why},
+        )

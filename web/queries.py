@@ -1,0 +1,306 @@
+"""What the pages and the API read from the store: calls with filters and keyset pagination,
+one call's evidence and timeline, the audit log, the dashboard's numbers. Every query over
+calls goes through :func:`web.authz.visible_calls`."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from recorder.store.models import AuditEntry, Call, ConsentRecord, KeyEpoch, Recording
+from recorder.store.numbers import mask
+from web import authz
+from web.accounts import Person
+from web.services import Services
+
+DIRECTIONS = ("inbound", "outbound", "unknown")
+STATUSES = ("granted", "declined", "no_input", "withdrawn", "not_required", "unavailable")
+OUTCOMES = ("granted", "declined", "no_input", "withdrawn", "not_required")
+
+
+class BadQuery(ValueError):
+    """A filter or cursor we cannot read: the message names it."""
+
+
+@dataclass(frozen=True)
+class CallFilter:
+    since: date | None = None
+    until: date | None = None
+    campaign: str | None = None
+    direction: str | None = None
+    consent: str | None = None
+    agent: str | None = None
+    number_key: str | None = None  # the keyed hash of the number, never the number
+    after: str | None = None  # keyset cursor
+
+    @classmethod
+    def from_params(cls, params: Any) -> CallFilter:
+        def text(name: str, limit: int = 64) -> str | None:
+            v = (params.get(name) or "").strip()
+            if len(v) > limit:
+                raise BadQuery(f"{name}: at most {limit} characters")
+            return v or None
+
+        def day(name: str) -> date | None:
+            v = text(name, 10)
+            try:
+                return date.fromisoformat(v) if v else None
+            except ValueError:
+                raise BadQuery(f"{name}: expected a date YYYY-MM-DD") from None
+
+        direction, consent = text("direction"), text("consent")
+        if direction and direction not in DIRECTIONS:
+            raise BadQuery(f"direction: one of {', '.join(DIRECTIONS)}")
+        if consent and consent not in STATUSES:
+            raise BadQuery(f"consent: one of {', '.join(STATUSES)}")
+        nk = text("nk")
+        if nk and (len(nk) != 64 or any(c not in "0123456789abcdef" for c in nk)):
+            raise BadQuery("nk: not a number key")
+        return cls(
+            day("since"),
+            day("until"),
+            text("campaign"),
+            direction,
+            consent,
+            text("agent"),
+            nk,
+            text("after", 200),
+        )
+
+    def params(self, **override: Any) -> dict[str, str]:
+        values = {
+            "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
+            "campaign": self.campaign,
+            "direction": self.direction,
+            "consent": self.consent,
+            "agent": self.agent,
+            "nk": self.number_key,
+            "after": self.after,
+        } | override
+        return {k: v for k, v in values.items() if v}
+
+
+def _cursor(call: Call) -> str:
+    return base64.urlsafe_b64encode(f"{call.started_at.isoformat()}|{call.id}".encode()).decode()
+
+
+def _uncursor(text: str) -> tuple[datetime, str]:
+    try:
+        at, cid = base64.urlsafe_b64decode(text.encode()).decode().split("|", 1)
+        moment = datetime.fromisoformat(at)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadQuery("after: not a cursor this server made") from None
+    return moment, cid
+
+
+@dataclass
+class CallPage:
+    rows: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def search_calls(services: Services, person: Person, f: CallFilter, limit: int) -> CallPage:
+    q = authz.visible_calls(select(Call), person)
+    if f.since:
+        q = q.where(Call.started_at >= datetime.combine(f.since, time(), UTC))
+    if f.until:
+        q = q.where(Call.started_at < datetime.combine(f.until + timedelta(days=1), time(), UTC))
+    for column, value in (
+        (Call.campaign, f.campaign),
+        (Call.direction, f.direction),
+        (Call.consent_status, f.consent),
+        (Call.agent, f.agent),
+        (Call.number_key, f.number_key),
+    ):
+        if value:
+            q = q.where(column == value)
+    if f.after:
+        at, cid = _uncursor(f.after)
+        q = q.where(or_(Call.started_at < at, and_(Call.started_at == at, Call.id < cid)))
+    q = q.order_by(Call.started_at.desc(), Call.id.desc()).limit(limit + 1)
+    with services.db.read() as s:
+        calls = list(s.scalars(q))
+        counts = _recording_counts(s, [c.id for c in calls[:limit]])
+    rows = [call_summary(services, c, counts.get(c.id, 0)) for c in calls[:limit]]
+    return CallPage(rows, _cursor(calls[limit - 1]) if len(calls) > limit else None)
+
+
+def _recording_counts(s: Session, ids: list[str]) -> dict[str, int]:
+    if not ids:
+        return {}
+    q = select(Recording.call_id, func.count()).where(Recording.call_id.in_(ids))
+    return dict(s.execute(q.group_by(Recording.call_id)).all())
+
+
+def shown_number(services: Services, call: Call, full: bool) -> str:
+    if call.number_kind in ("withheld", "none", "erased"):
+        return call.number_kind
+    if not call.number_enc:
+        return "-"
+    number = services.numbers.reveal(call.number_enc)
+    return number if full else mask(number)
+
+
+def call_summary(services: Services, call: Call, recordings: int = 0) -> dict[str, Any]:
+    return {
+        "id": call.id,
+        "started_at": call.started_at.isoformat(),
+        "ended_at": call.ended_at.isoformat() if call.ended_at else None,
+        "campaign": call.campaign,
+        "direction": call.direction,
+        "agent": call.agent,
+        "consent_status": call.consent_status,
+        "number": shown_number(services, call, full=False),
+        "recordings": recordings,
+        "pbx": call.pbx,
+    }
+
+
+@dataclass
+class CallDetail:
+    call: Call
+    summary: dict[str, Any]
+    evidence: list[dict[str, Any]]
+    recordings: list[Recording]
+    timeline: list[tuple[datetime, str, str]] = field(default_factory=list)
+
+
+def load_call(services: Services, call_id: str) -> Call | None:
+    with services.db.read() as s:
+        return s.get(Call, call_id)
+
+
+def call_detail(services: Services, person: Person, call: Call) -> CallDetail:
+    with services.db.read() as s:
+        evidence = list(
+            s.scalars(
+                select(ConsentRecord)
+                .where(ConsentRecord.call_id == call.id)
+                .order_by(ConsentRecord.decided_at)
+            )
+        )
+        recs = list(
+            s.scalars(
+                select(Recording).where(Recording.call_id == call.id).order_by(Recording.started_at)
+            )
+        )
+        subjects = [call.id, *(r.id for r in recs)]
+        rows = list(
+            s.scalars(
+                select(AuditEntry)
+                .where(AuditEntry.subject_id.in_(subjects))
+                .order_by(AuditEntry.seq)
+                .limit(500)
+            )
+        )
+    summary = call_summary(services, call, len(recs))
+    summary["number"] = shown_number(services, call, authz.sees_full_numbers(person))
+    timeline = [(r.at, r.action, r.subject_id or "") for r in rows]
+    for e in evidence:
+        for p in e.prompts or []:
+            if isinstance(p, dict) and p.get("at"):
+                timeline.append(
+                    (
+                        _when(p["at"]),
+                        "prompt." + str(p.get("outcome", "played")),
+                        str(p.get("prompt_id")),
+                    )
+                )
+        for d in e.digits or []:
+            if isinstance(d, dict) and d.get("at"):
+                timeline.append((_when(d["at"]), "digit", str(d.get("digit"))))
+    timeline.sort(key=lambda t: t[0])
+    return CallDetail(call, summary, [evidence_dict(e) for e in evidence], recs, timeline)
+
+
+def _when(value: Any) -> datetime:
+    try:
+        moment = datetime.fromisoformat(str(value))
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def evidence_dict(e: ConsentRecord) -> dict[str, Any]:
+    return {
+        "kind": e.kind,
+        "status": e.status,
+        "method": e.method,
+        "legal_basis": e.legal_basis,
+        "decided_at": e.decided_at.isoformat(),
+        "digits": e.digits,
+        "prompt_id": e.prompt_id,
+        "prompt_sha256": e.prompt_sha256,
+        "language": e.language,
+        "prompts": e.prompts,
+        "attempts": e.attempts,
+        "policy": e.policy,
+        "actor": e.actor,
+    }
+
+
+def recording_dict(rec: Recording) -> dict[str, Any]:
+    return {
+        "id": rec.id,
+        "call_id": rec.call_id,
+        "state": rec.state,
+        "started_at": rec.started_at.isoformat(),
+        "duration_ms": rec.duration_ms,
+        "channels": rec.channels,
+        "plaintext_size": rec.plaintext_size,
+        "plaintext_sha256": rec.plaintext_sha256,
+        "key_epoch": rec.key_epoch,
+        "expires_at": rec.expires_at.isoformat() if rec.expires_at else None,
+        "legal_hold": rec.legal_hold,
+        "discarded_at": rec.discarded_at.isoformat() if rec.discarded_at else None,
+        "discard_reason": rec.discard_reason,
+        "purged_at": rec.purged_at.isoformat() if rec.purged_at else None,
+        "purge_reason": rec.purge_reason,
+    }
+
+
+def gone_why(services: Services, rec: Recording) -> str | None:
+    """Why a recording has no audio any more (or None when it has)."""
+    if rec.state == "purged":
+        return f"deleted on {rec.purged_at:%Y-%m-%d %H:%M} UTC ({rec.purge_reason or 'retention'})"
+    if rec.state == "discarded":
+        return f"discarded on {rec.discarded_at:%Y-%m-%d %H:%M} UTC ({rec.discard_reason})"
+    if rec.state in ("recording", "closed"):
+        return "not encrypted yet: the audio is still being processed"
+    if rec.key_epoch and not rec.legal_hold:
+        with services.db.read() as s:
+            epoch = s.get(KeyEpoch, rec.key_epoch)
+        if epoch and epoch.destroyed_at:
+            return (
+                f"crypto-shredded: the key of epoch {epoch.id} was destroyed on "
+                f"{epoch.destroyed_at:%Y-%m-%d} UTC, so the audio is unreadable everywhere"
+            )
+    return None
+
+
+def load_recording(services: Services, rid: str) -> tuple[Recording, Call] | None:
+    with services.db.read() as s:
+        rec = s.get(Recording, rid)
+        call = s.get(Call, rec.call_id) if rec else None
+        return (rec, call) if rec and call else None
+
+
+def audit_rows(
+    services: Services, action: str | None, actor: str | None, before: int | None, limit: int
+) -> list[AuditEntry]:
+    q = select(AuditEntry)
+    if action:
+        q = q.where(AuditEntry.action == action)
+    if actor:
+        q = q.where(AuditEntry.actor == actor)
+    if before:
+        q = q.where(AuditEntry.seq < before)
+    with services.db.read() as s:
+        return list(s.scalars(q.order_by(AuditEntry.seq.desc()).limit(limit)))
