@@ -113,8 +113,7 @@ def run_pass(args: argparse.Namespace) -> int:
         verb = "would purge" if args.dry_run else "purged"
         when = f" as of {report.as_of.isoformat()}" if report.as_of else ""
         print(
-            f"{verb} {len(report.purged)} recording(s){when}; "
-            f"{report.held} expired but held (kept)"
+            f"{verb} {len(report.purged)} recording(s){when}; {report.held} expired but held (kept)"
         )
         for rid in report.purged if args.dry_run else []:
             print(f"  {rid}")
