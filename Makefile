@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?=
 
 # command -> Debian package, for what the test suite and the prompts need
-DEBIAN_TEST_PACKAGES := initdb:postgresql espeak-ng:espeak-ng ffmpeg:ffmpeg sox:sox systemd-analyze:systemd
+DEBIAN_TEST_PACKAGES := initdb:postgresql espeak-ng:espeak-ng ffmpeg:ffmpeg sox:sox systemd-analyze:systemd chromium:chromium
 
 .PHONY: run test lint bench demo sql dialplan venv install debian-deps clean help
 

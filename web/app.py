@@ -17,14 +17,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from web import api, pages
 from web.auth import AddressThrottle
 from web.authz import PUBLIC, SIGNED_IN
+from web.csp import content_security_policy
 from web.openapi import document
 from web.routing import Ctx, guarded
 from web.services import Services
 
 SECURITY_HEADERS = {
-    "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
-    "img-src 'self' data:; media-src 'self'; connect-src 'self'; form-action 'self'; "
-    "frame-ancestors 'none'; base-uri 'none'",
+    "content-security-policy": content_security_policy(),
     "x-frame-options": "DENY",
     "referrer-policy": "no-referrer",
     "x-content-type-options": "nosniff",
@@ -207,7 +206,11 @@ class SecurityHeaders:
                     if k.lower() != b"cache-control" or not static
                 ]
                 present = {k.lower() for k, _ in headers}
-                headers += [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+                headers += [  # a page may set a stricter CSP of its own (the player's nonce)
+                    (k.encode(), v.encode())
+                    for k, v in SECURITY_HEADERS.items()
+                    if k.encode() not in present
+                ]
                 if b"cache-control" not in present:
                     headers.append((b"cache-control", b"max-age=3600" if static else b"no-store"))
                 message["headers"] = headers

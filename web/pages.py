@@ -12,6 +12,7 @@ from recorder.store import audit
 from web import actions, dashboard, queries
 from web.accounts import ROLES, AccountError
 from web.auth import SESSION_COOKIE, LoginRefused, Sessions, log_in
+from web.csp import content_security_policy
 from web.routing import Ctx, HttpError, field_int, field_text
 from web.sharing import DEFAULT_HOURS, ShareRefused
 from web.tokens import same
@@ -128,7 +129,8 @@ def call(ctx: Ctx) -> Response:
 def recording(ctx: Ctx) -> Response:
     rec, c = actions.visible_recording(ctx, ctx.param("recording_id"))
     links = ctx.services.links.of_recording(rec.id)
-    return ctx.render(
+    nonce = secrets.token_urlsafe(16)
+    response = ctx.render(
         "recording.html",
         rec=rec,
         call=c,
@@ -137,7 +139,11 @@ def recording(ctx: Ctx) -> Response:
         default_hours=DEFAULT_HOURS,
         max_hours=ctx.services.settings.share_link_max_hours,
         new_link=None,
+        style_nonce=nonce,
+        markers=queries.waveform_marks(ctx.services, rec),
     )
+    response.headers["content-security-policy"] = content_security_policy(nonce)
+    return response
 
 
 def recording_audio(ctx: Ctx) -> Response:
@@ -289,7 +295,11 @@ def share_page(ctx: Ctx) -> Response:
     assert found is not None
     rec, c = found
     ticket = secrets.token_urlsafe(24)
-    ctx.request.app.state.play_tickets[ticket] = link.id
+    tickets = ctx.request.app.state.play_tickets
+    if len(tickets) > 10_000:  # in memory, one process: forget the oldest half
+        for old in list(tickets)[:5_000]:
+            del tickets[old]
+    tickets[ticket] = link.id
     response = ctx.render("share.html", rec=rec, campaign=c.campaign, token=token, link=link)
     _cookie(ctx, response, PLAY_COOKIE, ticket, 6 * 3600, path=f"/s/{token}")
     return response

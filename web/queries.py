@@ -304,3 +304,21 @@ def audit_rows(
         q = q.where(AuditEntry.seq < before)
     with services.db.read() as s:
         return list(s.scalars(q.order_by(AuditEntry.seq.desc()).limit(limit)))
+
+
+def waveform_marks(services: Services, rec: Recording) -> list[dict[str, Any]]:
+    """Moments to mark on the player's waveform, in seconds from the recording's start: the
+    consent decision and any later change (a withdrawal), when they fall inside it. (Agent
+    pauses are not stored, so they cannot be marked.)"""
+    with services.db.read() as s:
+        rows = s.scalars(
+            select(ConsentRecord)
+            .where(ConsentRecord.call_id == rec.call_id)
+            .order_by(ConsentRecord.decided_at)
+        )
+        marks = []
+        for e in rows:
+            at = (e.decided_at - rec.started_at).total_seconds()
+            if 0 <= at <= (rec.duration_ms or 0) / 1000:
+                marks.append({"at": round(at, 2), "label": f"{e.kind}: {e.status}"})
+    return marks

@@ -13,7 +13,12 @@ import pytest
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 ANALYZE = shutil.which("systemd-analyze")
 pytestmark = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
-UNITS = ["callconsent.service", "callconsent-retention.service", "callconsent-retention.timer"]
+UNITS = [
+    "callconsent.service",
+    "callconsent-retention.service",
+    "callconsent-retention.timer",
+    "callconsent-web.service",
+]
 
 
 def installed_copy(name: str, tmp_path: Path) -> Path:

@@ -249,3 +249,30 @@ def test_the_user_row_counts_failures_and_resets_on_success(world: World) -> Non
     with world.services.db.read() as s:
         u = s.scalars(sa.select(User).where(User.name == "dora")).one()
     assert (u.failed_logins, u.locked_until) == (0, None) and u.last_login_at is not None
+
+
+def test_trusted_proxy_sso_header_and_forwarded_address_only_from_the_proxy(world: World) -> None:
+    world.services.settings = type(world.services.settings)(
+        trusted_proxy="10.0.0.5", proxy_auth_header="Remote-User"
+    )
+    proxy = TestClient(
+        world.app, base_url="http://testserver", client=("10.0.0.5", 4000), follow_redirects=False
+    )
+    sso = {"Remote-User": "sam", "X-Forwarded-For": "198.51.100.7", "X-Forwarded-Proto": "https"}
+    assert proxy.get("/api/v1/me", headers=sso).json()["via"] == "proxy"
+    assert proxy.get("/api/v1/me", headers={**sso, "Remote-User": "nobody"}).status_code == 401
+    elsewhere = TestClient(world.app, client=("10.0.0.9", 4000), follow_redirects=False)
+    assert elsewhere.get("/api/v1/me", headers=sso).status_code == 401  # not from the proxy
+    forwarded = {"X-Forwarded-For": "198.51.100.7", "X-Forwarded-Proto": "https"}
+    browser = TestClient(
+        world.app,
+        "https://testserver",
+        client=("10.0.0.5", 4001),
+        headers=forwarded,
+        follow_redirects=False,
+    )
+    r = login(browser, "dora", "wrong password!")
+    assert r.status_code == 401
+    assert '"address":"198.51.100.7"' in audit_actions(world, "web.login_failed")[-1][1]
+    ok = login(browser, "dora", PASSWORD)
+    assert "Secure" in ok.headers["set-cookie"]  # TLS at the proxy
