@@ -19,11 +19,11 @@ from contextlib import contextmanager
 
 from callconsent import config as config_mod
 from callconsent.app import App
-from callconsent.config import Config
+from callconsent.config import Actor, Config
 from callconsent.errors import CommandError
 from recorder.store import audit
 from recorder.store.db import Database
-from web.accounts import Accounts
+from web.accounts import Accounts, Person
 
 log = logging.getLogger("callconsent")
 
@@ -65,19 +65,7 @@ def authorize(
 ) -> None:
     """Return if ``actor`` may do ``permission``; otherwise audit the refusal and raise."""
     roles = PERMISSIONS[permission]
-    user = Accounts(db, ctx).get(actor)
-    claimed = config.actors.get(actor)
-    role = user.role if user else claimed.role if claimed else None
-    if user is None and claimed is not None:
-        log.warning(
-            "actor_from_config_deprecated",
-            extra={"kv": {"actor": actor, "config": config.source}},
-        )
-        print(
-            f"callconsent: warning: actor {actor!r} comes from [actors] in {config.source}, "
-            "which is deprecated: run `callconsent users import-actors` once",
-            file=sys.stderr,
-        )
+    user, claimed, role = _lookup(config, db, ctx, actor)
     if role is None:
         why = f"unknown actor {actor!r}: add it with `callconsent users add {actor} --role ROLE`"
     elif user is not None and user.disabled:
@@ -99,6 +87,43 @@ def authorize(
             details={"permission": permission, "reason": why},
         )
     raise NotAllowed(f"refused: {why}")
+
+
+def _lookup(
+    config: Config, db: Database, ctx: audit.AuditContext, actor: str
+) -> tuple[Person | None, Actor | None, str | None]:
+    """(the user of that name, its deprecated [actors] entry, the role that applies)."""
+    user = Accounts(db, ctx).get(actor)
+    claimed = config.actors.get(actor)
+    if user is None and claimed is not None:
+        log.warning(
+            "actor_from_config_deprecated",
+            extra={"kv": {"actor": actor, "config": config.source}},
+        )
+        print(
+            f"callconsent: warning: actor {actor!r} comes from [actors] in {config.source}, "
+            "which is deprecated: run `callconsent users import-actors` once",
+            file=sys.stderr,
+        )
+    return user, claimed, user.role if user else claimed.role if claimed else None
+
+
+def named_actor(app: App, actor: str | None) -> str:
+    """Who an audited command acts as: ``--actor`` when given, which must then name an
+    enabled user (or a deprecated ``[actors]`` entry, bound to its ``os_users``); else the OS
+    account running the command."""
+    if not actor:
+        return app.audit_ctx.os_user
+    user, claimed, role = _lookup(app.config, app.db, app.audit_ctx, actor)
+    if role is None:
+        raise NotAllowed(
+            f"unknown actor {actor!r}: add it with `callconsent users add {actor} --role ROLE`"
+        )
+    if user is not None and user.disabled:
+        raise NotAllowed(f"user {actor!r} is disabled")
+    if claimed and claimed.os_users and invoking_os_user() not in claimed.os_users:
+        raise NotAllowed(f"OS account {invoking_os_user()!r} may not act as {actor!r}")
+    return actor
 
 
 @contextmanager

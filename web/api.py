@@ -67,6 +67,16 @@ def call(ctx: Ctx) -> Response:
     )
 
 
+def recordings(ctx: Ctx) -> Response:
+    try:
+        rows, cursor = queries.search_recordings(
+            ctx.services, ctx.person, ctx.request.query_params, field_limit(ctx)
+        )
+    except queries.BadQuery as exc:
+        raise HttpError(400, str(exc)) from None
+    return JSONResponse({"recordings": rows, "next": cursor})
+
+
 def recording(ctx: Ctx) -> Response:
     rec, _ = actions.visible_recording(ctx, ctx.param("recording_id"))
     return JSONResponse(

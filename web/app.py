@@ -110,6 +110,7 @@ ROUTES: list[Entry] = [
     Entry(
         "GET", "/api/v1/calls/{call_id}", "calls.view", api.call, "a call: evidence, timeline", True
     ),
+    Entry("GET", "/api/v1/recordings", "calls.list", api.recordings, "search recordings", True),
     Entry(
         "GET",
         "/api/v1/recordings/{recording_id}",

@@ -322,3 +322,45 @@ def waveform_marks(services: Services, rec: Recording) -> list[dict[str, Any]]:
             if 0 <= at <= (rec.duration_ms or 0) / 1000:
                 marks.append({"at": round(at, 2), "label": f"{e.kind}: {e.status}"})
     return marks
+
+
+RECORDING_STATES = ("recording", "closed", "encrypted", "discarded", "purged")
+
+
+def search_recordings(
+    services: Services, person: Person, params: Any, limit: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Recordings, newest first, by state, campaign and date range; the same visibility and
+    keyset cursor as the calls."""
+    f = CallFilter.from_params(params)
+    state = (params.get("state") or "").strip()
+    if state and state not in RECORDING_STATES:
+        raise BadQuery(f"state: one of {', '.join(RECORDING_STATES)}")
+    q = authz.visible_calls(
+        select(Recording, Call).join(Call, Call.id == Recording.call_id), person
+    )
+    if state:
+        q = q.where(Recording.state == state)
+    if f.campaign:
+        q = q.where(Call.campaign == f.campaign)
+    if f.since:
+        q = q.where(Recording.started_at >= datetime.combine(f.since, time(), UTC))
+    if f.until:
+        end = datetime.combine(f.until + timedelta(days=1), time(), UTC)
+        q = q.where(Recording.started_at < end)
+    if f.after:
+        at, rid = _uncursor(f.after)
+        q = q.where(
+            or_(Recording.started_at < at, and_(Recording.started_at == at, Recording.id < rid))
+        )
+    q = q.order_by(Recording.started_at.desc(), Recording.id.desc()).limit(limit + 1)
+    with services.db.read() as s:
+        rows = [(r, c) for r, c in s.execute(q)]
+    found = [recording_dict(r) | {"campaign": c.campaign} for r, c in rows[:limit]]
+    last = rows[limit - 1][0] if len(rows) > limit else None
+    cursor = (
+        base64.urlsafe_b64encode(f"{last.started_at.isoformat()}|{last.id}".encode()).decode()
+        if last
+        else None
+    )
+    return found, cursor

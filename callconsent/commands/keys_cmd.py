@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from callconsent import config
 from callconsent.app import App
+from callconsent.authz import named_actor
 from callconsent.errors import CommandError
 from callconsent.recordings import key_store, retention_rule
 from recorder.store import audit
@@ -200,6 +201,7 @@ def list_epochs(args: argparse.Namespace) -> int:
 def export_public(args: argparse.Namespace) -> int:
     app = App.open(config.load(args.config))
     try:
+        actor = named_actor(app, args.actor)
         epochs = key_store(app).epochs()
         doc = {
             "format": "callconsent public keys v1",
@@ -220,7 +222,7 @@ def export_public(args: argparse.Namespace) -> int:
             audit.append(
                 s,
                 app.audit_ctx,
-                actor=args.actor or app.audit_ctx.os_user,
+                actor=actor,
                 action="keys.exported_public",
                 subject_type="key_store",
                 details={"reason": args.reason, "epochs": len(doc["epochs"])},

@@ -7,6 +7,7 @@ import argparse
 
 from callconsent import config
 from callconsent.app import App
+from callconsent.authz import named_actor
 from callconsent.errors import CommandError
 from web.sharing import ShareLinks, ShareRefused
 
@@ -25,7 +26,7 @@ def revoke(args: argparse.Namespace) -> int:
     app = App.open(config.load(args.config))
     try:
         links = ShareLinks(app.db, app.audit_ctx, max_hours=1)
-        done = links.revoke(args.id, actor=args.actor or app.audit_ctx.os_user)
+        done = links.revoke(args.id, actor=named_actor(app, args.actor))
     except ShareRefused as exc:
         raise CommandError(str(exc)) from None
     finally:

@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from callconsent import config
 from callconsent.app import App
+from callconsent.authz import NotAllowed, named_actor
 from callconsent.commands import custody_cmd
 from callconsent.commands.keys_cmd import add_reason_args, add_secret_args, unlock
 from callconsent.errors import CommandError
@@ -94,7 +95,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _open(args: argparse.Namespace) -> App:
-    return App.open(config.load(args.config))
+    """The app; ``--actor``, where the command has one, checked to name a user."""
+    app = App.open(config.load(args.config))
+    if hasattr(args, "actor"):
+        try:
+            args.actor = named_actor(app, args.actor)
+        except NotAllowed:
+            app.close()
+            raise
+    return app
 
 
 def _audit(app: App, args: argparse.Namespace, action: str, rid: str, **details: Any) -> None:
@@ -102,7 +111,7 @@ def _audit(app: App, args: argparse.Namespace, action: str, rid: str, **details:
         audit.append(
             s,
             app.audit_ctx,
-            actor=args.actor or app.audit_ctx.os_user,
+            actor=args.actor,
             action=action,
             subject_type="recording",
             subject_id=rid,
@@ -308,7 +317,7 @@ def import_files(args: argparse.Namespace) -> int:
             recorded_at=recorded_at,
             number=args.number,
             delete_source=args.delete_source,
-            actor=args.actor or app.audit_ctx.os_user,
+            actor=args.actor,
         )
         importer, done, failed = Importer(app.ledger, fin), [], 0
         for n, path in enumerate(args.paths, 1):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from callconsent import config
 from callconsent.app import App
+from callconsent.authz import NotAllowed, named_actor
 from callconsent.errors import CommandError
 from web.accounts import ROLES, AccountError, Accounts
 
@@ -67,7 +68,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _accounts(args: argparse.Namespace) -> tuple[App, Accounts, str]:
     app = App.open(config.load(args.config))
-    return app, Accounts(app.db, app.audit_ctx), args.actor or app.audit_ctx.os_user
+    try:
+        actor = named_actor(app, args.actor)
+    except NotAllowed:
+        app.close()
+        raise
+    return app, Accounts(app.db, app.audit_ctx), actor
 
 
 def read_password(args: argparse.Namespace) -> str:

@@ -34,13 +34,16 @@ def actions(app: App) -> list[tuple[str, str, str | None]]:
 def test_add_list_role_disable_enable(
     app: App, config_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run(config_file, "users", "add", "dana", "--role", "dpo", "--actor", "root") == 0
+    assert run(config_file, "users", "add", "adam", "--role", "admin") == 0  # the first one
+    assert run(config_file, "users", "add", "dana", "--role", "dpo", "--actor", "nobody") == 1
+    assert "unknown actor 'nobody'" in capsys.readouterr().err
+    assert run(config_file, "users", "add", "dana", "--role", "dpo", "--actor", "adam") == 0
     assert run(config_file, "users", "add", "dana", "--role", "dpo") == 1  # exists
     assert "exists already" in capsys.readouterr().err
     assert run(config_file, "users", "role", "dana", "admin") == 0
     assert run(config_file, "users", "disable", "dana") == 0
     assert run(config_file, "users", "list", "--json") == 0
-    (row,) = json.loads(capsys.readouterr().out)
+    (_, row) = json.loads(capsys.readouterr().out)
     assert (row["name"], row["role"], row["disabled"], row["web_login"]) == (
         "dana",
         "admin",
@@ -50,10 +53,10 @@ def test_add_list_role_disable_enable(
     assert run(config_file, "users", "enable", "dana") == 0
     assert Accounts(app.db, app.audit_ctx).get("dana").disabled is False
     with app.db.read() as s:
-        stored = s.scalars(sa.select(User)).one().password_hash
+        stored = s.scalars(sa.select(User).where(User.name == "dana")).one().password_hash
     assert stored.startswith("$argon2id$") and PASSWORD not in stored
-    got = actions(app)
-    assert got[0] == ("user.added", "root", "dana")
+    got = actions(app)[1:]
+    assert got[0] == ("user.added", "adam", "dana")
     assert [a for a, _, _ in got[1:]] == ["user.role_changed", "user.disabled", "user.enabled"]
 
 
@@ -134,3 +137,20 @@ def test_actors_section_still_works_with_a_warning_then_imports(
     assert Accounts(app.db, app.audit_ctx).get("olga").role == "dpo"
     assert run(config_file, "recordings", "unhold", "nope", "--reason", "r", "--actor", "olga") == 1
     assert "deprecated" not in capsys.readouterr().err
+
+
+def test_optional_actor_must_name_an_enabled_user_too(
+    app: App, config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Commands whose --actor only names who acted (show, decrypt, links revoke, users …)."""
+    accounts = Accounts(app.db, app.audit_ctx)
+    accounts.add("vera", "supervisor", None, actor="t")
+    reason = ("--reason", "r")
+    assert run(config_file, "recordings", "show", "nope", *reason, "--actor", "ghost") == 1
+    assert "unknown actor 'ghost'" in capsys.readouterr().err
+    assert run(config_file, "recordings", "show", "nope", *reason, "--actor", "vera") == 1
+    assert "no recording nope" in capsys.readouterr().err  # vera passed, the id did not
+    accounts.set_disabled("vera", True, actor="t")
+    assert run(config_file, "keys", "export-public", *reason, "--actor", "vera") == 1
+    assert "user 'vera' is disabled" in capsys.readouterr().err
+    assert run(config_file, "links", "revoke", "1", "--actor", "ghost") == 1

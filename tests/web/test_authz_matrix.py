@@ -158,6 +158,9 @@ TABLE: dict[tuple[str, str], Case] = {
             "/api/v1/calls/search", json={"number": NUMBER}, headers=api_headers(c)
         ),
     ),
+    ("GET", "/api/v1/recordings"): Case(
+        ALL, 200, lambda w, c, p: c.get("/api/v1/recordings?state=encrypted")
+    ),
     ("GET", "/api/v1/calls/{call_id}"): Case(
         ALL, 200, lambda w, c, p: c.get(f"/api/v1/calls/{w.calls['alice']}")
     ),

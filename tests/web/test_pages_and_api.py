@@ -374,3 +374,19 @@ def test_player_page_draws_a_waveform_with_a_style_nonce_and_marks_a_withdrawal(
     other = world.client("supervisor").get("/calls").headers["content-security-policy"]
     assert "nonce" not in other
     assert world.client().get("/static/vendor/wavesurfer.js/wavesurfer.min.js").status_code == 200
+
+
+def test_api_searches_recordings_with_the_same_visibility(world: World) -> None:
+    extra = [add_call(world.rig, "alice", campaign="service", seconds=0.05)[1] for _ in range(3)]
+    world.services.custody.delete(extra[0], actor="dora", reason="r")
+    c = world.client("supervisor")
+    everything = c.get("/api/v1/recordings").json()["recordings"]
+    assert {r["id"] for r in everything} == {*world.recordings.values(), *extra}
+    live = c.get("/api/v1/recordings?campaign=service&state=encrypted").json()["recordings"]
+    assert {r["id"] for r in live} == set(extra[1:]) and live[0]["campaign"] == "service"
+    first = c.get("/api/v1/recordings?limit=2").json()
+    rest = c.get(f"/api/v1/recordings?limit=2&after={first['next']}").json()["recordings"]
+    assert len({r["id"] for r in first["recordings"] + rest}) == 4
+    mine = world.client("bob").get("/api/v1/recordings").json()["recordings"]
+    assert [r["id"] for r in mine] == [world.recordings["bob"]]
+    assert c.get("/api/v1/recordings?state=lost").status_code == 400
