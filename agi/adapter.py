@@ -107,18 +107,16 @@ class AsteriskAdapter:
                 self.closer.channel_gone(call.key)
             elif self.orphans.watches(uid):
                 self.spawn(self.orphans.channel_gone(uid))
-            spied = self.registry.by_spy(uid)
-            if spied is not None:
-                spied.spies.pop(uid, None)
+            self.registry.spy_gone(uid)
         elif event == "ChanSpyStart":
             call = self.registry.by_customer(str(message.get("SpyeeUniqueid", "")))
             if call is not None:
-                call.spies[str(message.get("SpyerUniqueid", ""))] = str(message.get("SpyerChannel"))
+                spy_uid, channel = message.get("SpyerUniqueid", ""), message.get("SpyerChannel")
+                self.registry.spy_started(call, str(spy_uid), str(channel))
                 log.info("listener_started", extra={"kv": {"call": call.key}})
         elif event == "ChanSpyStop":
-            call = self.registry.by_customer(str(message.get("SpyeeUniqueid", "")))
-            if call is not None:
-                call.spies.pop(str(message.get("SpyerUniqueid", "")), None)
+            if self.registry.by_customer(str(message.get("SpyeeUniqueid", ""))) is not None:
+                self.registry.spy_gone(str(message.get("SpyerUniqueid", "")))
         elif event.startswith("MixMonitor"):
             # no ID, no file name (capture s1); logged, never relied upon
             log.debug("ami_event", extra={"kv": {"event": event, "uid": message.get("Uniqueid")}})
@@ -143,7 +141,7 @@ class AsteriskAdapter:
         live = self.calls.find(PBX, key)
         if live is not None:
             live.pbx_refs[recording_id] = ref
-        await asyncio.to_thread(self.calls.ledger.set_pbx_ref, recording_id, ref)
+        await self.calls.ledger.set_pbx_ref_async(recording_id, ref)
 
     def on_ami_ready(self) -> None:
         """After a (re)login: a Hangup may have been missed while we were away, and after a

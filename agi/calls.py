@@ -28,6 +28,9 @@ class CallRegistry:
     def __init__(self) -> None:
         self._by_key: dict[str, AsteriskCall] = {}
         self._by_uid: dict[str, AsteriskCall] = {}
+        # listener uniqueid -> the call it listens to: a Hangup (every channel's, thousands
+        # a minute) is matched in O(1), not by walking every call in progress
+        self._by_spy: dict[str, AsteriskCall] = {}
 
     def get(self, key: str) -> AsteriskCall | None:
         return self._by_key.get(key)
@@ -44,12 +47,26 @@ class CallRegistry:
         return self._by_uid.get(uniqueid)
 
     def by_spy(self, spy_uid: str) -> AsteriskCall | None:
-        return next((c for c in self._by_key.values() if spy_uid in c.spies), None)
+        call = self._by_spy.get(spy_uid)
+        return call if call is not None and spy_uid in call.spies else None
+
+    def spy_started(self, call: AsteriskCall, spy_uid: str, channel: str) -> None:
+        call.spies[spy_uid] = channel
+        self._by_spy[spy_uid] = call
+
+    def spy_gone(self, spy_uid: str) -> None:
+        """A listener stopped or hung up (its Hangup always comes: the index cannot grow)."""
+        call = self._by_spy.pop(spy_uid, None)
+        if call is not None:
+            call.spies.pop(spy_uid, None)
 
     def drop(self, key: str) -> None:
         call = self._by_key.pop(key, None)
         if call is not None and call.customer_uid is not None:
             self._by_uid.pop(call.customer_uid, None)
+        if call is not None:
+            for spy_uid in call.spies:
+                self._by_spy.pop(spy_uid, None)
 
     def live(self) -> list[AsteriskCall]:
         return [c for c in self._by_key.values() if not c.gone]

@@ -72,12 +72,12 @@ class Closer:
         if rid in call.held and not file.path.exists():
             # held back for its beep until the dialogue's last prompt; the call ended first
             log.info("recording_never_started", extra={"kv": kv})
-            await asyncio.to_thread(self.calls.ledger.discard, rid, "call_ended_before_start", None)
+            await self.calls.ledger.discard_async(rid, "call_ended_before_start", None)
             return
         if not file.path.exists():
             # MixMonitor never opened it (bad path, full disk): nothing to keep or finalize
             log.error("recording_file_missing", extra={"kv": kv})
-            await asyncio.to_thread(self.calls.ledger.discard, rid, "pbx_wrote_no_file", None)
+            await self.calls.ledger.discard_async(rid, "pbx_wrote_no_file", None)
             return
         if not await wait_closed(file, self.wait_s):
             log.warning("recording_not_final", extra={"kv": {**kv, "after_s": self.wait_s}})
@@ -87,7 +87,7 @@ class Closer:
             if live is not None:
                 await live.recording_closed(rid)
             else:
-                await asyncio.to_thread(self.calls.ledger.recording_closed, rid)
+                await self.calls.ledger.recording_closed_async(rid)
         except Exception:
             log.exception("recording_close_failed", extra={"kv": kv})
             return

@@ -116,7 +116,7 @@ class CallRegistry:
     async def not_started(self, recording_id: str) -> None:
         """FreeSWITCH refused to record: nothing is being written, so the store must not wait
         for a file (the recording is marked discarded, with the reason)."""
-        await asyncio.to_thread(self.calls.ledger.discard, recording_id, "pbx_refused_start", None)
+        await self.calls.ledger.discard_async(recording_id, "pbx_refused_start", None)
 
     def control(self, call: FsCall, agent_uuid: str | None = None) -> RemoteControl:
         return RemoteControl(self, call, agent_uuid)
@@ -194,7 +194,7 @@ class CallRegistry:
         if live is not None:
             await live.recording_closed(rid)
         else:  # a call from before a restart: the store still learns the file is final
-            await asyncio.to_thread(self.calls.ledger.recording_closed, rid)
+            await self.calls.ledger.recording_closed_async(rid)
         if call is not None:
             call.closed.add(rid)
             self.maybe_forget(call)

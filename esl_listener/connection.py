@@ -27,9 +27,10 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from esl_listener import protocol as p
+from esl_listener import transport
 
 log = logging.getLogger("callconsent.esl")
 
@@ -79,12 +80,15 @@ def _new_uuid() -> str:
 
 
 class EslConnection:
-    """An ESL connection; ``channel_uuid`` (outbound sessions) enables hangup tracking."""
+    """An ESL connection; ``channel_uuid`` (outbound sessions) enables hangup tracking.
+
+    The daemon's connections are :meth:`over` a :class:`esl_listener.transport.FrameProtocol`
+    (one reused read buffer); with a ``StreamReader`` a reader task reads instead."""
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        reader: asyncio.StreamReader | None,
+        writer: asyncio.StreamWriter | transport.TransportWriter,
         *,
         name: str = "esl",
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
@@ -113,7 +117,37 @@ class EslConnection:
         self.frames_received = 0
         self.close_reason: str | None = None
         self.closed = asyncio.Event()
-        self._task = asyncio.create_task(self._read_loop(), name=f"{name}-reader")
+        self._task: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
+        if reader is not None:
+            self._task = asyncio.create_task(self._read_loop(), name=f"{name}-reader")
+
+    @classmethod
+    def over(cls, protocol: transport.FrameProtocol, **kw: Any) -> EslConnection:
+        """A connection fed by ``protocol`` (no reader task, no buffer per read)."""
+        conn = cls(None, transport.TransportWriter(protocol), **kw)
+        protocol.attach(conn)
+        return conn
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        """Bytes from the socket (a :class:`FrameProtocol`); the parser copies what it keeps."""
+        if self.closed.is_set() or self._closing is not None:
+            return
+        try:
+            for frame in self._parser.feed(data):  # type: ignore[arg-type]
+                self._dispatch(frame)
+        except p.ProtocolError as exc:
+            log.error("esl_protocol_error", extra={"kv": {"conn": self.name, "error": str(exc)}})
+            self._close_soon(f"protocol error: {exc}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._close_soon(f"read failed: {exc}" if exc else "closed by FreeSWITCH")
+
+    def _close_soon(self, reason: str) -> None:
+        if self._closing is None and not self.closed.is_set():
+            self._closing = asyncio.get_running_loop().create_task(
+                self._shutdown(reason, cancel_reader=False)
+            )
 
     # -- public surface ----------------------------------------------------------------------
 
@@ -211,8 +245,10 @@ class EslConnection:
 
     async def close(self, reason: str = "closed by us") -> None:
         await self._shutdown(reason)
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        for task in (self._task, self._closing):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -311,8 +347,9 @@ class EslConnection:
         self._writer.close()
         with contextlib.suppress(Exception):
             await self._writer.wait_closed()
-        if cancel_reader and self._task is not asyncio.current_task():
-            self._task.cancel()
+        task = self._task
+        if cancel_reader and task is not None and task is not asyncio.current_task():
+            task.cancel()
 
 
 async def open_inbound(
@@ -325,8 +362,8 @@ async def open_inbound(
     timeout_s: float = DEFAULT_COMMAND_TIMEOUT,
 ) -> EslConnection:
     """Connect to FreeSWITCH's event socket and authenticate (``auth`` or ``userauth``)."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
-    conn = EslConnection(reader, writer, name=name, command_timeout=timeout_s)
+    protocol = await asyncio.wait_for(transport.open_connection(host, port), timeout_s)
+    conn = EslConnection.over(protocol, name=name, command_timeout=timeout_s)
     try:
         try:
             await conn.greeting(timeout_s)

@@ -105,10 +105,16 @@ class InboundClient:
         )
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        task = self._task
+        # asyncio.wait_for before Python 3.12 may swallow a cancel that arrives as the awaited
+        # connect or reply completes (gh-86296): the loop would go on reconnecting for ever,
+        # so cancel until it has really stopped
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
+        if task is not None and not task.cancelled():
+            with contextlib.suppress(Exception):
+                task.result()
         if self._conn is not None:
             await self._conn.close("daemon stopping")
         if self._workers:

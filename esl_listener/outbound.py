@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from esl_listener import protocol as p
+from esl_listener import transport
 from esl_listener.connection import DEFAULT_COMMAND_TIMEOUT, EslConnection, EslError
 
 log = logging.getLogger("callconsent.esl.outbound")
@@ -49,9 +50,7 @@ class OutboundServer:
         return len(self._sessions)
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._accept, self.host, self.port, backlog=4096, reuse_address=True
-        )
+        self._server = await transport.start_server(self._accept, self.host, self.port, 4096)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info(
             "listening",
@@ -72,14 +71,15 @@ class OutboundServer:
         if self._server is not None:
             await self._server.wait_closed()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+    def _accept(self, protocol: transport.FrameProtocol) -> None:
+        task = asyncio.get_running_loop().create_task(self._session(protocol))
         self._sessions.add(task)
+        task.add_done_callback(self._sessions.discard)
+
+    async def _session(self, protocol: transport.FrameProtocol) -> None:
         self.sessions_started += 1
-        conn = EslConnection(
-            reader,
-            writer,
+        conn = EslConnection.over(
+            protocol,
             name=f"outbound-{self.sessions_started}",
             command_timeout=self.command_timeout,
             max_header_bytes=self._limits[0],
@@ -99,4 +99,3 @@ class OutboundServer:
         finally:
             with contextlib.suppress(Exception):
                 await conn.close("session over")
-            self._sessions.discard(task)

@@ -55,3 +55,10 @@ KEY_EPOCH_WEEKS_LEFT = Gauge(
     "Weeks the key epochs reach beyond what a recording made now needs (warns below 8)",
     registry=REGISTRY,
 )
+STORE_TRANSACTIONS = Counter(
+    "callconsent_store_transactions",
+    "Store transactions, by how they ended (commit: a write; rollback: a read). Counted only "
+    "with CALLCONSENT_STORE_STATS=1 (bench/daemon_load.py sets it)",
+    ["end"],
+    registry=REGISTRY,
+)

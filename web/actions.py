@@ -87,7 +87,8 @@ def audio_response(ctx: Ctx, rec: Recording, actor: str, *, download: bool = Fal
             headers={"Content-Range": f"bytes */{clear.size}"},
             media_type="text/plain",
         )
-    if wanted is None or wanted.start == 0:  # a play (or a download) starts here; seeks don't
+    starts = wanted is None or wanted.start == 0
+    if starts and ctx.request.method != "HEAD":  # a play (or a download) starts here; seeks don't
         action = "recording.downloaded" if download else "recording.played"
         _audit(ctx, actor, action, rec.id, range=ctx.request.headers.get("range"))
     body = _first_checked(clear.read(wanted))

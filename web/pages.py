@@ -43,7 +43,10 @@ def login_form(ctx: Ctx) -> Response:
 
 
 def _safe_next(nxt: str) -> str:
-    return nxt if nxt.startswith("/") and not nxt.startswith("//") and len(nxt) < 200 else "/calls"
+    """Back to a page of ours only: a path, never ``//host`` or ``/\\host`` (browsers read
+    both as another site)."""
+    ours = nxt.startswith("/") and not nxt.startswith(("//", "/\\")) and "\\" not in nxt
+    return nxt if ours and len(nxt) < 200 else "/calls"
 
 
 def login(ctx: Ctx) -> Response:

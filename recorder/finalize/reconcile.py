@@ -17,7 +17,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from recorder import metrics
@@ -62,7 +62,15 @@ def reconcile(fin: Finalizing, *, full: bool = False) -> dict[str, int]:
         pending = s.execute(
             select(Recording.id)
             .join(Call, Call.id == Recording.call_id)
-            .where(Call.node == fin.ctx.node[:64], Recording.state.in_([S.CLOSED, S.RECORDING]))
+            .where(
+                Call.node == fin.ctx.node[:64],
+                # a recording still open on a call that goes on is left alone by process():
+                # not queueing the (thousands of) calls in progress keeps this pass flat
+                or_(
+                    Recording.state == S.CLOSED,
+                    and_(Recording.state == S.RECORDING, Call.ended_at.is_not(None)),
+                ),
+            )
         ).scalars()
         work.update(pending)
         known = _states(s, on_disk)

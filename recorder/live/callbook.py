@@ -9,7 +9,8 @@ what the PBX reports (a recording closed, the call hung up). Agent commands arri
 sessions (a feature code on the agent leg, the CLI through the daemon) find the same
 ``LiveCall`` by the PBX call id and go through the call's out-of-band control.
 
-Store calls are synchronous (SQLAlchemy) and run in worker threads, never on the event loop.
+Store writes are the ledger's ``*_async`` methods (group commit: they return once committed,
+holding no thread meanwhile); store reads run in worker threads, never on the event loop.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ class LiveCall:
 
     async def recording_closed(self, recording_id: str) -> None:
         """The PBX closed this recording's file and its header is final."""
-        await asyncio.to_thread(self.ledger.recording_closed, recording_id)
+        await self.ledger.recording_closed_async(recording_id)
         if recording_id in self.machine.recordings:
             await self.feed(c.RecordingStopped(recording_id))
 
@@ -130,7 +131,7 @@ class LiveCall:
         await self.consult_withdraw_marks()
         if self.machine.phase is not c.Phase.ENDED:
             await self.feed(c.HungUp())
-        await asyncio.to_thread(self.ledger.call_ended, self.ref.id)
+        await self.ledger.call_ended_async(self.ref.id)
 
     async def consult_withdraw_marks(self, control: CallControl | None = None) -> bool:
         """Before the call ends: did the caller press the withdraw key while we could not
@@ -153,8 +154,7 @@ class LiveCall:
         ledger = self.ledger
         match action:
             case c.LogConsent(evidence=evidence):
-                await asyncio.to_thread(
-                    ledger.log_consent,
+                await ledger.log_consent_async(
                     self.ref.id,
                     evidence,
                     prompt_digests=self.prompt_digests,
@@ -203,7 +203,7 @@ class LiveCall:
             case c.StopRecording(recording_id=rid):
                 await _need(port).stop_recording(rid, self.pbx_refs.get(rid))
             case c.DiscardRecording(recording_id=rid, reason=reason):
-                await asyncio.to_thread(ledger.discard, rid, reason, None)
+                await ledger.discard_async(rid, reason, None)
                 log.info("recording_discarded", extra={"kv": {"recording": rid, "reason": reason}})
             case c.AllowMonitoring():
                 await _need(port).allow_monitoring()
@@ -225,8 +225,7 @@ class LiveCall:
     async def _start(self, rid: str, stereo: bool, port: CallControl) -> None:
         """Register first (so a file in the spool is always accounted for), then record."""
         file = port.recording_file(rid, stereo)
-        await asyncio.to_thread(
-            self.ledger.recording_started,
+        await self.ledger.recording_started_async(
             self.ref.id,
             rid,
             spool_path=str(file.path),
@@ -239,11 +238,11 @@ class LiveCall:
         try:
             ref = await port.start_recording(rid, file)
         except CallGone:
-            await asyncio.to_thread(self.ledger.discard, rid, "start_failed_call_gone", None)
+            await self.ledger.discard_async(rid, "start_failed_call_gone", None)
             raise
         self.pbx_refs[rid] = ref
         if ref:
-            await asyncio.to_thread(self.ledger.set_pbx_ref, rid, ref)
+            await self.ledger.set_pbx_ref_async(rid, ref)
         # feed() holds the lock; a recording just requested is confirmed without actions
         self.machine.handle(c.RecordingStarted(rid))
         log.info("recording_started", extra={"kv": {"call": self.ref.id, "recording": rid}})
@@ -303,8 +302,7 @@ class CallBook:
         key = (pbx, pbx_call_id)
         if key in self._calls:
             return self._calls[key]
-        ref = await asyncio.to_thread(
-            self.ledger.open_call,
+        ref = await self.ledger.open_call_async(
             pbx=pbx,
             pbx_call_id=pbx_call_id,
             campaign=campaign,
@@ -435,7 +433,7 @@ async def learn_withdrawal(
     if live.machine.policy.on_withdrawal.value == "stop_and_discard":
         return  # the machine discarded them all
     for rid in await asyncio.to_thread(withdrawals.ran_past, live.ledger, live.ref.id, at):
-        if await asyncio.to_thread(live.ledger.discard, rid, "recorded_past_withdrawal", None):
+        if await live.ledger.discard_async(rid, "recorded_past_withdrawal", None):
             log.warning(
                 "recording_discarded",
                 extra={"kv": {"recording": rid, "reason": "recorded_past_withdrawal"}},

@@ -170,7 +170,7 @@ class Orphans:
     async def _end(self, call: OpenCall, why: str) -> bool:
         try:
             await self._withdrawn_meanwhile(call)
-            await asyncio.to_thread(self.calls.ledger.call_ended, call.id)
+            await self.calls.ledger.call_ended_async(call.id)
         except Exception:
             log.exception("orphan_end_failed", extra={"kv": {"call": call.id}})
             return False

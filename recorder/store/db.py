@@ -8,14 +8,18 @@ with ``FOR UPDATE`` (see :mod:`recorder.store.audit`).
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from recorder import metrics
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -33,10 +37,25 @@ def make_engine(url: str, **kw: Any) -> Engine:
             **kw,
         )
         _sqlite_pragmas(engine)
-        return engine
-    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
-        parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3 is what we install
-    return create_engine(parsed, pool_pre_ping=True, **kw)
+    else:
+        if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in (
+            "",
+            "psycopg2",
+        ):
+            parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3 is what we install
+        engine = create_engine(parsed, pool_pre_ping=True, **kw)
+    if os.environ.get("CALLCONSENT_STORE_STATS") == "1":
+        _count_transactions(engine)
+    return engine
+
+
+def _count_transactions(engine: Engine) -> None:
+    """Count every transaction's end in ``callconsent_store_transactions`` (the benchmark's
+    transactions per call)."""
+    commits = metrics.STORE_TRANSACTIONS.labels("commit")
+    rollbacks = metrics.STORE_TRANSACTIONS.labels("rollback")
+    event.listen(engine, "commit", lambda _conn: commits.inc())
+    event.listen(engine, "rollback", lambda _conn: rollbacks.inc())
 
 
 def _sqlite_pragmas(engine: Engine) -> None:
@@ -68,6 +87,14 @@ class Database:
         self.engine = make_engine(url, **engine_kw)
         self.dialect = self.engine.dialect.name
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time: this process's writers queue here (woken at once)
+        # rather than in SQLite's busy handler, which sleeps up to 100 ms between tries
+        self._write_lock = threading.RLock() if self.dialect == "sqlite" else None
+
+    def write_lock(self) -> AbstractContextManager[object]:
+        """Held around every write transaction of this process on SQLite (nothing on
+        PostgreSQL, whose writers serialise on the audit tail's row lock)."""
+        return self._write_lock if self._write_lock is not None else nullcontext()
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -78,7 +105,7 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Session]:
         """One transaction that commits on success and rolls back on any error."""
-        with self._sessions() as session:
+        with self.write_lock(), self._sessions() as session:
             if self.dialect == "sqlite":
                 session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
             try:

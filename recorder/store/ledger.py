@@ -1,18 +1,23 @@
 """What the PBX adapters write down about a call: the call, its consent evidence, its
 recordings and their life cycle. Every change commits together with its audit row.
 
-The methods are synchronous (SQLAlchemy); adapters on the event loop call them through
-``asyncio.to_thread``. When a recording is closed or discarded, the ledger tells its
-:class:`RecordingSink` (the finalizer) after the commit.
+The hot writes of a call (opened, decision, recording started/closed/discarded, ended) are
+group-commit jobs (:mod:`recorder.store.calljobs`) that one writer thread commits many at a
+time (:mod:`recorder.store.writer`): each method returns once its change is committed. The
+synchronous methods block their thread until then; the ``*_async`` ones are for the event
+loop and hold no thread while they wait. When a recording is closed or discarded, the ledger
+tells its :class:`RecordingSink` (the finalizer) after the commit.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
@@ -20,16 +25,16 @@ from sqlalchemy.exc import IntegrityError
 from consent_ivr.evidence import ConsentEvidence
 from consent_ivr.status import ConsentStatus
 from recorder.store import audit
+from recorder.store import calljobs as jobs
+from recorder.store.calljobs import CallRef, LedgerError
 from recorder.store.db import Database
 from recorder.store.models import Call, ConsentRecord, Recording, RecordingState
 from recorder.store.numbers import NumberProtector
+from recorder.store.writer import Job, StoreWriter
 
 SYSTEM_ACTOR = "callconsent"
 _T = TypeVar("_T")
-
-
-class LedgerError(Exception):
-    """A change the ledger refuses: unknown call or recording, or a state it cannot leave."""
+__all__ = ["CallRef", "CallState", "Ledger", "LedgerError", "RecordingSink"]
 
 
 class RecordingSink(Protocol):
@@ -38,16 +43,6 @@ class RecordingSink(Protocol):
     def recording_closed(self, recording_id: str) -> None: ...
 
     def recording_discarded(self, recording_id: str) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class CallRef:
-    id: str
-    pbx: str
-    pbx_call_id: str
-    campaign: str
-    direction: str
-    consent_status: str | None
 
 
 def _utcnow() -> datetime:
@@ -69,6 +64,7 @@ class Ledger:
         self.ctx = ctx
         self.sink = sink
         self._clock = clock
+        self.writer = StoreWriter(db, ctx)
 
     # -- calls ---------------------------------------------------------------------------------
 
@@ -84,49 +80,65 @@ class Ledger:
         agent: str | None = None,
     ) -> CallRef:
         """The call for this PBX call id, created on first sight (idempotent)."""
-        found = self.find_call(pbx, pbx_call_id)
-        if found is not None:
-            return found
-        protected = self.numbers.protect(number, withheld=number_withheld)
-        call = Call(
-            id=str(uuid.uuid4()),
-            pbx=pbx,
+        job = self._open_call_job(
+            pbx, pbx_call_id, campaign, direction, number, number_withheld, agent
+        )
+        try:
+            return self.writer.run(job)
+        except IntegrityError:
+            return self._raced(pbx, pbx_call_id)
+
+    async def open_call_async(
+        self,
+        *,
+        pbx: str,
+        pbx_call_id: str,
+        campaign: str,
+        direction: str = "inbound",
+        number: str | None = None,
+        number_withheld: bool = False,
+        agent: str | None = None,
+    ) -> CallRef:
+        """:meth:`open_call` for the event loop (no worker thread waits for the commit)."""
+        job = self._open_call_job(
+            pbx, pbx_call_id, campaign, direction, number, number_withheld, agent
+        )
+        try:
+            return await self._run(job)
+        except IntegrityError:
+            return await asyncio.to_thread(self._raced, pbx, pbx_call_id)
+
+    def _open_call_job(
+        self,
+        pbx: str,
+        pbx_call_id: str,
+        campaign: str,
+        direction: str,
+        number: str | None,
+        number_withheld: bool,
+        agent: str | None,
+    ) -> Job[CallRef]:
+        return functools.partial(
+            jobs.open_call,
             node=self.ctx.node[:64],
+            pbx=pbx,
             pbx_call_id=pbx_call_id,
             campaign=campaign,
             direction=direction,
             agent=agent,
-            number_kind=protected.kind.value,
-            number_key=protected.key,
-            number_enc=protected.enc,
+            number=self.numbers.protect(number, withheld=number_withheld),
             started_at=self._clock(),
         )
-        try:
-            with self.db.write() as s:
-                s.add(call)
-                s.flush()
-                audit.append(
-                    s,
-                    self.ctx,
-                    actor=SYSTEM_ACTOR,
-                    action="call.opened",
-                    subject_type="call",
-                    subject_id=call.id,
-                    details={
-                        "pbx": pbx,
-                        "pbx_call_id": pbx_call_id,
-                        "campaign": campaign,
-                        "direction": direction,
-                        "number_kind": protected.kind.value,
-                    },
-                )
-        except IntegrityError:
-            # another session of the same call won the race
-            found = self.find_call(pbx, pbx_call_id)
-            if found is None:
-                raise
-            return found
-        return _ref(call)
+
+    def _raced(self, pbx: str, pbx_call_id: str) -> CallRef:
+        """Another writer (another host on PostgreSQL) stored the same call first."""
+        found = self.find_call(pbx, pbx_call_id)
+        if found is None:
+            raise LedgerError(f"call {pbx}/{pbx_call_id} could not be stored nor found")
+        return found
+
+    async def _run(self, job: Job[_T]) -> _T:
+        return await asyncio.wrap_future(self.writer.submit(job))
 
     def _by_pbx_id(self, pbx: str, pbx_call_id: str) -> Select[tuple[Call]]:
         """This node's call with that PBX call id (unique per node and PBX)."""
@@ -140,10 +152,10 @@ class Ledger:
             return _ref(call) if call else None
 
     def call_ended(self, call_id: str) -> None:
-        with self.db.write() as s:
-            call = _get(s, Call, call_id)
-            if call.ended_at is None:
-                call.ended_at = self._clock()
+        self.writer.run(functools.partial(jobs.call_ended, call_id=call_id, now=self._clock()))
+
+    async def call_ended_async(self, call_id: str) -> None:
+        await self._run(functools.partial(jobs.call_ended, call_id=call_id, now=self._clock()))
 
     # -- consent -------------------------------------------------------------------------------
 
@@ -158,50 +170,51 @@ class Ledger:
     ) -> None:
         """Keep the call's one consent decision as evidence. ``prompt_digests`` maps each
         prompt id to the SHA-256 of the audio file the caller heard."""
+        row = self._evidence_row(call_id, evidence, prompt_digests, pbx_call_id, pbx_channel_id)
+        self.writer.run(functools.partial(jobs.log_consent, call_id=call_id, row=row))
+
+    async def log_consent_async(
+        self,
+        call_id: str,
+        evidence: ConsentEvidence,
+        *,
+        prompt_digests: Mapping[str, str] | None = None,
+        pbx_call_id: str | None = None,
+        pbx_channel_id: str | None = None,
+    ) -> None:
+        """:meth:`log_consent` for the event loop: returns once the evidence is committed."""
+        row = self._evidence_row(call_id, evidence, prompt_digests, pbx_call_id, pbx_channel_id)
+        await self._run(functools.partial(jobs.log_consent, call_id=call_id, row=row))
+
+    @staticmethod
+    def _evidence_row(
+        call_id: str,
+        evidence: ConsentEvidence,
+        prompt_digests: Mapping[str, str] | None,
+        pbx_call_id: str | None,
+        pbx_channel_id: str | None,
+    ) -> dict[str, Any]:
         digests = dict(prompt_digests or {})
-        prompts = [
-            {**p, "sha256": digests.get(p["prompt_id"])} for p in evidence.as_dict()["prompts"]
-        ]
         data = evidence.as_dict()
-        with self.db.write() as s:
-            call = _get(s, Call, call_id)
-            s.add(
-                ConsentRecord(
-                    id=evidence.consent_id,
-                    call_id=call_id,
-                    kind="decision",
-                    status=evidence.decision.value,
-                    method=evidence.method,
-                    legal_basis=evidence.legal_basis,
-                    prompt_id=evidence.question_prompt,
-                    prompt_sha256=digests.get(evidence.question_prompt or ""),
-                    language=evidence.language,
-                    digits=data["digits"],
-                    prompts=prompts,
-                    attempts=evidence.attempts,
-                    policy=data["policy"],
-                    pbx_call_id=pbx_call_id,
-                    pbx_channel_id=pbx_channel_id,
-                    decided_at=evidence.decided_at,
-                )
-            )
-            call.consent_status = evidence.decision.value
-            s.flush()
-            audit.append(
-                s,
-                self.ctx,
-                actor=SYSTEM_ACTOR,
-                action="consent.decision",
-                subject_type="call",
-                subject_id=call_id,
-                details={
-                    "consent_id": evidence.consent_id,
-                    "status": evidence.decision.value,
-                    "method": evidence.method,
-                    "legal_basis": evidence.legal_basis,
-                    "campaign": call.campaign,
-                },
-            )
+        prompts = [{**p, "sha256": digests.get(p["prompt_id"])} for p in data["prompts"]]
+        return {
+            "id": evidence.consent_id,
+            "call_id": call_id,
+            "kind": "decision",
+            "status": evidence.decision.value,
+            "method": evidence.method,
+            "legal_basis": evidence.legal_basis,
+            "prompt_id": evidence.question_prompt,
+            "prompt_sha256": digests.get(evidence.question_prompt or ""),
+            "language": evidence.language,
+            "digits": data["digits"],
+            "prompts": prompts,
+            "attempts": evidence.attempts,
+            "policy": data["policy"],
+            "pbx_call_id": pbx_call_id,
+            "pbx_channel_id": pbx_channel_id,
+            "decided_at": evidence.decided_at,
+        }
 
     def log_status_change(
         self,
@@ -249,7 +262,17 @@ class Ledger:
 
     # -- recordings ----------------------------------------------------------------------------
 
-    def recording_started(
+    def recording_started(self, call_id: str, recording_id: str, **kw: Any) -> None:
+        """Register a recording the PBX was asked to start (before it writes a byte), so a
+        file that appears in the spool is always accounted for. Keywords: see
+        :meth:`_recording_job`."""
+        self.writer.run(self._recording_job(call_id, recording_id, **kw))
+
+    async def recording_started_async(self, call_id: str, recording_id: str, **kw: Any) -> None:
+        """:meth:`recording_started` for the event loop: returns once it is committed."""
+        await self._run(self._recording_job(call_id, recording_id, **kw))
+
+    def _recording_job(
         self,
         call_id: str,
         recording_id: str,
@@ -262,92 +285,71 @@ class Ledger:
         pbx_channel: str | None = None,
         retention_category: str = "default",
         actor: str | None = None,
-    ) -> None:
-        """Register a recording the PBX was asked to start (before it writes a byte), so a
-        file that appears in the spool is always accounted for."""
-        with self.db.write() as s:
-            _get(s, Call, call_id)
-            s.add(
-                Recording(
-                    id=recording_id,
-                    call_id=call_id,
-                    state=RecordingState.RECORDING.value,
-                    spool_path=spool_path,
-                    format=fmt,
-                    channels=channels,
-                    sample_rate=sample_rate,
-                    pbx_ref=pbx_ref,
-                    pbx_channel=pbx_channel,
-                    retention_category=retention_category,
-                    started_at=self._clock(),
-                )
-            )
-            s.flush()
-            audit.append(
-                s,
-                self.ctx,
-                actor=actor or SYSTEM_ACTOR,
-                action="recording.started",
-                subject_type="recording",
-                subject_id=recording_id,
-                details={"call_id": call_id, "format": fmt, "channels": channels},
-            )
+    ) -> Job[None]:
+        row = {
+            "id": recording_id,
+            "call_id": call_id,
+            "state": RecordingState.RECORDING.value,
+            "spool_path": spool_path,
+            "format": fmt,
+            "channels": channels,
+            "sample_rate": sample_rate,
+            "pbx_ref": pbx_ref,
+            "pbx_channel": pbx_channel,
+            "retention_category": retention_category,
+            "started_at": self._clock(),
+        }
+        return functools.partial(jobs.recording_started, row=row, actor=actor)
 
     def set_pbx_ref(self, recording_id: str, pbx_ref: str) -> None:
         """Keep the PBX's handle (MixMonitorID) once the PBX has told us."""
-        with self.db.write() as s:
-            _get(s, Recording, recording_id).pbx_ref = pbx_ref
+        self.writer.run(
+            functools.partial(jobs.set_pbx_ref, recording_id=recording_id, pbx_ref=pbx_ref)
+        )
+
+    async def set_pbx_ref_async(self, recording_id: str, pbx_ref: str) -> None:
+        await self._run(
+            functools.partial(jobs.set_pbx_ref, recording_id=recording_id, pbx_ref=pbx_ref)
+        )
 
     def recording_closed(self, recording_id: str) -> bool:
         """The PBX closed the file (its header is final). Returns False if it was already
         closed or discarded (PBXs report a close more than once)."""
-        with self.db.write() as s:
-            rec = _get(s, Recording, recording_id)
-            if rec.state != RecordingState.RECORDING.value:
-                return False
-            rec.state = RecordingState.CLOSED.value
-            rec.closed_at = self._clock()
-            audit.append(
-                s,
-                self.ctx,
-                actor=SYSTEM_ACTOR,
-                action="recording.closed",
-                subject_type="recording",
-                subject_id=recording_id,
-                details={"call_id": rec.call_id},
-            )
+        job = functools.partial(jobs.recording_closed, recording_id=recording_id, now=self._clock())
+        if not self.writer.run(job):
+            return False
         if self.sink is not None:
             self.sink.recording_closed(recording_id)
+        return True
+
+    async def recording_closed_async(self, recording_id: str) -> bool:
+        job = functools.partial(jobs.recording_closed, recording_id=recording_id, now=self._clock())
+        if not await self._run(job):
+            return False
+        if self.sink is not None:  # the finalizer's queue (it may work in the caller's thread)
+            await asyncio.to_thread(self.sink.recording_closed, recording_id)
         return True
 
     def discard(self, recording_id: str, reason: str, actor: str | None = None) -> bool:
         """Mark a recording as never to be kept; the sink destroys its audio. Returns False if
         it was already discarded or purged."""
-        discardable = {
-            RecordingState.RECORDING.value,
-            RecordingState.CLOSED.value,
-            RecordingState.ENCRYPTED.value,
-        }
-        with self.db.write() as s:
-            rec = _get(s, Recording, recording_id)
-            if rec.state not in discardable:
-                return False
-            previous = rec.state
-            rec.state = RecordingState.DISCARDED.value
-            rec.discarded_at = self._clock()
-            rec.discard_reason = reason[:64]
-            audit.append(
-                s,
-                self.ctx,
-                actor=actor or SYSTEM_ACTOR,
-                action="recording.discarded",
-                subject_type="recording",
-                subject_id=recording_id,
-                details={"call_id": rec.call_id, "reason": reason, "previous_state": previous},
-            )
+        if not self.writer.run(self._discard_job(recording_id, reason, actor)):
+            return False
         if self.sink is not None:
             self.sink.recording_discarded(recording_id)
         return True
+
+    async def discard_async(self, recording_id: str, reason: str, actor: str | None = None) -> bool:
+        if not await self._run(self._discard_job(recording_id, reason, actor)):
+            return False
+        if self.sink is not None:
+            await asyncio.to_thread(self.sink.recording_discarded, recording_id)
+        return True
+
+    def _discard_job(self, recording_id: str, reason: str, actor: str | None) -> Job[bool]:
+        return functools.partial(
+            jobs.discard, recording_id=recording_id, reason=reason, actor=actor, now=self._clock()
+        )
 
     def call_state(self, pbx: str, pbx_call_id: str) -> CallState | None:
         """The decided call with this PBX id on this node, or None (unknown or undecided)."""

@@ -172,3 +172,14 @@ def test_without_keys_everything_but_audio_works_and_the_page_says_why(world: Wo
     assert "<audio" not in page.text
     assert c.get(f"/recordings/{rid}/audio").status_code == 503
     assert c.get("/calls").status_code == 200
+
+
+def test_a_head_request_is_not_a_play(world: World) -> None:
+    rid = world.recordings["alice"]
+    r = world.client("supervisor").head(f"/recordings/{rid}/audio")
+    assert r.status_code == 200 and r.headers["content-length"] == str(len(world.wavs[rid]))
+    with world.services.db.read() as s:
+        played = s.scalars(
+            sa.select(AuditEntry).where(AuditEntry.action == "recording.played")
+        ).all()
+    assert played == []

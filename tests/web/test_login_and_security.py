@@ -276,3 +276,22 @@ def test_trusted_proxy_sso_header_and_forwarded_address_only_from_the_proxy(worl
     assert '"address":"198.51.100.7"' in audit_actions(world, "web.login_failed")[-1][1]
     ok = login(browser, "dora", PASSWORD)
     assert "Secure" in ok.headers["set-cookie"]  # TLS at the proxy
+
+
+@pytest.mark.parametrize(
+    ("nxt", "where"),
+    [
+        ("/audit", "/audit"),
+        ("//evil.example", "/calls"),
+        ("/\\evil.example", "/calls"),
+        ("https://evil.example", "/calls"),
+    ],
+)
+def test_login_goes_back_only_to_a_page_of_ours(world: World, nxt: str, where: str) -> None:
+    c = world.client()
+    page = c.get("/login")
+    token = re.search(r'name="login_token" value="([^"]+)"', page.text).group(1)
+    r = c.post(
+        "/login", data={"login_token": token, "name": "dora", "password": PASSWORD, "next": nxt}
+    )
+    assert r.status_code == 303 and r.headers["location"] == where

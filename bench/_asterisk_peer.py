@@ -1,0 +1,209 @@
+"""Asterisk's side of the whole-daemon benchmark: FastAGI channels and an AMI server.
+
+Each channel runs ``agi://…/consent/sales`` the way Asterisk 22 does (the environment of a real
+capture, base64 expressions evaluated, the ``cc-sync`` nonce echoed; the reply forms of
+``bench/agi_load.py``): the caller listens to the consent prompt for ``prompt_s`` and presses 1,
+``MixMonitor`` creates its spool file, and when the daemon hands the call back the caller talks
+for ``talk_s``; then Asterisk closes the file (a final WAV header) and the AMI server (the test
+simulator's, :class:`asterisk_sim_ami.SimAmi`) sends ``Hangup`` for the customer leg, as in
+production. Channels are protocol callbacks on one shared buffer (as ``agi_load.py``'s), so the
+generator costs the two cores as little as it can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+import struct
+import sys
+import time
+from pathlib import Path
+
+from _common import ROOT
+
+sys.path.insert(0, str(ROOT / "tests" / "sim"))
+
+from asterisk_captures import fixture, parse_agi_capture
+from asterisk_sim_ami import AmiUser, SimAmi
+
+CAMPAIGN = "sales"
+WAV_SECONDS = 0.5  # what MixMonitor "recorded" (8 kHz, 16 bit, mono): 8,000 bytes
+
+
+class LoadAmi(SimAmi):
+    """The simulator's AMI server without its transcript (a load run sends a lot)."""
+
+    def _send(self, client, data: bytes) -> None:  # type: ignore[no-untyped-def]
+        client.writer.write(data)
+
+
+def ami_server(user: str, secret: str) -> LoadAmi:
+    return LoadAmi(sim=None, users={user: AmiUser(secret, {"call"})})  # type: ignore[arg-type]
+
+
+def environment_template(agi_port: int) -> bytes:
+    conn = parse_agi_capture(fixture("asterisk/agi-accept_brief-1795345505.1.log"))[0]
+    lines = []
+    for raw in b"".join(conn.environment).decode().splitlines(keepends=True):
+        key = raw.split(":", 1)[0]
+        if key == "agi_network_script":
+            raw = f"agi_network_script: consent/{CAMPAIGN}\n"
+        elif key == "agi_request":
+            raw = f"agi_request: agi://127.0.0.1:{agi_port}/consent/{CAMPAIGN}\n"
+        elif key == "agi_uniqueid":
+            raw = "agi_uniqueid: {uid}\n"
+        lines.append(raw)
+    return "".join(lines).encode()
+
+
+def final_wav(seconds: float = WAV_SECONDS) -> bytes:
+    data = bytes(int(8000 * seconds) * 2)
+    fmt = struct.pack("<HHIIHH", 1, 1, 8000, 16000, 2, 16)
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + len(data))
+        + b"WAVEfmt "
+        + struct.pack("<I", 16)
+        + fmt
+        + b"data"
+        + struct.pack("<I", len(data))
+        + data
+    )
+
+
+class Peer:
+    """The calls of one round, their figures, and what they share (buffer, AMI, env)."""
+
+    def __init__(
+        self, agi_port: int, ami: LoadAmi, prompt_s: float, talk_s: float, run: str
+    ) -> None:
+        self.agi_port, self.ami = agi_port, ami
+        self.prompt_s, self.talk_s = prompt_s, talk_s
+        self.env = environment_template(agi_port).decode()
+        self.run = run  # unique per round: linkedids never repeat across rounds
+        self.wav = final_wav()
+        self.buffer = memoryview(bytearray(65536))
+        self.turnaround: list[float] = []
+        self.digit_to_record: list[float] = []
+        self.done_at: list[float] = []  # monotonic time each call ended (hangup sent)
+        self.active = self.peak = self.failures = self.n = 0
+
+    async def call(self) -> None:
+        self.n += 1
+        uid = f"{self.run}.{self.n}"
+        loop = asyncio.get_running_loop()
+        channel = _Channel(self, uid, loop.create_future())
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.connect(("127.0.0.1", self.agi_port))
+            sock.setblocking(False)
+            await loop.create_connection(lambda: channel, sock=sock)
+        except OSError:
+            sock.close()
+            self.failures += 1
+            return
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            await channel.closed
+            if not channel.recording:
+                self.failures += 1
+                return
+            await asyncio.sleep(self.talk_s)  # the caller talks to the agent
+            channel.hang_up()
+            self.done_at.append(time.monotonic())
+        finally:
+            self.active -= 1
+
+
+class _Channel(asyncio.BufferedProtocol):
+    def __init__(self, peer: Peer, uid: str, closed: asyncio.Future[None]) -> None:
+        self.peer, self.uid, self.closed = peer, uid, closed
+        self.rest = b""
+        self.sent = 0.0
+        self.digit_sent = 0.0
+        self.recording: Path | None = None
+        self.transport: asyncio.Transport | None = None
+        self.answers = {
+            "CHANNEL(linkedid)": uid,
+            "CALLERID(num)": "+4915112345678",
+            "CALLERID(num-pres)": "allowed_not_screened",
+            "CHANNEL(state)": "Up",
+            "MIXMON_ID": f"0x7f23{abs(hash(uid)) % 0xFFFFFF:06x}",
+            "DYNAMIC_FEATURES": "",
+        }
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.write(self.peer.env.replace("{uid}", self.uid).encode())
+        self.sent = time.perf_counter()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.peer.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        *lines, self.rest = (self.rest + self.peer.buffer[:nbytes].tobytes()).split(b"\n")
+        for line in lines:
+            self.line(line)
+
+    def line(self, line: bytes) -> None:
+        now = time.perf_counter()
+        self.peer.turnaround.append(now - self.sent)
+        if line.startswith(b"GET FULL VARIABLE"):
+            exprs = line.decode().split('"')[1].split("|")
+            out = []
+            for expr in exprs:
+                if expr.startswith("${BASE64_ENCODE("):
+                    name = expr[len("${BASE64_ENCODE(${") : -3]
+                    out.append(base64.b64encode(self.answers.get(name, "").encode()).decode())
+                else:
+                    out.append(expr)  # the cc-sync nonce comes back as it is
+            self.write(f"200 result=1 ({'|'.join(out)})\n".encode())
+        elif line.startswith(b"STREAM FILE") and b"/consent" in line:
+            self.digit_sent = -1.0  # the caller listens, then presses 1
+            asyncio.get_running_loop().call_later(self.peer.prompt_s, self.press_1)
+        elif line.startswith((b"STREAM FILE", b"CONTROL STREAM FILE", b"GET OPTION")):
+            self.write(b"200 result=0 endpos=8000\n")
+        elif line.startswith(b"EXEC MixMonitor") or line.startswith(b'EXEC "MixMonitor"'):
+            if self.digit_sent > 0:
+                self.peer.digit_to_record.append(now - self.digit_sent)
+            args = line.decode().split(" ", 2)[2].strip('"')
+            path = Path(args.split(",")[0])
+            path.write_bytes(self.peer.wav)  # closed at hangup: final at once here
+            self.recording = path
+            self.answers["MIXMONITOR(${MIXMON_ID},filename)"] = str(path)
+            self.write(b"200 result=0\n")
+        elif line.startswith((b"SET VARIABLE", b"NOOP", b"ANSWER", b"VERBOSE", b"EXEC")):
+            self.write(b"200 result=1\n" if not line.startswith(b"EXEC") else b"200 result=0\n")
+        elif line.startswith(b"CHANNEL STATUS"):
+            self.write(b"200 result=6\n")
+        else:
+            print(f"asterisk peer: unexpected command {line[:80]!r}", file=sys.stderr)
+            self.write(b"510 Invalid or unknown command\n")
+
+    def press_1(self) -> None:
+        self.write(b"200 result=49 endpos=9600\n")
+        self.digit_sent = self.sent
+
+    def write(self, reply: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(reply)
+            self.sent = time.perf_counter()
+
+    def hang_up(self) -> None:
+        self.peer.ami.emit(
+            "Hangup",
+            [
+                ("Channel", f"PJSIP/caller-{self.uid}"),
+                ("Uniqueid", self.uid),
+                ("Linkedid", self.uid),
+                ("Cause", "16"),
+                ("Cause-txt", "Normal Clearing"),
+            ],
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if not self.closed.done():
+            self.closed.set_result(None)

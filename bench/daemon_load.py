@@ -1,0 +1,310 @@
+"""The whole daemon under load: ``callconsent serve`` in its own process (SQLite, or with
+``--postgres`` a throwaway PostgreSQL server), driven by a load generator playing Asterisk's
+FastAGI side and AMI (``bench/_asterisk_peer.py``): each caller hears the consent prompt,
+presses 1, ``MixMonitor`` starts, the caller talks, hangs up (AMI ``Hangup``), the recording is
+closed, finalized (encrypted) and the call ends, as in production.
+
+Rounds (one daemon, one database, in this order):
+
+* burst: ``--burst`` calls at once, short prompt and talk;
+* steady: calls arrive at ``--rate`` per second for ``--steady-s``, each lasting ``--call-s``
+  (prompt + talk): ``rate × call-s`` calls up at once (2,000 by default);
+* long: the same arrival rate for ``--long-s``, reported per window: calls completed, p99
+  turnaround, daemon CPU per call and RSS, so a slowdown or growth over time shows.
+
+Figures: turnaround (from our reply written to the daemon's next command read) p50/p99/max,
+accept digit → ``EXEC MixMonitor`` p99, daemon CPU-ms per call (``/proc/<pid>/stat``, until
+the daemon is idle again after the round), store transactions per call (the daemon counts
+them with ``CALLCONSENT_STORE_STATS=1``), calls/s, daemon RSS.
+
+In the same run, the limit (``bench/_limits.py``): the same number of sessions through the
+FastAGI server alone (``bench/agi_load.py``'s consent script, no store), and a bare SQLAlchemy
+Core insert of the rows one call stores, in one transaction per call.
+
+    .venv/bin/python bench/daemon_load.py [--quick] [--postgres]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import time
+
+import _asterisk_peer as ap
+import _daemon_rig as rig
+from _common import cpu_seconds, free_port, raise_fd_limit
+from _limits import fastagi_alone, store_floor
+
+GOALS = {
+    "steady_p99_ms": 20.0,
+    "steady_max_ms": 100.0,
+    "digit_to_record_p99_ms": 25.0,
+    "cpu_ms_per_call": 2.0,
+    "long_throughput_ratio": 0.95,
+    "rss_growth_mib": 5.0,
+}
+
+
+def loadavg() -> list[str]:
+    with open("/proc/loadavg") as f:
+        return f.read().split()[:3]
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
+
+
+async def idle_cpu(pid: int, settle_s: float = 0.5, limit_s: float = 30.0) -> float:
+    """The daemon's CPU seconds once it has stopped working (finalizer, closures)."""
+    deadline = time.monotonic() + limit_s
+    last = cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(settle_s)
+        now = cpu_seconds(pid)
+        if now - last < 0.02 * settle_s:
+            return now
+        last = now
+    return last
+
+
+async def arrive(peer: ap.Peer, calls: int, rate: float) -> list[asyncio.Task[None]]:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    tasks = []
+    for i in range(calls):
+        if rate:
+            delay = start + i / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(peer.call()))
+    return tasks
+
+
+async def run_round(
+    daemon: rig.Daemon,
+    ami: ap.LoadAmi,
+    agi_port: int,
+    name: str,
+    calls: int,
+    rate: float,
+    prompt_s: float,
+    talk_s: float,
+    window_s: float = 0.0,
+) -> dict[str, object]:
+    peer = ap.Peer(agi_port, ami, prompt_s, talk_s, f"{name}{int(time.time())}")
+    rss0, tx0, cpu0 = daemon.rss_mib(), daemon.transactions(), cpu_seconds(daemon.pid)
+    start = time.monotonic()
+    windows: list[dict[str, float]] = []
+    watcher = None
+    if window_s:
+        watcher = asyncio.ensure_future(watch(daemon, peer, start, window_s, windows))
+    tasks = await arrive(peer, calls, rate)
+    await asyncio.wait(tasks, timeout=prompt_s + talk_s + 120)
+    wall = max(peer.done_at or [time.monotonic()]) - start
+    if watcher is not None:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    cpu = await idle_cpu(daemon.pid) - cpu0
+    tx = daemon.transactions()
+    done = len(peer.done_at)
+    out: dict[str, object] = {
+        "calls": done,
+        "failures": peer.failures + (calls - done - peer.failures),
+        "peak_concurrent": peer.peak,
+        "calls_per_s": round(done / wall, 1) if wall > 0 else 0.0,
+        "turnaround_p50_ms": pct(peer.turnaround, 0.5),
+        "turnaround_p99_ms": pct(peer.turnaround, 0.99),
+        "turnaround_max_ms": pct(peer.turnaround, 1.0),
+        "digit_to_record_p99_ms": pct(peer.digit_to_record, 0.99),
+        "digit_to_record_max_ms": pct(peer.digit_to_record, 1.0),
+        "cpu_ms_per_call": round(cpu * 1000 / max(done, 1), 2),
+        "tx_per_call": round((tx["commit"] - tx0["commit"]) / max(done, 1), 2),
+        "reads_per_call": round((tx["rollback"] - tx0["rollback"]) / max(done, 1), 2),
+        "rss_start_mib": round(rss0, 1),
+        "rss_end_mib": round(daemon.rss_mib(), 1),
+    }
+    if windows:
+        out["windows"] = windows
+    return out
+
+
+async def watch(
+    daemon: rig.Daemon, peer: ap.Peer, start: float, window_s: float, out: list[dict[str, float]]
+) -> None:
+    """Per window: calls completed, p99 turnaround, daemon CPU per call, RSS at its end."""
+    t_mark, c_mark, cpu_mark = 0, 0, cpu_seconds(daemon.pid)
+    while True:
+        await asyncio.sleep(start + window_s * (len(out) + 1) - time.monotonic())
+        done, turns = len(peer.done_at), peer.turnaround[t_mark:]
+        cpu = cpu_seconds(daemon.pid)
+        n = done - c_mark
+        out.append(
+            {
+                "t_s": round(window_s * (len(out) + 1)),
+                "completed": n,
+                "p99_ms": pct(turns, 0.99),
+                "cpu_ms_per_call": round((cpu - cpu_mark) * 1000 / max(n, 1), 2),
+                "rss_mib": round(daemon.rss_mib(), 1),
+            }
+        )
+        t_mark, c_mark, cpu_mark = len(peer.turnaround), done, cpu
+
+
+def plan(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    q = args.quick
+    call_s = args.call_s or (8.0 if q else 20.0)
+    prompt_s = min(3.0, call_s / 4)
+    rate = args.rate
+    return {
+        "burst": {"calls": args.burst or (300 if q else 1000), "rate": 0, "prompt_s": 0.2,
+                  "talk_s": 0.5},
+        "steady": {"calls": int(rate * (args.steady_s or (12 if q else 60 + call_s))),
+                   "rate": rate, "prompt_s": prompt_s, "talk_s": call_s - prompt_s},
+        "long": {"calls": int(rate * (args.long_s or (20 if q else 320))), "rate": rate,
+                 "prompt_s": prompt_s, "talk_s": call_s - prompt_s,
+                 "window_s": 5.0 if q else 60.0},
+    }  # fmt: skip
+
+
+async def whole_daemon(args: argparse.Namespace, database_url: str | None) -> dict[str, object]:
+    ami = ap.ami_server(rig.AMI_USER, rig.AMI_SECRET)
+    await ami.start()
+    agi_port = free_port()
+    results: dict[str, object] = {}
+    with rig.workdir() as base:
+        cfg = rig.prepare(base, rig.asterisk_section(agi_port, ami.port), database_url)
+        daemon = rig.start(cfg)
+        try:
+            for _ in range(200):
+                if any(c.user for c in ami._clients):
+                    break
+                await asyncio.sleep(0.05)
+            await run_round(daemon, ami, agi_port, "warm", 50, 0, 0.05, 0.1)
+            for name, r in plan(args).items():
+                if name == "long" and args.no_long:
+                    continue
+                print(f"  round {name}: {int(r['calls'])} calls ...", flush=True)
+                results[name] = await run_round(
+                    daemon, ami, agi_port, name, int(r["calls"]), r["rate"], r["prompt_s"],
+                    r["talk_s"], r.get("window_s", 0.0),
+                )  # fmt: skip
+                print(f"    {summary(results[name])}", flush=True)
+        finally:
+            daemon.stop()
+            await ami.stop()
+    return results
+
+
+def summary(r: dict[str, object]) -> str:
+    keys = ("calls", "failures", "calls_per_s", "turnaround_p99_ms", "turnaround_max_ms",
+            "digit_to_record_p99_ms", "cpu_ms_per_call", "tx_per_call", "rss_end_mib")  # fmt: skip
+    return " ".join(f"{k}={r[k]}" for k in keys)
+
+
+def print_table(title: str, results: dict[str, dict[str, object]]) -> None:
+    print(f"\n{title}")
+    print(
+        f"{'round':<8} {'calls':>6} {'fail':>5} {'peak':>5} {'calls/s':>8} {'p50 ms':>7}"
+        f" {'p99 ms':>7} {'max ms':>8} {'dig>rec p99':>11} {'cpu ms/call':>11}"
+        f" {'tx/call':>7} {'reads/call':>10} {'rss MiB':>13}"
+    )
+    for name, r in results.items():
+        print(
+            f"{name:<8} {r['calls']:>6} {r['failures']:>5} {r['peak_concurrent']:>5}"
+            f" {r['calls_per_s']:>8} {r['turnaround_p50_ms']:>7} {r['turnaround_p99_ms']:>7}"
+            f" {r['turnaround_max_ms']:>8} {r['digit_to_record_p99_ms']:>11}"
+            f" {r['cpu_ms_per_call']:>11} {r['tx_per_call']:>7} {r['reads_per_call']:>10}"
+            f" {str(r['rss_start_mib']) + '->' + str(r['rss_end_mib']):>13}"
+        )
+    long = results.get("long")
+    if long and long.get("windows"):
+        print("long round by window: t_s completed p99_ms cpu_ms/call rss_MiB")
+        for w in long["windows"]:  # type: ignore[union-attr]
+            print(
+                f"  {w['t_s']:>5} {w['completed']:>9} {w['p99_ms']:>6} {w['cpu_ms_per_call']:>11}"
+                f" {w['rss_mib']:>7}"
+            )
+
+
+def long_figures(long: dict[str, object] | None, call_s: float) -> tuple[float, float]:
+    """Throughput ratio last/first full window after warm-up (one call length), and RSS
+    growth from the end of that first window to the end of the round."""
+    if not long or not long.get("windows"):
+        return float("nan"), float("nan")
+    windows = [w for w in long["windows"] if w["t_s"] > call_s]  # type: ignore[union-attr]
+    if len(windows) < 2:
+        return float("nan"), float("nan")
+    first, last = windows[0], windows[-1]
+    ratio = round(last["completed"] / max(first["completed"], 1), 3)
+    return ratio, round(last["rss_mib"] - first["rss_mib"], 1)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short run (< 1 min)")
+    parser.add_argument("--postgres", action="store_true", help="also on PostgreSQL")
+    parser.add_argument("--rate", type=float, default=100.0, help="calls per second")
+    parser.add_argument("--call-s", type=float, default=None, help="prompt + talk per call")
+    parser.add_argument("--burst", type=int, default=None)
+    parser.add_argument("--steady-s", type=float, default=None)
+    parser.add_argument("--long-s", type=float, default=None)
+    parser.add_argument("--no-long", action="store_true", help="skip the long round")
+    args = parser.parse_args()
+    raise_fd_limit()
+    load0 = loadavg()
+    all_results: dict[str, dict[str, object]] = {}
+    all_results["sqlite"] = asyncio.run(whole_daemon(args, None))
+    if args.postgres:
+        with rig.postgres() as url:
+            args.no_long = True
+            all_results["postgresql"] = asyncio.run(whole_daemon(args, url))
+    steady = all_results["sqlite"]["steady"]
+    limits = {
+        "fastagi_alone": fastagi_alone(int(steady["calls"])),  # type: ignore[arg-type]
+        "store_floor": store_floor(int(steady["calls"])),  # type: ignore[arg-type]
+    }
+    load1 = loadavg()
+    call_s = args.call_s or (8.0 if args.quick else 20.0)
+    for db, results in all_results.items():
+        print_table(f"whole daemon, Asterisk (FastAGI + AMI), {db}", results)  # type: ignore[arg-type]
+    print("\nthe limit, same number of calls:")
+    fa, sf = limits["fastagi_alone"], limits["store_floor"]
+    print(f"  FastAGI server alone (agi_load consent script, no store): {fa}")
+    print(f"  bare SQLAlchemy Core insert of one call's rows, one transaction per call: {sf}")
+    print(f"load average before {' '.join(load0)}, after {' '.join(load1)} (2 shared cores)")
+    ratio, growth = long_figures(all_results["sqlite"].get("long"), call_s)  # type: ignore[arg-type]
+    figures = {
+        "bench": "daemon_load",
+        "quick": args.quick,
+        "steady_p99_ms": steady["turnaround_p99_ms"],
+        "steady_max_ms": steady["turnaround_max_ms"],
+        "digit_to_record_p99_ms": steady["digit_to_record_p99_ms"],
+        "cpu_ms_per_call": steady["cpu_ms_per_call"],
+        "calls_per_s": steady["calls_per_s"],
+        "tx_per_call": steady["tx_per_call"],
+        "long_throughput_ratio": ratio,
+        "rss_growth_mib": growth,
+        "results": all_results,
+        "limits": limits,
+        "loadavg_before": load0,
+        "loadavg_after": load1,
+        "goals": GOALS,
+    }
+    if "postgresql" in all_results:
+        pg = all_results["postgresql"]["steady"]
+        figures["pg_steady_p99_ms"] = pg["turnaround_p99_ms"]  # type: ignore[index]
+        figures["pg_steady_max_ms"] = pg["turnaround_max_ms"]  # type: ignore[index]
+        figures["pg_digit_to_record_p99_ms"] = pg["digit_to_record_p99_ms"]  # type: ignore[index]
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Group commit: one writer thread commits what many calls queued, in one transaction.
+
+A call's store changes (its consent evidence, a recording registered, a recording closed)
+are *jobs*: functions of a :class:`Batch` that write with SQLAlchemy Core and append their
+audit rows. :meth:`StoreWriter.submit` queues a job and returns a future; the writer thread
+takes every job waiting (up to :data:`MAX_BATCH`), runs them in queue order in one
+transaction, and resolves the futures only after the commit. So a caller that awaits its
+future knows its change is durable (the rule "evidence stored before the recording starts"
+holds), while one fsync serves every call of the batch.
+
+The audit chain stays one line in queue order: the batch locks the tail once (SQLite:
+``BEGIN IMMEDIATE``; PostgreSQL: ``FOR UPDATE`` on ``audit_head``, as :mod:`recorder.store.audit`
+does), chains each job's rows on the tail in memory, inserts them together and moves the
+tail once. Other writers (CLIs, other hosts) serialise on the same lock.
+
+If a job raises, the batch is rolled back and its jobs are run again one transaction each,
+so one failing call never takes the others' changes with it and gets its own error.
+
+The thread starts with the first job and ends after :data:`IDLE_EXIT_S` without work.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import Connection, insert, select, update
+
+from recorder.store import audit
+from recorder.store.models import AuditEntry, AuditHead
+
+if TYPE_CHECKING:
+    from recorder.store.db import Database
+
+log = logging.getLogger("callconsent.store")
+
+MAX_BATCH = 512
+IDLE_EXIT_S = 2.0
+_T = TypeVar("_T")
+Job = Callable[["Batch"], _T]
+
+_AUDIT = AuditEntry.__table__
+_HEAD = AuditHead.__table__
+
+
+class Batch:
+    """What a job writes with: the batch's connection, and the audit tail (in memory)."""
+
+    def __init__(self, conn: Connection, ctx: audit.AuditContext, head: tuple[int, str]) -> None:
+        self.conn = conn
+        self.ctx = ctx
+        self.head = head
+        self.audit_rows: list[dict[str, Any]] = []
+
+    def audit(
+        self,
+        *,
+        actor: str,
+        action: str,
+        subject_type: str,
+        subject_id: str | None = None,
+        details: Mapping[str, Any] | None = None,
+        at: datetime | None = None,
+    ) -> None:
+        """One audit row at the tail, as :func:`recorder.store.audit.append` writes it."""
+        row = {
+            "actor": actor,
+            "action": action,
+            "subject_type": subject_type,
+            "subject_id": subject_id,
+            "details": dict(details or {}),
+        }
+        values = audit.chain(self.head, self.ctx, [row], at or datetime.now(UTC))
+        self.audit_rows.extend(values)
+        self.head = (values[-1]["seq"], values[-1]["hash"])
+
+
+class StoreWriter:
+    """The one thread that writes the ledger's jobs (see the module docstring)."""
+
+    def __init__(self, db: Database, ctx: audit.AuditContext) -> None:
+        self.db = db
+        self.ctx = ctx
+        self._queue: deque[tuple[Job[Any], Future[Any]]] = deque()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self.batches = 0  # transactions committed (for tests and the benchmark)
+
+    def submit(self, job: Job[_T]) -> Future[_T]:
+        future: Future[_T] = Future()
+        with self._cond:
+            self._queue.append((job, future))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="callconsent-store-writer", daemon=True
+                )
+                self._thread.start()
+            else:
+                self._cond.notify()
+        return future
+
+    def run(self, job: Job[_T]) -> _T:
+        """Submit and wait (for synchronous callers, never the writer thread itself)."""
+        return self.submit(job).result()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._queue:
+                    self._cond.wait(IDLE_EXIT_S)
+                if not self._queue:
+                    self._thread = None
+                    return
+                jobs = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
+            self._commit(jobs)
+
+    def _commit(self, jobs: list[tuple[Job[Any], Future[Any]]]) -> None:
+        live = [(job, fut) for job, fut in jobs if fut.set_running_or_notify_cancel()]
+        if not live:
+            return
+        try:
+            results = self._transaction([job for job, _ in live])
+        except Exception as exc:
+            if len(live) == 1:
+                live[0][1].set_exception(exc)
+                return
+            for one in live:  # each on its own: the failing one fails alone
+                try:
+                    one[1].set_result(self._transaction([one[0]])[0])
+                except Exception as single:
+                    one[1].set_exception(single)
+            return
+        for (_, fut), result in zip(live, results, strict=True):
+            fut.set_result(result)
+
+    def _transaction(self, jobs: list[Job[Any]]) -> list[Any]:
+        with self.db.write_lock(), self.db.engine.connect() as conn:
+            if self.db.dialect == "sqlite":
+                conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+            with conn.begin():
+                found = conn.execute(
+                    select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update()
+                ).first()
+                start = (found[0], found[1]) if found else (0, audit.GENESIS_HASH)
+                batch = Batch(conn, self.ctx, start)
+                results = [job(batch) for job in jobs]
+                if batch.audit_rows:
+                    conn.execute(insert(_AUDIT), batch.audit_rows)
+                    seq, digest = batch.head
+                    if found is None:
+                        conn.execute(insert(_HEAD), {"id": 1, "seq": seq, "hash": digest})
+                    else:
+                        conn.execute(
+                            update(_HEAD).where(_HEAD.c.id == 1).values(seq=seq, hash=digest)
+                        )
+        self.batches += 1
+        return results

@@ -1,0 +1,136 @@
+"""Group commit (recorder.store.writer): many calls' changes in one transaction, the audit
+chain in queue order, a failing change failing alone, and every change committed (visible
+to another connection) by the time its caller hears it is done."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+
+from sqlalchemy import func, select
+
+from consent_ivr.evidence import ConsentEvidence
+from recorder.store import audit
+from recorder.store.db import Database
+from recorder.store.ledger import Ledger, LedgerError
+from recorder.store.models import AuditEntry, Call, ConsentRecord, Recording
+from recorder.store.writer import Batch
+
+
+def _evidence() -> ConsentEvidence:
+    from datetime import UTC, datetime
+
+    from consent_ivr.status import ConsentStatus
+
+    return ConsentEvidence(
+        consent_id=str(uuid.uuid4()),
+        decision=ConsentStatus.GRANTED,
+        method="prompt",
+        legal_basis="consent",
+        mode="ivr",
+        language="en",
+        question_prompt="consent",
+        digits=(),
+        prompts=(),
+        attempts=1,
+        policy={"campaign": "sales"},
+        decided_at=datetime.now(UTC),
+    )
+
+
+def test_concurrent_calls_share_transactions_and_keep_one_chain(ledger: Ledger, db: Database):
+    calls = 60
+    gate = threading.Barrier(calls)
+
+    def one(i: int) -> None:
+        gate.wait()
+        ref = ledger.open_call(pbx="asterisk", pbx_call_id=f"k{i}", campaign="sales")
+        ledger.recording_started(ref.id, str(uuid.uuid4()), spool_path=f"/s/{i}.wav")
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with db.read() as s:
+        assert s.scalar(select(func.count()).select_from(Recording)) == calls
+        assert s.scalar(select(func.count()).select_from(AuditEntry)) == 2 * calls
+        report = audit.verify(s)
+    assert report.ok, report.problems
+    # 120 changes arrived together: fewer commits than changes (one fsync for many calls)
+    assert ledger.writer.batches < 2 * calls
+
+
+def test_a_failing_change_fails_alone(ledger: Ledger, db: Database):
+    ref = ledger.open_call(pbx="asterisk", pbx_call_id="ok", campaign="sales")
+    good, bad = str(uuid.uuid4()), str(uuid.uuid4())
+
+    async def both() -> list[object]:
+        return await asyncio.gather(
+            ledger.recording_started_async(ref.id, good, spool_path="/s/good.wav"),
+            ledger.recording_started_async("no-such-call", bad, spool_path="/s/bad.wav"),
+            ledger.set_pbx_ref_async(good, "0x1"),
+            return_exceptions=True,
+        )
+
+    started, failed, ref_set = asyncio.run(both())
+    assert started is None and ref_set is None
+    assert isinstance(failed, LedgerError) and "no call with id no-such-call" in str(failed)
+    with db.read() as s:
+        assert s.get(Recording, good).pbx_ref == "0x1"
+        assert s.get(Recording, bad) is None
+        assert audit.verify(s).ok
+
+
+def test_evidence_is_committed_when_the_caller_hears_it_is_stored(ledger: Ledger, db: Database):
+    """What the recording may start on: another connection (another process) sees it."""
+    other = Database(db.url)
+    try:
+
+        async def decide() -> tuple[int, int]:
+            ref = await ledger.open_call_async(pbx="asterisk", pbx_call_id="d", campaign="s")
+            await ledger.log_consent_async(ref.id, _evidence())
+            with other.read() as s:
+                decided = s.scalar(select(func.count()).select_from(ConsentRecord))
+                status = s.scalar(select(Call.consent_status).where(Call.id == ref.id))
+            return decided, status
+
+        assert asyncio.run(decide()) == (1, "granted")
+    finally:
+        other.dispose()
+
+
+def test_jobs_see_the_tail_their_batch_left(ledger: Ledger, db: Database):
+    """Audit rows of one batch chain on each other, in the order the jobs were queued."""
+    order: list[int] = []
+
+    def job(i: int):
+        def write(b: Batch) -> None:
+            b.audit(actor="t", action="test.row", subject_type="call", details={"i": i})
+            order.append(i)
+
+        return write
+
+    futures = [ledger.writer.submit(job(i)) for i in range(20)]
+    for f in futures:
+        f.result(timeout=30)
+    with db.read() as s:
+        rows = s.scalars(select(AuditEntry).order_by(AuditEntry.seq)).all()
+        assert audit.verify(s).ok
+    assert [int(r.details.split(":")[1].rstrip("}")) for r in rows] == list(range(20))
+    assert order == list(range(20))
+
+
+def test_the_writer_thread_ends_when_idle_and_comes_back(ledger: Ledger, monkeypatch):
+    from recorder.store import writer
+
+    monkeypatch.setattr(writer, "IDLE_EXIT_S", 0.05)
+    ledger.open_call(pbx="asterisk", pbx_call_id="a", campaign="s")
+    deadline = threading.Event()
+    for _ in range(100):
+        if ledger.writer._thread is None:
+            break
+        deadline.wait(0.02)
+    assert ledger.writer._thread is None
+    assert ledger.open_call(pbx="asterisk", pbx_call_id="b", campaign="s").pbx_call_id == "b"
