@@ -199,7 +199,7 @@ class Orphans:
                     "recording_not_final", extra={"kv": {**kv, "after_s": self.file_wait_s}}
                 )
                 continue
-            await asyncio.to_thread(ledger.recording_closed, rec.id)
+            await ledger.recording_closed_async(rec.id)
             log.info("recording_closed", extra={"kv": kv})
 
     async def _withdrawn_meanwhile(self, call: OpenCall) -> None:

@@ -384,6 +384,9 @@ def test_a_call_from_before_a_daemon_restart_is_ended_in_the_store(
                 await fs.hangup_leg(leg)
             await until(lambda: rows(app, Call)[0].ended_at is not None, "ended")
             assert f"uuid_exists {leg.uuid}" in fs.api_log
+            # its file is final: handed on now (its RECORD_STOP reached nobody if it hung up
+            # while the daemon was down), not at the finalizer's next reconcile pass
+            await until(lambda: rows(app, Recording)[0].state == "closed", "handed on")
         finally:
             await new.stop()
 
