@@ -227,5 +227,11 @@ CREATE INDEX ix_share_links_recording_id ON share_links (recording_id);
 
 UPDATE alembic_version SET version_num='0004' WHERE alembic_version.version_num = '0003';
 
+-- Running upgrade 0004 -> 0005
+
+CREATE INDEX ix_calls_started_at_id ON calls (started_at, id);
+
+UPDATE alembic_version SET version_num='0005' WHERE alembic_version.version_num = '0004';
+
 COMMIT;
 

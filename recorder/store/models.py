@@ -101,7 +101,11 @@ class Call(Base):
     started_at: Mapped[datetime]
     ended_at: Mapped[datetime | None]
 
-    __table_args__ = (UniqueConstraint("node", "pbx", "pbx_call_id"),)
+    # the calls list: newest first, keyset-paginated (web/queries.py)
+    __table_args__ = (
+        UniqueConstraint("node", "pbx", "pbx_call_id"),
+        Index("ix_calls_started_at_id", "started_at", "id"),
+    )
 
 
 class ConsentRecord(Base):

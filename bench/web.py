@@ -1,0 +1,377 @@
+"""The web console under a big store: 1,000,000 calls and 100,000 recordings on SQLite.
+
+- The calls page (``/calls``) and the API (``/api/v1/calls``), p99 per filter, over HTTP to a
+  real ``callconsent web`` logged in (a session cookie; the API with a Bearer token), against
+  the limit: the same statements run directly through SQLAlchemy in this process.
+- Time to first byte of a ``Range`` request in the middle of a one-hour recording (decrypted
+  segment by segment) against the same server sending the plaintext WAV as a plain file.
+- 50 players streaming at once, ours against that plain file; every range's bytes are
+  checked equal to the plaintext's.
+
+The server is ``callconsent web`` itself (``cli.main([... "web"])``) with one route added for
+the limit: the plaintext WAV served by Starlette's StaticFiles (``/bench-plain``).
+Goals: pages p99 <= 100 ms and <= 2x the direct query; first byte <= 50 ms; streaming
+>= 0.5x the plain file's throughput. The store is built once per schema revision and size in
+bench/out/ (bench/_webdata.py).
+
+    python bench/web.py [--quick] [--calls N] [--recordings N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import http.client
+import json
+import math
+import re
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+# the project before bench/ (where this file would shadow the `web` package)
+sys.path.insert(0, str(ROOT))
+
+PLAYERS = 50
+PAGE_LIMIT = 50  # [web] page_size: the page asks for one more row to know there is a next
+
+
+def p99(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
+
+
+def p50(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[len(ordered) // 2]
+
+
+def serve(config: str, port: int, plain_dir: str) -> int:
+    """``callconsent web`` with the plain-file route added (the limit, in the same server)."""
+    from starlette.routing import Mount
+    from starlette.staticfiles import StaticFiles
+
+    import web.app
+    from callconsent import cli
+
+    build = web.app.build
+
+    def with_plain(services: Any) -> Any:
+        app = build(services)
+        app.router.routes.append(Mount("/bench-plain", StaticFiles(directory=plain_dir)))
+        return app
+
+    web.app.build = with_plain  # callconsent web imports build when it starts
+    return cli.main(["--config", config, "web", "--host", "127.0.0.1", "--port", str(port)])
+
+
+def start_server(ds: Any, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    from _common import free_port
+
+    port = free_port()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--serve",
+                ds.config,
+                "--port",
+                str(port),
+                "--plain",
+                ds.plain_dir,
+            ],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/login")
+            if conn.getresponse().status == 200:
+                return proc, port
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"callconsent web did not start: {log.read_text()[-2000:]}")
+
+
+class Http:
+    """One keep-alive connection; each call returns (status, body, headers)."""
+
+    def __init__(self, port: int, headers: dict[str, str]) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.headers = headers
+
+    def request(
+        self, method: str, path: str, body: str | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes, http.client.HTTPMessage]:
+        for attempt in (1, 2):
+            try:
+                self.conn.request(method, path, body, {**self.headers, **(headers or {})})
+                r = self.conn.getresponse()
+                return r.status, r.read(), r.headers
+            except (http.client.RemoteDisconnected, ConnectionError):
+                self.conn.close()  # uvicorn closed an idle keep-alive connection: reconnect
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def log_in(port: int, user: str, password: str) -> str:
+    """The session cookie, through the login form as a browser sends it."""
+    client = Http(port, {})
+    _, page, headers = client.request("GET", "/login")
+    token = re.search(rb'name="login_token" value="([^"]+)"', page)
+    cookie = (headers.get("set-cookie") or "").split(";")[0]
+    assert token and cookie, "the login page has no login token"
+    form = urllib.parse.urlencode(
+        {"login_token": token.group(1).decode(), "name": user, "password": password}
+    )
+    status, _, headers = client.request(
+        "POST",
+        "/login",
+        form,
+        {"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    session = [c.split(";")[0] for c in headers.get_all("set-cookie") or [] if "cc_session" in c]
+    assert status == 303 and session, f"login refused: {status}"
+    return session[0]
+
+
+def filters(ds: Any) -> dict[str, dict[str, str]]:
+    return {
+        "none": {},
+        "date range (7 days)": {"since": ds.since, "until": ds.until},
+        "campaign": {"campaign": ds.campaign},
+        "direction": {"direction": "outbound"},
+        "consent status": {"consent": "declined"},
+        "agent": {"agent": ds.agent},
+        "phone number": {"nk": ds.number_key},
+    }
+
+
+def timed(fn: Callable[[], object], n: int, budget_s: float) -> list[float]:
+    """Milliseconds per call: 2 warm-up calls, then n calls or until the budget is spent."""
+    fn(), fn()
+    samples: list[float] = []
+    start = time.monotonic()
+    while len(samples) < n and (len(samples) < 10 or time.monotonic() - start < budget_s):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1000)
+    return samples
+
+
+def first_byte_ms(port: int, path: str, headers: dict[str, str], start: int) -> float:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    t0 = time.perf_counter()
+    conn.request("GET", path, headers={**headers, "Range": f"bytes={start}-{start + 65535}"})
+    r = conn.getresponse()
+    r.read(1)
+    elapsed = (time.perf_counter() - t0) * 1000
+    assert r.status == 206, f"{path}: {r.status}"
+    r.read()
+    conn.close()
+    return elapsed
+
+
+async def _player(port: int, path: str, cookie: str, start: int, end: int) -> tuple[int, str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nRange: bytes={start}-{end}\r\n"
+        f"Cookie: {cookie}\r\nConnection: close\r\n\r\n".encode()
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.split()[1] == b"206", head[:200]
+    m = re.search(rb"content-length: *(\d+)", head, re.I)
+    length, got, digest = int(m.group(1)) if m else 0, 0, hashlib.sha256()
+    while got < length:
+        chunk = await reader.read(1 << 18)
+        if not chunk:
+            break
+        got += len(chunk)
+        digest.update(chunk)
+    writer.close()
+    return got, digest.hexdigest()
+
+
+def stream(
+    port: int, path: str, cookie: str, ranges: list[tuple[int, int]]
+) -> tuple[float, list[str]]:
+    """All players at once: (MB/s over all of them, each range's SHA-256)."""
+
+    async def run() -> list[tuple[int, str]]:
+        return await asyncio.gather(*(_player(port, path, cookie, a, b) for a, b in ranges))
+
+    t0 = time.perf_counter()
+    results = asyncio.run(run())
+    elapsed = time.perf_counter() - t0
+    total = sum(got for got, _ in results)
+    assert total == sum(b - a + 1 for a, b in ranges), "a player got fewer bytes than asked"
+    return total / elapsed / 1e6, [d for _, d in results]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="100,000 calls, fewer samples")
+    ap.add_argument("--calls", type=int)
+    ap.add_argument("--recordings", type=int)
+    ap.add_argument("--serve", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--plain", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        return serve(args.serve, args.port, args.plain)
+
+    from _webdata import PASSWORD, USER, dataset
+    from _webquery import DirectQuery
+
+    n_calls = args.calls or (100_000 if args.quick else 1_000_000)
+    n_recs = args.recordings or n_calls // 10
+    samples, budget = (20, 3.0) if args.quick else (200, 20.0)
+    stream_bytes = (2 if args.quick else 8) << 20
+    t0 = time.monotonic()
+    ds = dataset(n_calls, n_recs, 3600.0)
+    how = f"built in {ds.built_s:.0f} s" if time.monotonic() - t0 > 5 else "cached"
+    print(f"store: {ds.calls:,} calls, {ds.recordings:,} recordings in {ds.root} ({how})")
+    proc, port = start_server(ds, Path(ds.root) / "web.log")
+    try:
+        cookie = log_in(port, USER, PASSWORD)
+        page = Http(port, {"Cookie": cookie})
+        api = Http(port, {"Authorization": f"Bearer {ds.token}"})
+        direct = DirectQuery(ds.config, PAGE_LIMIT)
+        cases = filters(ds)
+        status, body, _ = api.request("GET", "/api/v1/calls")
+        assert status == 200, body[:300]
+        cases["next page (cursor)"] = {"after": json.loads(body)["next"]}
+        rows: list[dict[str, Any]] = []
+        for name, params in cases.items():
+            qs = urllib.parse.urlencode(params)
+            found = direct.run(params)
+            for client, url in ((page, f"/calls?{qs}"), (api, f"/api/v1/calls?{qs}")):
+                status, body, _ = client.request("GET", url)
+                assert status == 200, f"{url}: {status} {body[:300]!r}"
+            shown = len(json.loads(api.request("GET", f"/api/v1/calls?{qs}")[1])["calls"])
+            assert shown == min(found, PAGE_LIMIT), f"{name}: API {shown} rows, query {found}"
+            row = {
+                "filter": name,
+                "rows": shown,
+                "query": timed(lambda p=params: direct.run(p), samples, budget),
+                "page": timed(lambda u=f"/calls?{qs}": page.request("GET", u), samples, budget),
+                "api": timed(
+                    lambda u=f"/api/v1/calls?{qs}": api.request("GET", u), samples, budget
+                ),
+                "plan": direct.plan(params),
+            }
+            rows.append(row)
+            print(f"  {name}: page p99 {p99(row['page']):.1f} ms", file=sys.stderr)
+        audio = f"/recordings/{ds.long_recording}/audio"
+        plain = "/bench-plain/long.wav"
+        middle = ds.long_size // 2 // 2 * 2
+        n_fb = 10 if args.quick else 50
+        fb_ours = [first_byte_ms(port, audio, {"Cookie": cookie}, middle) for _ in range(n_fb)]
+        fb_plain = [first_byte_ms(port, plain, {}, middle) for _ in range(n_fb)]
+        span = ds.long_size - stream_bytes - 44
+        ranges = [
+            (
+                44 + span * k // PLAYERS // 2 * 2,
+                44 + span * k // PLAYERS // 2 * 2 + stream_bytes - 1,
+            )
+            for k in range(PLAYERS)
+        ]
+        ours_mb, ours_digests = stream(port, audio, cookie, ranges)
+        plain_mb, plain_digests = stream(port, plain, "", ranges)
+        assert ours_digests == plain_digests, "decrypted ranges differ from the plaintext's"
+        if not args.quick:  # a second round each, the better kept (a shared machine)
+            ours_mb = max(ours_mb, stream(port, audio, cookie, ranges)[0])
+            plain_mb = max(plain_mb, stream(port, plain, "", ranges)[0])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    return report(ds, rows, fb_ours, fb_plain, ours_mb, plain_mb, stream_bytes)
+
+
+def report(
+    ds: Any,
+    rows: list[dict[str, Any]],
+    fb_ours: list[float],
+    fb_plain: list[float],
+    ours_mb: float,
+    plain_mb: float,
+    stream_bytes: int,
+) -> int:
+    print(f"\ncalls page and API, {ds.calls:,} calls ({len(rows[0]['page'])}+ requests each)")
+    print(
+        f"{'filter':<22}{'rows':>5} {'query p50/p99':>15} {'page p50/p99':>15} {'ratio':>6}"
+        f" {'api p50/p99':>15}"
+    )
+    worst_ratio = 0.0
+    for r in rows:
+        q, pg, a = r["query"], r["page"], r["api"]
+        ratio = p99(pg) / p99(q)
+        worst_ratio = max(worst_ratio, ratio)
+        print(
+            f"{r['filter']:<22}{r['rows']:>5} {p50(q):>7.1f}/{p99(q):<7.1f}"
+            f"{p50(pg):>7.1f}/{p99(pg):<7.1f}{ratio:>6.1f} {p50(a):>7.1f}/{p99(a):<7.1f}"
+        )
+    print("\nquery plans (EXPLAIN QUERY PLAN of the calls query):")
+    for r in rows:
+        print(f"  {r['filter']:<22} {r['plan']}")
+    pages_p99 = max(p99(r["page"]) for r in rows)
+    api_p99 = max(p99(r["api"]) for r in rows)
+    ratio_stream = ours_mb / plain_mb
+    print(f"\naudio: a one-hour recording ({ds.long_size / 1e6:.1f} MB WAV)")
+    print(f"{'':<38}{'ours':>10}{'plain file':>12}")
+    print(
+        f"{'first byte, Range in the middle p50':<38}{p50(fb_ours):>8.1f}ms{p50(fb_plain):>10.1f}ms"
+    )
+    print(f"{'first byte p99':<38}{p99(fb_ours):>8.1f}ms{p99(fb_plain):>10.1f}ms")
+    print(
+        f"{f'{PLAYERS} players x {stream_bytes >> 20} MiB at once':<38}"
+        f"{ours_mb:>6.0f}MB/s{plain_mb:>8.0f}MB/s   ratio {ratio_stream:.2f}"
+    )
+    goals = {
+        "pages p99 <= 100 ms": pages_p99 <= 100,
+        "pages <= 2x the direct query": worst_ratio <= 2,
+        "first byte <= 50 ms": p50(fb_ours) <= 50,
+        "streaming >= 0.5x plain": ratio_stream >= 0.5,
+    }
+    print("\ngoals: " + ", ".join(f"{k}: {'met' if ok else 'MISSED'}" for k, ok in goals.items()))
+    print(
+        json.dumps(
+            {
+                "bench": "web",
+                "calls": ds.calls,
+                "recordings": ds.recordings,
+                "pages_p99_ms": round(pages_p99, 1),
+                "pages_ratio_to_query": round(worst_ratio, 2),
+                "api_p99_ms": round(api_p99, 1),
+                "query_p99_ms": round(max(p99(r["query"]) for r in rows), 1),
+                "first_byte_ms": round(p50(fb_ours), 1),
+                "first_byte_p99_ms": round(p99(fb_ours), 1),
+                "plain_first_byte_ms": round(p50(fb_plain), 1),
+                "stream_mb_s": round(ours_mb, 1),
+                "plain_mb_s": round(plain_mb, 1),
+                "stream_ratio_to_plain": round(ratio_stream, 2),
+                "per_filter_p99_ms": {
+                    r["filter"]: [round(p99(r[k]), 1) for k in ("query", "page", "api")]
+                    for r in rows
+                },
+                "goals_met": all(goals.values()),
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
