@@ -286,7 +286,8 @@ def test_a_call_from_before_a_daemon_restart_is_ended_in_the_store(
         row_id = h.call_row(cust.linkedid).id
         # handed to the recorder at once, not at the finalizer's next reconcile pass
         await h.sim.wait_until(lambda: [r.state for r in h.recordings(row_id)] == ["closed"])
-        assert h.sink.closed == [h.recordings(row_id)[0].id]
+        (rec,) = h.recordings(row_id)
+        await h.sim.wait_until(lambda: h.sink.closed == [rec.id])  # told after the commit
 
     run(tmp_path, scenario)
 
