@@ -14,7 +14,7 @@ CONFIG ?=
 # command -> Debian package, for what the test suite and the prompts need
 DEBIAN_TEST_PACKAGES := initdb:postgresql espeak-ng:espeak-ng ffmpeg:ffmpeg sox:sox systemd-analyze:systemd chromium:chromium
 
-.PHONY: run test lint bench demo sql dialplan venv install debian-deps clean help
+.PHONY: run test lint bench demo sql dialplan venv install debian-deps daemon-account clean help
 
 help:
 	@echo "make run    start the daemon on embedded defaults (SQLite, ./var/)"
@@ -60,11 +60,20 @@ debian-deps:
 	  echo "!!! missing Debian packages:$$missing (not root or no apt-get): the tests that need them will skip"; \
 	fi
 
-# The daemon never runs as root: started as root it switches to this account.
-daemon-account:
-	@if [ "$$(id -u)" = 0 ] && ! getent passwd callconsent >/dev/null; then \
-	  echo ">>> running as root: creating the unprivileged system user 'callconsent' for the daemon"; \
-	  useradd --system --user-group --no-create-home --shell /usr/sbin/nologin callconsent; \
+# The daemon never runs as root: started as root it switches to this account, which must then
+# reach this checkout (its code, ./var/). A clone below a 0700 directory (/root, mktemp -d) is
+# made reachable with a traversal-only ACL on the blocking directories (README.md says why).
+daemon-account: install
+	@if [ "$$(id -u)" = 0 ]; then \
+	  if ! getent passwd callconsent >/dev/null; then \
+	    echo ">>> running as root: creating the unprivileged system user 'callconsent' for the daemon"; \
+	    useradd --system --user-group --no-create-home --shell /usr/sbin/nologin callconsent; \
+	  fi; \
+	  if ! command -v setfacl >/dev/null && command -v apt-get >/dev/null; then \
+	    echo ">>> apt-get install acl"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends acl; \
+	  fi; \
+	  $(VPY) -m callconsent.devaccess callconsent "$(CURDIR)"; \
 	fi
 
 run: install daemon-account

@@ -24,7 +24,8 @@ class RenderError(ValueError):
 class DialplanSettings:
     agi_host: str = "127.0.0.1"
     agi_port: int = 4573
-    spool: str = "/var/lib/callconsent/spool"
+    spool: str = "/var/spool/callconsent"
+    config: str = "/etc/callconsent/callconsent.toml"  # the file these were rendered from
     ami_user: str = "callconsent"
     ami_secret: str = SECRET_PLACEHOLDER
     ami_system_user: str = "callconsent-system"
@@ -39,6 +40,7 @@ class DialplanSettings:
         values = {
             "AGI_URL": f"agi://{host}:{self.agi_port}",
             "SPOOL": self.spool,
+            "CONFIG": self.config,
             "AMI_USER": self.ami_user,
             "AMI_SECRET": self.ami_secret or SECRET_PLACEHOLDER,
             "AMI_SYSTEM_USER": self.ami_system_user,

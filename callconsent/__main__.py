@@ -1,5 +1,5 @@
 import sys
 
-from callconsent.cli import main
+from callconsent.cli import run
 
-sys.exit(main())
+sys.exit(run())

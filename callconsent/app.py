@@ -7,11 +7,12 @@ import os
 from dataclasses import dataclass
 
 from callconsent.config import Config
+from callconsent.privileges import invoked_by
 from recorder.finalize.spool import Spool
 from recorder.live.callbook import CallBook
 from recorder.live.prompts import PromptCatalog
 from recorder.store import migrate
-from recorder.store.audit import AuditContext
+from recorder.store.audit import AuditContext, os_user
 from recorder.store.db import Database
 from recorder.store.ledger import Ledger, RecordingSink
 from recorder.store.numbers import SECRET_NAME, NumberProtector
@@ -51,7 +52,7 @@ class App:
         db = Database(config.database_url)
         ensure_schema(db)
         numbers = NumberProtector(keydir.secret(SECRET_NAME), config.numbers.default_region)
-        ctx = AuditContext(node=config.daemon.node)
+        ctx = AuditContext(node=config.daemon.node, os_user=audit_os_user())
         ledger = Ledger(db, numbers, ctx, sink=sink)
         prompts = PromptCatalog(config.prompt_dir)
         app: App
@@ -61,6 +62,12 @@ class App:
 
     def close(self) -> None:
         self.db.dispose()
+
+
+def audit_os_user() -> str:
+    """The OS account in the audit log: ours, and who started us when root switched to it."""
+    invoker = invoked_by()
+    return os_user() if invoker is None else f"{os_user()} (for {invoker})"[:64]
 
 
 def ensure_schema(db: Database) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from callconsent import config as config_mod
+from callconsent import privileges
 from callconsent.app import App
 from callconsent.config import Actor, Config
 from callconsent.errors import CommandError
@@ -47,6 +48,9 @@ def invoking_os_user() -> str:
     """The person at the keyboard: the sudo user if any, else the effective account.
     ``SUDO_USER`` is only an environment variable: it counts only when we run as root (as
     sudo leaves us); anyone else could set it to be taken for another person."""
+    invoker = privileges.invoked_by()  # root, now acting as the daemon's account
+    if invoker is not None:
+        return invoker
     sudo = os.environ.get("SUDO_USER")
     if sudo and os.geteuid() == 0:
         return sudo

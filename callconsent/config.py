@@ -88,7 +88,7 @@ class KeysSection:
 
 @dataclass(frozen=True)
 class SpoolSection:
-    dir: Path | None = None  # empty: <data_dir>/spool
+    dir: Path | None = None  # empty: see Config.spool_dir (the Debian layout, else <data_dir>)
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class NumbersSection:
 
 @dataclass(frozen=True)
 class PromptsSection:
-    dir: Path | None = None  # empty: <data_dir>/prompts
+    dir: Path | None = None  # empty: see Config.prompt_dir (the Debian layout, else <data_dir>)
 
 
 def _feature_code(v: str) -> str | None:
@@ -136,6 +136,7 @@ class AsteriskSection:
     feature_stop: str = field(default="*43", metadata=_check(_feature_code))
     feature_discard: str = field(default="*49", metadata=_check(_feature_code))
     conf_dir: Path = Path("/etc/asterisk")  # read by `callconsent doctor`
+    os_user: str = "asterisk"  # the account Asterisk runs as (doctor, dialplan render)
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,8 @@ class FreeswitchSection:
     feature_pause: str = field(default="*42", metadata=_check(_feature_code))
     feature_stop: str = field(default="*43", metadata=_check(_feature_code))
     feature_discard: str = field(default="*49", metadata=_check(_feature_code))
+    conf_dir: Path = Path("/etc/freeswitch")  # `callconsent doctor` reads dialplan/ in it
+    os_user: str = "freeswitch"  # the account FreeSWITCH runs as (doctor, dialplan render)
 
 
 @dataclass(frozen=True)
@@ -286,11 +289,27 @@ class Config:
 
     @property
     def spool_dir(self) -> Path:
-        return self._abs(self.spool.dir) if self.spool.dir else self.data_dir / "spool"
+        """Empty ``[spool] dir``: ``/var/spool/<name>`` for a data dir ``/var/lib/<name>`` (the
+        Debian layout, deploy/README.md: the PBX's account cannot enter the 0750 data dir),
+        else ``<data_dir>/spool`` (a development run's ``./var/spool``)."""
+        if self.spool.dir:
+            return self._abs(self.spool.dir)
+        system = self._debian_name()
+        return Path("/var/spool") / system if system else self.data_dir / "spool"
 
     @property
     def prompt_dir(self) -> Path:
-        return self._abs(self.prompts.dir) if self.prompts.dir else self.data_dir / "prompts"
+        """Empty ``[prompts] dir``: ``/var/lib/<name>-prompts`` beside a data dir
+        ``/var/lib/<name>`` (readable by the PBX's account), else ``<data_dir>/prompts``."""
+        if self.prompts.dir:
+            return self._abs(self.prompts.dir)
+        system = self._debian_name()
+        return Path("/var/lib") / f"{system}-prompts" if system else self.data_dir / "prompts"
+
+    def _debian_name(self) -> str | None:
+        """``callconsent`` when the data dir is ``/var/lib/callconsent`` (any name), else None."""
+        data = self.data_dir
+        return data.name if data.parent == Path("/var/lib") else None
 
     @property
     def vault_dir(self) -> Path:
@@ -305,6 +324,12 @@ class Config:
 
     def _abs(self, p: Path) -> Path:
         return p if p.is_absolute() else (self.base_dir / p).absolute()
+
+
+def state_paths(cfg: Config) -> list[Path]:
+    """What the daemon's account must reach: its config file and its state."""
+    source = [Path(cfg.source)] if cfg.source != EMBEDDED else []
+    return [*source, cfg.data_dir, cfg.key_dir, cfg.spool_dir, cfg.prompt_dir, cfg.vault_dir]
 
 
 def locate(explicit: str | os.PathLike[str] | None) -> Path | None:
@@ -327,10 +352,26 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
     except FileNotFoundError:
         raise ConfigError(str(file), "", "no such file") from None
     except PermissionError:
-        raise ConfigError(str(file), "", "cannot read it (permission denied)") from None
+        raise ConfigError(str(file), "", f"cannot read it: {_why_unreadable(file)}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(file), "", f"not valid TOML: {exc}") from None
     return parse(data, str(file), file.absolute().parent)
+
+
+def _why_unreadable(file: Path) -> str:
+    """The directory on the way that blocks us, else the file's own mode."""
+    for parent in reversed(file.absolute().parents):
+        if not os.access(parent, os.X_OK):
+            return f"the directory {parent} cannot be entered ({_mode(parent)})"
+    return f"permission denied ({_mode(file)})"
+
+
+def _mode(path: Path) -> str:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return f"mode {st.st_mode & 0o7777:04o}, owner uid {st.st_uid}"
 
 
 def parse(data: Mapping[str, Any], source: str, base_dir: Path) -> Config:

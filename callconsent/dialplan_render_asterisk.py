@@ -4,13 +4,13 @@ and their rendering are :mod:`agi.dialplan`; this maps the config onto them."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 from agi.dialplan import SECRET_PLACEHOLDER, DialplanSettings
 from agi.dialplan import render as render_files
 from callconsent.config import Config
+from callconsent.privileges import readable_by
 
 
 def settings(cfg: Config) -> DialplanSettings:
@@ -19,6 +19,7 @@ def settings(cfg: Config) -> DialplanSettings:
         agi_host=a.agi_host,
         agi_port=a.agi_port,
         spool=str(cfg.spool_dir),
+        config=cfg.source,
         ami_user=a.ami_user or "callconsent",
         ami_secret=a.ami_secret,
         ami_system_user=a.ami_system_user or "callconsent-system",
@@ -37,8 +38,12 @@ def render(cfg: Config, out: Path) -> list[Path]:
     for name, text in files.items():
         path = out / name
         path.write_text(text, encoding="utf-8")
-        # the manager file holds the AMI secret: not for other accounts
-        os.chmod(path, 0o640 if name.startswith("manager") else 0o644)
+        # the manager file holds the AMI secret: Asterisk's group reads it, nobody else
+        note = readable_by(
+            path, cfg.asterisk.os_user, 0o640 if name.startswith("manager") else 0o644
+        )
+        if note:
+            print(f"note: {note}", file=sys.stderr)
         written.append(path)
     if not cfg.asterisk.ami_secret:
         print(

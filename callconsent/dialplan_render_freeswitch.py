@@ -10,9 +10,11 @@ are; rendering only swaps those tokens, so the two can never drift apart.
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 from callconsent.config import Config
+from callconsent.privileges import readable_by
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "dialplan" / "freeswitch"
 FILES = ("callconsent.xml", "callconsent-esl-user.xml", "callconsent-hardening.xml", "README.md")
@@ -57,12 +59,21 @@ def render(cfg: Config, out: Path) -> list[Path]:
         if name.endswith(".xml"):
             for old, new in replacements.items():
                 text = text.replace(old, new)
+        if name.endswith(".xml"):
+            text = text.replace("<!--\n", f"<!--\n{_rendered_from(cfg)}", 1)
         target = out / name
         target.write_text(text)
-        if name == "callconsent-esl-user.xml" and fs.esl_password:
-            target.chmod(0o640)  # it holds the ESL password
+        # FreeSWITCH (its own account) reads them all; the ESL user's password only its group
+        secret = name == "callconsent-esl-user.xml" and fs.esl_password
+        note = readable_by(target, fs.os_user, 0o640 if secret else 0o644)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
         written.append(target)
     return written
+
+
+def _rendered_from(cfg: Config) -> str:
+    return f"  Rendered by `callconsent dialplan render freeswitch` from {cfg.source}.\n"
 
 
 def _feature_codes(fs: object) -> dict[str, str]:

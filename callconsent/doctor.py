@@ -87,6 +87,12 @@ def spool_and_prompts(cfg: Config) -> list[Finding]:
 _OUR_CONTEXTS = re.compile(r"^callconsent-")
 
 
+# `#include extensions_callconsent.conf`, quoted ("…" or <…>) or not, bare or with a path
+_OUR_INCLUDE = re.compile(
+    r"""#(try)?include\s+(["<]?)(\S*/)?extensions_callconsent\.conf[">]?\s*$"""
+)
+
+
 def _conf_lines(path: Path) -> Iterator[tuple[int, str, str]]:
     """(line number, section, line without comment) of an Asterisk config file."""
     section = ""
@@ -150,7 +156,7 @@ def asterisk(cfg: Config) -> list[Finding]:
     included = False
     for path in sorted(conf.glob("extensions*.conf")):
         for number, section, line in _conf_lines(path):
-            if re.match(r"#(try)?include\s+\"?extensions_callconsent\.conf", line):
+            if _OUR_INCLUDE.match(line):
                 included = True
             if _OUR_CONTEXTS.match(section):
                 continue

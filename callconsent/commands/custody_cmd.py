@@ -7,7 +7,7 @@ import argparse
 
 from callconsent.app import App
 from callconsent.authz import authorized_app
-from callconsent.commands.keys_cmd import add_secret_args, unlock
+from callconsent.commands.keys_cmd import add_secret_args, read_secret_first, unlock
 from callconsent.errors import CommandError
 from callconsent.recordings import custody
 from recorder.governance.custody import CustodyError
@@ -30,9 +30,9 @@ def register_actions(cmds: argparse._SubParsersAction) -> None:
         p.add_argument("--reason", required=True, help="why (kept in the audit log)")
         p.add_argument("--actor", required=True, help="a dpo or admin from [actors]")
     add_secret_args(h)
-    h.set_defaults(func=hold)
-    u.set_defaults(func=unhold)
-    d.set_defaults(func=delete)
+    h.set_defaults(func=hold, acts_as_daemon=True, before_switch=read_secret_first)
+    u.set_defaults(func=unhold, acts_as_daemon=True)
+    d.set_defaults(func=delete, acts_as_daemon=True)
 
 
 def _run(args: argparse.Namespace, permission: str, act) -> None:  # type: ignore[no-untyped-def]

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "upgrade",
         help="bring the schema to this version (run once, from one host, on PostgreSQL)",
     )
-    up.set_defaults(func=upgrade)
+    up.set_defaults(func=upgrade, acts_as_daemon=True)
     st = cmds.add_parser("status", help="print the schema revision and whether it is current")
     st.set_defaults(func=status)
     sql = cmds.add_parser(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from callconsent import config, doctor, doctor_host  # noqa: F401 - registers the host checks
+from callconsent import config, doctor, doctor_host, doctor_layout  # noqa: F401 - registers checks
 
 
 def register(sub: argparse._SubParsersAction) -> None:

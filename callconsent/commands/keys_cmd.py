@@ -1,6 +1,7 @@
-"""``callconsent keys init | list | rotate | export-public``: the key epochs recordings are
-sealed to. Private keys are opened with a passphrase or a key file: ``--key-file PATH`` (0600),
-``--passphrase-file PATH`` (0600), ``$CALLCONSENT_KEY_PASSPHRASE``, else a prompt."""
+"""``callconsent keys init | list | rotate | export-public | import-public | destroy``: the key
+epochs recordings are sealed to. Private keys are opened with a passphrase or a key file:
+``--key-file PATH`` (0600), ``--passphrase-file PATH`` (0600), ``$CALLCONSENT_KEY_PASSPHRASE``,
+else a prompt."""
 
 from __future__ import annotations
 
@@ -39,7 +40,15 @@ def add_reason_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actor", help="the person asking (default: your OS account)")
 
 
+def read_secret_first(args: argparse.Namespace) -> None:
+    """Before a command started as root switches to the daemon's account: read the secret
+    while a root-only --key-file and the terminal are still readable."""
+    args.secret = read_secret(args, confirm=args.func is init)
+
+
 def read_secret(args: argparse.Namespace, *, confirm: bool = False) -> bytes:
+    if getattr(args, "secret", None) is not None:
+        return bytes(args.secret)
     path = args.key_file or args.passphrase_file
     if path:
         p = Path(path)
@@ -80,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "file) and one key pair per week of expiry, from now to well past the longest retention.",
     )
     add_secret_args(i)
-    i.set_defaults(func=init)
+    i.set_defaults(func=init, acts_as_daemon=True, before_switch=read_secret_first)
     ls = cmds.add_parser("list", help="the epochs, their keys and how far ahead they reach")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=list_epochs)
@@ -92,11 +101,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "fewer than [recorder] runway_warning_weeks remain.",
     )
     add_secret_args(r)
-    r.set_defaults(func=rotate)
+    r.set_defaults(func=rotate, acts_as_daemon=True, before_switch=read_secret_first)
     e = cmds.add_parser("export-public", help="write the public keys as JSON (audited)")
     e.add_argument("-o", "--out", help="file to write (default: standard output)")
     add_reason_args(e)
     e.set_defaults(func=export_public)
+    m = cmds.add_parser(
+        "import-public",
+        help="publish public keys exported on the keys host (on a PBX host without private keys)",
+        description="Read a file written by `keys export-public` on the host that keeps the "
+        "private keys and publish its epochs in this host's store (audited): the daemon here "
+        "then encrypts to them and never holds a private key. Run it again after each `keys "
+        "rotate` there; epochs already here are checked, not duplicated.",
+    )
+    m.add_argument("file", metavar="FILE", help="the JSON of `keys export-public` ('-': stdin)")
+    m.add_argument("--actor", help="the person importing (default: your OS account)")
+    m.set_defaults(func=import_public, acts_as_daemon=True, before_switch=read_public_first)
     d = cmds.add_parser(
         "destroy",
         help="destroy a spent epoch's private key on this host (crypto-shredding; dpo/admin)",
@@ -107,7 +127,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("epoch", help="e.g. 2026-W50")
     d.add_argument("--reason", required=True)
     d.add_argument("--actor", required=True, help="a dpo or admin from [actors]")
-    d.set_defaults(func=destroy)
+    d.set_defaults(func=destroy, acts_as_daemon=True)
 
 
 def _horizon(app: App) -> list[str]:
@@ -204,7 +224,7 @@ def export_public(args: argparse.Namespace) -> int:
         actor = named_actor(app, args.actor)
         epochs = key_store(app).epochs()
         doc = {
-            "format": "callconsent public keys v1",
+            "format": PUBLIC_FORMAT,
             "epochs": [
                 {
                     "epoch": e.id,
@@ -232,6 +252,47 @@ def export_public(args: argparse.Namespace) -> int:
             Path(args.out).write_text(text)
         else:
             sys.stdout.write(text)
+    finally:
+        app.close()
+    return 0
+
+
+PUBLIC_FORMAT = "callconsent public keys v1"
+
+
+def read_public_first(args: argparse.Namespace) -> None:
+    """Read the file while root still can (it may sit in root's home)."""
+    args.public_doc = _read_public(args.file)
+
+
+def _read_public(name: str) -> dict:
+    try:
+        text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+        doc = json.loads(text)
+    except OSError as exc:
+        raise CommandError(f"cannot read {name}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise CommandError(f"{name}: not JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != PUBLIC_FORMAT:
+        raise CommandError(f"{name}: not a file of `callconsent keys export-public`")
+    return doc
+
+
+def import_public(args: argparse.Namespace) -> int:
+    doc = getattr(args, "public_doc", None) or _read_public(args.file)
+    app = App.open(config.load(args.config))
+    try:
+        try:
+            created = key_store(app).import_public(
+                doc["epochs"], actor=named_actor(app, args.actor)
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CommandError(f"{args.file}: a damaged epoch entry ({exc})") from None
+        except KeyStoreError as exc:
+            raise CommandError(f"{args.file}: {exc}") from None
+        print(f"imported {len(created)} of {len(doc['epochs'])} public keys")
+        line, _ = _runway_line(app, key_store(app))
+        print(line)
     finally:
         app.close()
     return 0

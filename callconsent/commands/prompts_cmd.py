@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--force", action="store_true", help="overwrite existing prompt files")
     b.add_argument("--from", dest="source", metavar="FILE", help="your recording, any format")
     b.add_argument("--prompt", metavar="ID", help="with --from: consent, notice, thanks, …")
-    b.set_defaults(func=build)
+    b.set_defaults(func=build, acts_as_daemon=True)
 
 
 def build(args: argparse.Namespace) -> int:

@@ -90,7 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     im.add_argument("--delete-source", action="store_true", help="remove each WAV once committed")
     im.add_argument("--json", action="store_true")
     im.add_argument("--actor", help="who imports (default: your OS account)")
-    im.set_defaults(func=import_files)
+    im.set_defaults(func=import_files, acts_as_daemon=True)
     custody_cmd.register_actions(cmds)
 
 

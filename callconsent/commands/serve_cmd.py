@@ -10,7 +10,7 @@ import os
 from callconsent import __version__, config, logs
 from callconsent.app import App
 from callconsent.daemon import run
-from callconsent.privileges import drop_root
+from callconsent.privileges import act_as_daemon
 
 log = logging.getLogger("callconsent")
 
@@ -32,7 +32,7 @@ def serve(args: argparse.Namespace) -> int:
         "starting", extra={"kv": {"version": __version__, "config": cfg.source, "pid": os.getpid()}}
     )
     if os.geteuid() == 0:
-        who = drop_root(cfg.daemon.user, [cfg.data_dir])
+        who = act_as_daemon(cfg.daemon.user, config.state_paths(cfg), own=[cfg.data_dir])
         log.info("dropped_root", extra={"kv": {"user": who}})
     app = App.open(cfg)
     log.info(

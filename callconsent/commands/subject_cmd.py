@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--actor", required=True, help="a dpo or admin from [actors]")
         p.add_argument("--reason", required=True, help="e.g. the request's reference")
     ex.set_defaults(func=export)
-    er.set_defaults(func=erase)
+    er.set_defaults(func=erase, acts_as_daemon=True)
 
 
 def export(args: argparse.Namespace) -> int:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -170,6 +171,64 @@ class KeyStore:
             if e.destroyed_at is None and e.expires_from <= reach < e.expires_until:
                 reach = e.expires_until
         return reach - needed
+
+    def import_public(self, epochs: Iterable[Mapping[str, Any]], actor: str) -> list[Epoch]:
+        """Publish epochs exported by ``keys export-public`` on the host that keeps the private
+        keys (a PBX host with its own database then seals to them without ever holding a
+        private key). Each is checked (fingerprint, week bounds); one already here must carry
+        the same public key. Returns the new ones; importing the same file twice adds nothing."""
+        existing = {e.id: e for e in self.epochs()}
+        new: list[tuple[str, bytes]] = []
+        for doc in epochs:
+            epoch_id, public = str(doc["epoch"]), bytes.fromhex(str(doc["public_key"]))
+            fingerprint = hashlib.sha256(public).hexdigest()
+            if len(public) != 32 or fingerprint != doc["fingerprint"]:
+                raise KeyStoreError(
+                    f"epoch {epoch_id}: the public key does not match its fingerprint"
+                )
+            if int(doc["suite"]) != envelope.SUITE_X25519:
+                raise KeyStoreError(f"epoch {epoch_id}: unknown suite {doc['suite']}")
+            here = existing.get(epoch_id)
+            if here is not None:
+                if here.public_key != public:
+                    raise KeyStoreError(
+                        f"epoch {epoch_id} exists here with another public key (fingerprint "
+                        f"{here.fingerprint[:16]}…): the file comes from another key store"
+                    )
+                continue
+            new.append((epoch_id, public))
+        for epoch_id, _ in new:  # every entry checked before the first is published
+            try:
+                expiry.epoch_bounds(epoch_id)
+            except ValueError:
+                raise KeyStoreError(f"not an epoch id: {epoch_id!r}") from None
+        return [self._publish_public(epoch_id, public, actor) for epoch_id, public in new]
+
+    def _publish_public(self, epoch_id: str, public: bytes, actor: str) -> Epoch:
+        start, end = expiry.epoch_bounds(epoch_id)
+        row = KeyEpoch(
+            id=epoch_id,
+            purpose="expiry",
+            suite=envelope.SUITE_X25519,
+            public_key=public,
+            fingerprint=hashlib.sha256(public).hexdigest(),
+            expires_from=start,
+            expires_until=end,
+            created_at=datetime.now(UTC),
+        )
+        with self.db.write() as s:
+            s.add(row)
+            s.flush()
+            audit.append(
+                s,
+                self.ctx,
+                actor=actor,
+                action="key_epoch.imported",
+                subject_type="key_epoch",
+                subject_id=epoch_id,
+                details={"fingerprint": row.fingerprint, "suite": row.suite},
+            )
+        return Epoch.of(row)
 
     # -- private side: admins ------------------------------------------------------------------
 

@@ -137,5 +137,60 @@ def test_doctor_is_quiet_about_a_clean_setup(
         (tmp_path / "etc-asterisk" / name).write_text(text)
     main(["--config", str(cfg), "doctor"])
     out = capsys.readouterr().out
-    assert "WARN  asterisk" not in out
+    assert "WARN  asterisk:" not in out  # the bypass check ("asterisk account" is another)
     assert "OK    asterisk" in out
+
+
+@pytest.mark.parametrize(
+    "include",
+    [
+        '#include "/etc/asterisk/callconsent/extensions_callconsent.conf"',
+        "#include /etc/asterisk/extensions_callconsent.conf",
+        '#tryinclude "extensions_callconsent.conf"',
+        "#include <extensions_callconsent.conf>",
+    ],
+)
+def test_doctor_counts_quoted_and_absolute_includes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], include: str
+) -> None:
+    cfg = _asterisk_conf(
+        tmp_path,
+        "[applicationmap]\n#include features_callconsent.conf\n",
+        "[support]\nstrategy = ringall\n",
+        f"[from-pstn]\nexten => _X.,1,Gosub(callconsent-inbound,s,1(sales))\n{include}\n",
+        "call",
+    )
+    main(["--config", str(cfg), "doctor"])
+    assert "includes extensions_callconsent.conf" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "include",
+    [
+        ";#include extensions_callconsent.conf",  # commented out
+        '#include "/etc/asterisk/old_extensions_callconsent.conf"',  # another file
+        "#include extensions_callconsent.conf.bak",
+    ],
+)
+def test_doctor_does_not_count_what_is_not_our_include(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], include: str
+) -> None:
+    cfg = _asterisk_conf(
+        tmp_path,
+        "[applicationmap]\n#include features_callconsent.conf\n",
+        "[support]\nstrategy = ringall\n",
+        f"[from-pstn]\nexten => _X.,1,NoOp()\n{include}\n",
+        "call",
+    )
+    main(["--config", str(cfg), "doctor"])
+    assert "includes extensions_callconsent.conf" in capsys.readouterr().out
+
+
+def test_the_rendered_files_name_the_config_they_come_from(tmp_path: Path) -> None:
+    cfg = tmp_path / "elsewhere.toml"
+    cfg.write_text('[daemon]\ndata_dir = "data"\n')
+    out = tmp_path / "out"
+    assert main(["--config", str(cfg), "dialplan", "render", "asterisk", "--out", str(out)]) == 0
+    head = (out / "extensions_callconsent.conf").read_text().splitlines()[:3]
+    assert any(f"from {cfg} (" in line for line in head), head
+    assert "/etc/callconsent/callconsent.toml" not in "\n".join(head)

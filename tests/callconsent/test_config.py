@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
+import daemon_account
 import pytest
 
 from callconsent import cli
@@ -142,3 +146,29 @@ def test_the_shipped_example_config_is_valid() -> None:
     example = Path(__file__).resolve().parents[2] / "deploy" / "callconsent.toml.example"
     c = cfgmod.load(example)
     assert c.policies.default.mode.value == "consent" and c.retention.default_days == 30
+
+
+def test_a_parent_directory_that_cannot_be_entered_is_named(tmp_path: Path) -> None:
+    """As an unprivileged account (root enters everything): the error names the directory
+    that blocks, not the file."""
+    outer = Path(tempfile.mkdtemp(prefix="callconsent-locked-"))
+    try:
+        locked = outer / "etc" / "locked"
+        locked.mkdir(parents=True)
+        cfg = locked / "callconsent.toml"
+        cfg.write_text('[daemon]\ndata_dir = "data"\n')
+        cfg.chmod(0o644)
+        outer.chmod(0o755)
+        (outer / "etc").chmod(0o755)
+        locked.chmod(0o700 if daemon_account.ROOT else 0o000)  # root's, closed to others
+        done = subprocess.run(
+            [sys.executable, "-m", "callconsent", "--config", str(cfg), "config", "check"],
+            capture_output=True, text=True, timeout=60, cwd="/",
+            user=daemon_account.NAME if daemon_account.ROOT else None,
+        )  # fmt: skip
+    finally:
+        locked.chmod(0o700)
+        subprocess.run(["rm", "-rf", str(outer)], check=False)
+    assert done.returncode == 2
+    assert f"{cfg}: cannot read it: the directory {locked} cannot be entered" in done.stderr
+    assert "mode 0" in done.stderr

@@ -1,11 +1,11 @@
 """The keys and recordings commands as real processes, run as an unprivileged account (as the
-daemon's account would: the finalizer refuses root). Under root they run as ``nobody``."""
+daemon's account would: the finalizer refuses root). Under root they run as that account
+(tests/support/daemon_account.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-import pwd
 import subprocess
 import sys
 import tempfile
@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import daemon_account
 import pytest
 from recstore import write_wav
 
@@ -23,13 +24,9 @@ PASS = "a long test passphrase"
 NUMBER = "0151 1234567"
 
 
-def nobody_can_run_python() -> bool:
-    return not os.path.realpath(sys.executable).startswith("/root/")
-
-
 pytestmark = pytest.mark.skipif(
-    ROOT and not nobody_can_run_python(),
-    reason="under root the CLI runs as 'nobody', who cannot read this interpreter",
+    ROOT and not daemon_account.interpreter_readable(),
+    reason="under root the CLI runs as the daemon's account, who cannot read this interpreter",
 )
 
 
@@ -43,9 +40,8 @@ class Cli:
             '[policies.sales]\nretention_category = "sales"\n'
         )
         if ROOT:
-            nobody = pwd.getpwnam("nobody")
-            os.chown(workdir, nobody.pw_uid, nobody.pw_gid)
-            os.chown(self.config, nobody.pw_uid, nobody.pw_gid)
+            os.chown(workdir, daemon_account.UID, daemon_account.GID)
+            os.chown(self.config, daemon_account.UID, daemon_account.GID)
 
     def __call__(
         self, *args: str, passphrase: str | None = PASS
@@ -61,8 +57,8 @@ class Cli:
             env=env,
             stdin=subprocess.DEVNULL,
             timeout=120,
-            user="nobody" if ROOT else None,
-            group="nogroup" if ROOT else None,
+            user=daemon_account.NAME if ROOT else None,
+            group=daemon_account.GROUP if ROOT else None,
             extra_groups=[] if ROOT else None,
         )
 
@@ -79,7 +75,7 @@ class Cli:
     def give(self, path: Path) -> Path:
         """Make a file the test wrote the CLI's (whatever the test process's umask)."""
         if ROOT:
-            os.chown(path, pwd.getpwnam("nobody").pw_uid, -1)
+            os.chown(path, daemon_account.UID, -1)
         return path
 
 
@@ -194,7 +190,10 @@ def test_import_refuses_what_is_not_a_closed_wav_or_already_expired(keyed: Cli) 
 
 
 @pytest.mark.skipif(not ROOT, reason="checks the refusal to run as root")
-def test_import_as_root_is_refused(tmp_path: Path) -> None:
+def test_import_as_root_where_the_daemons_account_cannot_reach_is_refused(tmp_path: Path) -> None:
+    """Started as root, import acts as the daemon's account (tests/callconsent/
+    test_root_commands.py); where that account cannot reach the config (pytest's 0700 temp
+    dir), it refuses at once, naming the account and what blocks it, and imports nothing."""
     cfg = tmp_path / "c.toml"
     cfg.write_text('[daemon]\ndata_dir = "data"\n')
     wav = tmp_path / "a.wav"
@@ -204,5 +203,8 @@ def test_import_as_root_is_refused(tmp_path: Path) -> None:
          str(wav), "--legal-basis", "consent"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert done.returncode == 1 and "refuses to run as root" in done.stderr
+    assert done.returncode == 1, done.stderr
+    assert "the account callconsent cannot read" in done.stderr or (
+        "refusing to run as root, and the account 'callconsent' does not exist" in done.stderr
+    )
     assert wav.exists()

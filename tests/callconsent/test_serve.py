@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pwd
 import signal
 import socket
 import subprocess
@@ -14,14 +13,14 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import daemon_account
 import pytest
 
 ROOT = os.geteuid() == 0
 
 
 def interpreter_readable_by_others() -> bool:
-    exe = os.path.realpath(sys.executable)
-    return not exe.startswith("/root/")
+    return daemon_account.interpreter_readable()
 
 
 @pytest.fixture
@@ -41,7 +40,7 @@ def free_port() -> int:
 
 def config(workdir: Path, extra: str = "") -> Path:
     path = workdir / "callconsent.toml"
-    user = 'user = "nobody"\n' if ROOT else ""
+    user = f'user = "{daemon_account.NAME}"\n' if ROOT else ""
     metrics = f"[metrics]\nport = {free_port()}\n"
     path.write_text(f'[daemon]\ndata_dir = "data"\n{user}{metrics}{extra}')
     path.chmod(0o644)
@@ -84,7 +83,7 @@ class Daemon:
 
 @pytest.mark.skipif(
     ROOT and not interpreter_readable_by_others(),
-    reason="as root the daemon drops to 'nobody', who cannot read this interpreter",
+    reason="as root the daemon drops to its account, who cannot read this interpreter",
 )
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_serve_starts_logs_where_and_stops_cleanly(workdir: Path, sig: signal.Signals) -> None:
@@ -101,12 +100,12 @@ def test_serve_starts_logs_where_and_stops_cleanly(workdir: Path, sig: signal.Si
     assert (data / "spool").stat().st_mode & 0o7777 == 0o2770
     if ROOT:
         assert "event=dropped_root" in daemon.output
-        assert (data / "callconsent.db").stat().st_uid == pwd.getpwnam("nobody").pw_uid
+        assert (data / "callconsent.db").stat().st_uid == daemon_account.UID
 
 
 @pytest.mark.skipif(
     ROOT and not interpreter_readable_by_others(),
-    reason="as root the daemon drops to 'nobody', who cannot read this interpreter",
+    reason="as root the daemon drops to its account, who cannot read this interpreter",
 )
 def test_sighup_reloads_a_valid_config_and_rejects_a_broken_one(workdir: Path) -> None:
     cfg = config(workdir)
@@ -139,7 +138,7 @@ def test_a_spool_others_can_read_is_refused(workdir: Path) -> None:
     spool.mkdir(parents=True)
     spool.chmod(0o777)
     if ROOT:
-        os.chown(workdir / "data", pwd.getpwnam("nobody").pw_uid, -1)
+        os.chown(workdir / "data", daemon_account.UID, -1)
         if not interpreter_readable_by_others():
             pytest.skip("the daemon's account cannot read this interpreter")
     daemon = Daemon(cfg)
@@ -149,7 +148,7 @@ def test_a_spool_others_can_read_is_refused(workdir: Path) -> None:
 
 @pytest.mark.skipif(
     ROOT and not interpreter_readable_by_others(),
-    reason="as root the daemon drops to 'nobody', who cannot read this interpreter",
+    reason="as root the daemon drops to its account, who cannot read this interpreter",
 )
 def test_under_systemd_supervision_it_reports_ready_pings_and_stops(workdir: Path) -> None:
     """What systemd sees of a Type=notify unit with WatchdogSec: READY=1, WATCHDOG=1 pings,
