@@ -131,10 +131,10 @@ def prepare(base: Path, section: str, database_url: str | None = None) -> Path:
         f"{db}[metrics]\nport = {free_port()}\n\n{section}"
     )
     cfg.chmod(0o644)
+    if database_url:  # PostgreSQL: the schema is upgraded by hand, once, before anything
+        _cli(cfg, "db", "upgrade")
     _cli(cfg, "keys", "init")
     _cli(cfg, "prompts", "build", "--language", "en")
-    if database_url:
-        _cli(cfg, "db", "upgrade")
     return cfg
 
 

@@ -32,9 +32,12 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import _asterisk_peer as ap
 import _daemon_rig as rig
+import _freeswitch_peer as fp
 from _common import cpu_seconds, free_port, raise_fd_limit
 from _limits import fastagi_alone, store_floor
 
@@ -73,7 +76,7 @@ async def idle_cpu(pid: int, settle_s: float = 0.5, limit_s: float = 30.0) -> fl
     return last
 
 
-async def arrive(peer: ap.Peer, calls: int, rate: float) -> list[asyncio.Task[None]]:
+async def arrive(peer: Any, calls: int, rate: float) -> list[asyncio.Task[None]]:
     loop = asyncio.get_running_loop()
     start = loop.time()
     tasks = []
@@ -88,8 +91,7 @@ async def arrive(peer: ap.Peer, calls: int, rate: float) -> list[asyncio.Task[No
 
 async def run_round(
     daemon: rig.Daemon,
-    ami: ap.LoadAmi,
-    agi_port: int,
+    make_peer: Callable[[str, float, float], Any],
     name: str,
     calls: int,
     rate: float,
@@ -97,7 +99,7 @@ async def run_round(
     talk_s: float,
     window_s: float = 0.0,
 ) -> dict[str, object]:
-    peer = ap.Peer(agi_port, ami, prompt_s, talk_s, f"{name}{int(time.time())}")
+    peer = make_peer(f"{name}{int(time.time())}", prompt_s, talk_s)
     rss0, tx0, cpu0 = daemon.rss_mib(), daemon.transactions(), cpu_seconds(daemon.pid)
     start = time.monotonic()
     windows: list[dict[str, float]] = []
@@ -136,7 +138,7 @@ async def run_round(
 
 
 async def watch(
-    daemon: rig.Daemon, peer: ap.Peer, start: float, window_s: float, out: list[dict[str, float]]
+    daemon: rig.Daemon, peer: Any, start: float, window_s: float, out: list[dict[str, float]]
 ) -> None:
     """Per window: calls completed, p99 turnaround, daemon CPU per call, RSS at its end."""
     t_mark, c_mark, cpu_mark = 0, 0, cpu_seconds(daemon.pid)
@@ -154,52 +156,100 @@ async def watch(
                 "rss_mib": round(daemon.rss_mib(), 1),
             }
         )
+        w = out[-1]
+        print(
+            f"    window t={w['t_s']}s completed={w['completed']} p99_ms={w['p99_ms']}"
+            f" cpu_ms_per_call={w['cpu_ms_per_call']} rss_mib={w['rss_mib']}",
+            flush=True,
+        )
         t_mark, c_mark, cpu_mark = len(peer.turnaround), done, cpu
 
 
+def call_seconds(args: argparse.Namespace) -> float:
+    return args.call_s or (4.0 if args.quick else 20.0)
+
+
 def plan(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """The rounds; ``--quick`` is a smoke run (< 1 minute): shorter calls, so fewer up at once."""
     q = args.quick
-    call_s = args.call_s or (8.0 if q else 20.0)
+    call_s = call_seconds(args)
     prompt_s = min(3.0, call_s / 4)
     rate = args.rate
     return {
-        "burst": {"calls": args.burst or (300 if q else 1000), "rate": 0, "prompt_s": 0.2,
+        "burst": {"calls": args.burst or (200 if q else 1000), "rate": 0, "prompt_s": 0.2,
                   "talk_s": 0.5},
-        "steady": {"calls": int(rate * (args.steady_s or (12 if q else 60 + call_s))),
+        "steady": {"calls": int(rate * (args.steady_s or (4 if q else 60 + call_s))),
                    "rate": rate, "prompt_s": prompt_s, "talk_s": call_s - prompt_s},
-        "long": {"calls": int(rate * (args.long_s or (20 if q else 320))), "rate": rate,
+        "long": {"calls": int(rate * (args.long_s or (8 if q else 320))), "rate": rate,
                  "prompt_s": prompt_s, "talk_s": call_s - prompt_s,
-                 "window_s": 5.0 if q else 60.0},
+                 "window_s": 2.0 if q else 60.0},
     }  # fmt: skip
 
 
-async def whole_daemon(args: argparse.Namespace, database_url: str | None) -> dict[str, object]:
+async def rounds(
+    daemon: rig.Daemon, make_peer: Any, args: argparse.Namespace, long: bool, burst: bool = True
+) -> dict[str, object]:
+    results: dict[str, object] = {}
+    await run_round(daemon, make_peer, "warm", 50, 0, 0.05, 0.1)
+    for name, r in plan(args).items():
+        if (name == "long" and not long) or (name == "burst" and not burst):
+            continue
+        print(f"  round {name}: {int(r['calls'])} calls ...", flush=True)
+        results[name] = await run_round(
+            daemon, make_peer, name, int(r["calls"]), r["rate"], r["prompt_s"], r["talk_s"],
+            r.get("window_s", 0.0),
+        )  # fmt: skip
+        print(f"    {summary(results[name])}", flush=True)  # type: ignore[arg-type]
+    return results
+
+
+async def whole_daemon(
+    args: argparse.Namespace, database_url: str | None, freeswitch: bool
+) -> dict[str, dict[str, object]]:
+    """One daemon, its Asterisk adapter (FastAGI + AMI) and, with ``freeswitch``, its
+    FreeSWITCH adapter (ESL) too; the Asterisk rounds, then the FreeSWITCH ones."""
     ami = ap.ami_server(rig.AMI_USER, rig.AMI_SECRET)
     await ami.start()
-    agi_port = free_port()
-    results: dict[str, object] = {}
+    fs = fp.LoadFreeSwitch(rig.ESL_PASSWORD)
+    await fs.start()
+    agi_port, outbound_port = free_port(), free_port()
+    section = rig.asterisk_section(agi_port, ami.port)
+    if freeswitch:
+        section += "\n" + rig.freeswitch_section(outbound_port, fs.port)
+    out: dict[str, dict[str, object]] = {}
     with rig.workdir() as base:
-        cfg = rig.prepare(base, rig.asterisk_section(agi_port, ami.port), database_url)
+        cfg = rig.prepare(base, section, database_url)
         daemon = rig.start(cfg)
         try:
             for _ in range(200):
-                if any(c.user for c in ami._clients):
+                if any(c.user for c in ami._clients) and (fs.inbound_clients or not freeswitch):
                     break
                 await asyncio.sleep(0.05)
-            await run_round(daemon, ami, agi_port, "warm", 50, 0, 0.05, 0.1)
-            for name, r in plan(args).items():
-                if name == "long" and args.no_long:
-                    continue
-                print(f"  round {name}: {int(r['calls'])} calls ...", flush=True)
-                results[name] = await run_round(
-                    daemon, ami, agi_port, name, int(r["calls"]), r["rate"], r["prompt_s"],
-                    r["talk_s"], r.get("window_s", 0.0),
-                )  # fmt: skip
-                print(f"    {summary(results[name])}", flush=True)
+
+            def asterisk_peer(run: str, prompt_s: float, talk_s: float) -> ap.Peer:
+                return ap.Peer(agi_port, ami, prompt_s, talk_s, run)
+
+            def freeswitch_peer(run: str, prompt_s: float, talk_s: float) -> fp.Peer:
+                fs.prompt_s = prompt_s
+                fs.digit_to_record.clear()
+                return fp.Peer(fs, outbound_port, talk_s)
+
+            print("  Asterisk (FastAGI + AMI)", flush=True)
+            out["asterisk"] = await rounds(daemon, asterisk_peer, args, long=not args.no_long)
+            if freeswitch:
+                print("  FreeSWITCH (ESL)", flush=True)
+                # --quick: a short steady round only (the simulator is a slower generator)
+                fs_args = argparse.Namespace(**vars(args))
+                fs_args.steady_s = args.steady_s or (1.5 if args.quick else 20.0)
+                fs_args.burst = args.burst or 300
+                out["freeswitch"] = await rounds(
+                    daemon, freeswitch_peer, fs_args, long=False, burst=not args.quick
+                )
         finally:
             daemon.stop()
             await ami.stop()
-    return results
+            await fs.stop()
+    return out
 
 
 def summary(r: dict[str, object]) -> str:
@@ -249,7 +299,7 @@ def long_figures(long: dict[str, object] | None, call_s: float) -> tuple[float, 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short run (< 1 min)")
-    parser.add_argument("--postgres", action="store_true", help="also on PostgreSQL")
+    parser.add_argument("--postgres", action="store_true", help="also on PostgreSQL (Asterisk)")
     parser.add_argument("--rate", type=float, default=100.0, help="calls per second")
     parser.add_argument("--call-s", type=float, default=None, help="prompt + talk per call")
     parser.add_argument("--burst", type=int, default=None)
@@ -260,20 +310,29 @@ def main() -> int:
     raise_fd_limit()
     load0 = loadavg()
     all_results: dict[str, dict[str, object]] = {}
-    all_results["sqlite"] = asyncio.run(whole_daemon(args, None))
+    print("SQLite", flush=True)
+    on_sqlite = asyncio.run(whole_daemon(args, None, freeswitch=True))
+    all_results["sqlite"] = on_sqlite["asterisk"]
+    all_results["freeswitch_sqlite"] = on_sqlite["freeswitch"]
     if args.postgres:
+        args.no_long = True
         with rig.postgres() as url:
-            args.no_long = True
-            all_results["postgresql"] = asyncio.run(whole_daemon(args, url))
+            print("PostgreSQL", flush=True)
+            all_results["postgresql"] = asyncio.run(whole_daemon(args, url, False))["asterisk"]
     steady = all_results["sqlite"]["steady"]
     limits = {
         "fastagi_alone": fastagi_alone(int(steady["calls"])),  # type: ignore[arg-type]
         "store_floor": store_floor(int(steady["calls"])),  # type: ignore[arg-type]
     }
     load1 = loadavg()
-    call_s = args.call_s or (8.0 if args.quick else 20.0)
+    call_s = call_seconds(args)
+    titles = {
+        "sqlite": "Asterisk (FastAGI + AMI), SQLite",
+        "freeswitch_sqlite": "FreeSWITCH (ESL; turnaround = the dialogue less the prompt), SQLite",
+        "postgresql": "Asterisk (FastAGI + AMI), PostgreSQL (fsync=off, as the tests run it)",
+    }
     for db, results in all_results.items():
-        print_table(f"whole daemon, Asterisk (FastAGI + AMI), {db}", results)  # type: ignore[arg-type]
+        print_table(f"whole daemon, {titles[db]}", results)  # type: ignore[arg-type]
     print("\nthe limit, same number of calls:")
     fa, sf = limits["fastagi_alone"], limits["store_floor"]
     print(f"  FastAGI server alone (agi_load consent script, no store): {fa}")
@@ -297,6 +356,9 @@ def main() -> int:
         "loadavg_after": load1,
         "goals": GOALS,
     }
+    fs_steady = all_results["freeswitch_sqlite"]["steady"]
+    figures["esl_digit_to_record_p99_ms"] = fs_steady["digit_to_record_p99_ms"]  # type: ignore[index]
+    figures["esl_cpu_ms_per_call"] = fs_steady["cpu_ms_per_call"]  # type: ignore[index]
     if "postgresql" in all_results:
         pg = all_results["postgresql"]["steady"]
         figures["pg_steady_p99_ms"] = pg["turnaround_p99_ms"]  # type: ignore[index]

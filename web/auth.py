@@ -103,9 +103,12 @@ class Sessions:
         return raw, csrf
 
     def load(self, raw: str) -> Identity | None:
+        """Read in a read transaction; write only when the idle expiry is due to move (at
+        most every 15 s): a write transaction per request cost more than the calls query."""
         now = datetime.now(UTC)
-        with self.s.db.write() as s:
-            row = s.get(WebSession, token_hash(raw))
+        digest = token_hash(raw)
+        with self.s.db.read() as s:
+            row = s.get(WebSession, digest)
             if row is None or row.revoked_at is not None:
                 return None
             if now >= row.idle_expires_at or now >= row.absolute_expires_at:
@@ -113,13 +116,18 @@ class Sessions:
             user = s.get(User, row.user_id)
             if user is None or user.disabled:
                 return None
-            if (now - row.last_seen_at).total_seconds() > 15:  # not a write per request
-                row.last_seen_at = now
-                row.idle_expires_at = min(
-                    now + timedelta(minutes=self.s.settings.session_idle_minutes),
-                    row.absolute_expires_at,
-                )
-            return Identity(Person.of(user), "session", row.csrf_token)
+            identity = Identity(Person.of(user), "session", row.csrf_token)
+            stale = (now - row.last_seen_at).total_seconds() > 15
+        if stale:
+            with self.s.db.write() as s:
+                row = s.get(WebSession, digest)
+                if row is not None:
+                    row.last_seen_at = now
+                    row.idle_expires_at = min(
+                        now + timedelta(minutes=self.s.settings.session_idle_minutes),
+                        row.absolute_expires_at,
+                    )
+        return identity
 
     def revoke(self, raw: str) -> None:
         with self.s.db.write() as s:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, update
 
 from recorder import metrics
 from recorder.finalize import reconcile as reconcile_mod
@@ -55,6 +55,25 @@ from recorder.vault.keystore import KeyStore, NoEpoch
 log = logging.getLogger("callconsent.finalizer")
 S = RecordingState
 _BLOCK = 1 << 20
+
+
+_RECORDINGS = Recording.__table__
+# closed -> encrypted, only if still closed (a discard during encryption wins)
+_ENCRYPTED = (
+    update(_RECORDINGS)
+    .where(_RECORDINGS.c.id == bindparam("b_id"), _RECORDINGS.c.state == S.CLOSED.value)
+    .values(
+        state=S.ENCRYPTED.value,
+        last_error=None,
+        **{
+            name: bindparam(f"b_{name}")
+            for name in (
+                "duration_ms", "plaintext_size", "plaintext_sha256", "ciphertext_path",
+                "ciphertext_size", "ciphertext_sha256", "key_epoch", "expires_at", "encrypted_at",
+            )
+        },
+    )
+)  # fmt: skip
 
 
 class FinalizerError(Exception):
@@ -293,33 +312,24 @@ class Finalizer:
         epoch_id: str,
         expires: datetime,
     ) -> bool:
-        table = Recording.__table__
         values = {
-            "state": S.ENCRYPTED.value,
-            "duration_ms": info.duration_ms,
-            "plaintext_size": sealed.plaintext_size,
-            "plaintext_sha256": sealed.plaintext_sha256,
-            "ciphertext_path": str(sealed.path),
-            "ciphertext_size": sealed.ciphertext_size,
-            "ciphertext_sha256": sealed.ciphertext_sha256,
-            "key_epoch": epoch_id,
-            "expires_at": expires,
-            "last_error": None,
+            "b_id": rec.id,
+            "b_duration_ms": info.duration_ms,
+            "b_plaintext_size": sealed.plaintext_size,
+            "b_plaintext_sha256": sealed.plaintext_sha256,
+            "b_ciphertext_path": str(sealed.path),
+            "b_ciphertext_size": sealed.ciphertext_size,
+            "b_ciphertext_sha256": sealed.ciphertext_sha256,
+            "b_key_epoch": epoch_id,
+            "b_expires_at": expires,
         }
 
         def commit(b: Batch) -> bool:
             """A group-commit job: with many recordings closed at once (a burst), their
             commits share transactions and fsyncs with each other and with the calls'."""
-            state = b.conn.execute(
-                select(table.c.state).where(table.c.id == rec.id).with_for_update()
-            ).scalar_one()
-            if state != S.CLOSED:
+            done = b.conn.execute(_ENCRYPTED, {**values, "b_encrypted_at": datetime.now(UTC)})
+            if done.rowcount == 0:  # discarded (or purged) while we encrypted
                 return False
-            b.conn.execute(
-                update(table)
-                .where(table.c.id == rec.id)
-                .values(**values, encrypted_at=datetime.now(UTC))
-            )
             if repair is not None:
                 b.audit(
                     actor=SYSTEM_ACTOR, action="recording.header_repaired",

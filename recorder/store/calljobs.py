@@ -1,6 +1,11 @@
 """The ledger's hot writes as group-commit jobs (:mod:`recorder.store.writer`): SQLAlchemy Core
 statements, each job one call's change and its audit row, with the same rows, values and
 audit details the ORM versions wrote (``tests/recorder/store`` compares them).
+
+The statements are built once, here, with bound parameters: building a statement and
+computing its cache key cost more than executing it (``bench/daemon_load.py``'s profile).
+A change that only applies to a row in a given state is one ``UPDATE … WHERE state = …
+RETURNING``; the row is looked up only when that finds nothing (unknown, or already done).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 
 from recorder.store.models import Call, ConsentRecord, Recording, RecordingState
 from recorder.store.numbers import ProtectedNumber
@@ -41,21 +46,64 @@ class CallRef:
     consent_status: str | None
 
 
-_REF_COLUMNS = (
+_FIND_CALL = select(
     CALLS.c.id,
     CALLS.c.pbx,
     CALLS.c.pbx_call_id,
     CALLS.c.campaign,
     CALLS.c.direction,
     CALLS.c.consent_status,
+).where(
+    CALLS.c.node == bindparam("b_node"),
+    CALLS.c.pbx == bindparam("b_pbx"),
+    CALLS.c.pbx_call_id == bindparam("b_pbx_call_id"),
+)
+_INSERT_CALL = insert(CALLS)
+_INSERT_EVIDENCE = insert(EVIDENCE)
+_INSERT_RECORDING = insert(RECORDINGS)
+_CALL_EXISTS = select(CALLS.c.id).where(CALLS.c.id == bindparam("b_id"))
+_DECIDED = (
+    update(CALLS)
+    .where(CALLS.c.id == bindparam("b_id"))
+    .values(consent_status=bindparam("b_status"))
+    .returning(CALLS.c.campaign)
+)
+_ENDED = (
+    update(CALLS)
+    .where(CALLS.c.id == bindparam("b_id"), CALLS.c.ended_at.is_(None))
+    .values(ended_at=bindparam("b_now"))
+)
+_RECORDING = select(RECORDINGS.c.state, RECORDINGS.c.call_id).where(
+    RECORDINGS.c.id == bindparam("b_id")
+)
+_PBX_REF = (
+    update(RECORDINGS)
+    .where(RECORDINGS.c.id == bindparam("b_id"))
+    .values(pbx_ref=bindparam("b_ref"))
+)
+_CLOSED = (
+    update(RECORDINGS)
+    .where(
+        RECORDINGS.c.id == bindparam("b_id"),
+        RECORDINGS.c.state == RecordingState.RECORDING.value,
+    )
+    .values(state=RecordingState.CLOSED.value, closed_at=bindparam("b_now"))
+    .returning(RECORDINGS.c.call_id)
+)
+_DISCARDED = (
+    update(RECORDINGS)
+    .where(RECORDINGS.c.id == bindparam("b_id"))
+    .values(
+        state=RecordingState.DISCARDED.value,
+        discarded_at=bindparam("b_now"),
+        discard_reason=bindparam("b_reason"),
+    )
 )
 
 
 def find_call(b: Batch, node: str, pbx: str, pbx_call_id: str) -> CallRef | None:
     row = b.conn.execute(
-        select(*_REF_COLUMNS).where(
-            CALLS.c.node == node, CALLS.c.pbx == pbx, CALLS.c.pbx_call_id == pbx_call_id
-        )
+        _FIND_CALL, {"b_node": node, "b_pbx": pbx, "b_pbx_call_id": pbx_call_id}
     ).first()
     return CallRef(*row) if row else None
 
@@ -78,7 +126,7 @@ def open_call(
         return found
     call_id = str(uuid.uuid4())
     b.conn.execute(
-        insert(CALLS),
+        _INSERT_CALL,
         {
             "id": call_id, "pbx": pbx, "node": node, "pbx_call_id": pbx_call_id,
             "campaign": campaign, "direction": direction, "agent": agent,
@@ -102,18 +150,17 @@ def open_call(
     return CallRef(call_id, pbx, pbx_call_id, campaign, direction, None)
 
 
-def _campaign_of(b: Batch, call_id: str) -> str:
-    campaign = b.conn.execute(select(CALLS.c.campaign).where(CALLS.c.id == call_id)).scalar()
-    if campaign is None:
+def _call_exists(b: Batch, call_id: str) -> None:
+    if b.conn.execute(_CALL_EXISTS, {"b_id": call_id}).first() is None:
         raise LedgerError(f"no call with id {call_id}")
-    return campaign
 
 
 def log_consent(b: Batch, call_id: str, row: dict[str, Any]) -> None:
     """The call's one consent decision (``row``: the evidence row) and its audit row."""
-    campaign = _campaign_of(b, call_id)
-    b.conn.execute(insert(EVIDENCE), row)
-    b.conn.execute(update(CALLS).where(CALLS.c.id == call_id).values(consent_status=row["status"]))
+    campaign = b.conn.execute(_DECIDED, {"b_id": call_id, "b_status": row["status"]}).scalar()
+    if campaign is None:
+        raise LedgerError(f"no call with id {call_id}")
+    b.conn.execute(_INSERT_EVIDENCE, row)
     b.audit(
         actor=SYSTEM_ACTOR,
         action="consent.decision",
@@ -131,8 +178,8 @@ def log_consent(b: Batch, call_id: str, row: dict[str, Any]) -> None:
 
 def recording_started(b: Batch, row: dict[str, Any], actor: str | None) -> None:
     """Register a recording (``row``) before the PBX writes a byte of it."""
-    _campaign_of(b, row["call_id"])
-    b.conn.execute(insert(RECORDINGS), row)
+    _call_exists(b, row["call_id"])
+    b.conn.execute(_INSERT_RECORDING, row)
     b.audit(
         actor=actor or SYSTEM_ACTOR,
         action="recording.started",
@@ -143,17 +190,12 @@ def recording_started(b: Batch, row: dict[str, Any], actor: str | None) -> None:
 
 
 def set_pbx_ref(b: Batch, recording_id: str, pbx_ref: str) -> None:
-    done = b.conn.execute(
-        update(RECORDINGS).where(RECORDINGS.c.id == recording_id).values(pbx_ref=pbx_ref)
-    )
-    if done.rowcount == 0:
+    if b.conn.execute(_PBX_REF, {"b_id": recording_id, "b_ref": pbx_ref}).rowcount == 0:
         raise LedgerError(f"no recording with id {recording_id}")
 
 
 def _recording(b: Batch, recording_id: str) -> tuple[str, str]:
-    row = b.conn.execute(
-        select(RECORDINGS.c.state, RECORDINGS.c.call_id).where(RECORDINGS.c.id == recording_id)
-    ).first()
+    row = b.conn.execute(_RECORDING, {"b_id": recording_id}).first()
     if row is None:
         raise LedgerError(f"no recording with id {recording_id}")
     return row[0], row[1]
@@ -161,14 +203,10 @@ def _recording(b: Batch, recording_id: str) -> tuple[str, str]:
 
 def recording_closed(b: Batch, recording_id: str, now: datetime) -> bool:
     """False if it was already closed or discarded (PBXs report a close more than once)."""
-    state, call_id = _recording(b, recording_id)
-    if state != RecordingState.RECORDING.value:
+    call_id = b.conn.execute(_CLOSED, {"b_id": recording_id, "b_now": now}).scalar()
+    if call_id is None:
+        _recording(b, recording_id)  # unknown: raises; known: it was closed before
         return False
-    b.conn.execute(
-        update(RECORDINGS)
-        .where(RECORDINGS.c.id == recording_id)
-        .values(state=RecordingState.CLOSED.value, closed_at=now)
-    )
     b.audit(
         actor=SYSTEM_ACTOR,
         action="recording.closed",
@@ -184,11 +222,7 @@ def discard(b: Batch, recording_id: str, reason: str, actor: str | None, now: da
     state, call_id = _recording(b, recording_id)
     if state not in _DISCARDABLE:
         return False
-    b.conn.execute(
-        update(RECORDINGS)
-        .where(RECORDINGS.c.id == recording_id)
-        .values(state=RecordingState.DISCARDED.value, discarded_at=now, discard_reason=reason[:64])
-    )
+    b.conn.execute(_DISCARDED, {"b_id": recording_id, "b_now": now, "b_reason": reason[:64]})
     b.audit(
         actor=actor or SYSTEM_ACTOR,
         action="recording.discarded",
@@ -200,9 +234,5 @@ def discard(b: Batch, recording_id: str, reason: str, actor: str | None, now: da
 
 
 def call_ended(b: Batch, call_id: str, now: datetime) -> None:
-    found = b.conn.execute(select(CALLS.c.id, CALLS.c.ended_at).where(CALLS.c.id == call_id))
-    row = found.first()
-    if row is None:
-        raise LedgerError(f"no call with id {call_id}")
-    if row[1] is None:
-        b.conn.execute(update(CALLS).where(CALLS.c.id == call_id).values(ended_at=now))
+    if b.conn.execute(_ENDED, {"b_id": call_id, "b_now": now}).rowcount == 0:
+        _call_exists(b, call_id)  # unknown: raises; known: it had ended before

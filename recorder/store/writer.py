@@ -29,7 +29,7 @@ from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from recorder.store import audit
 from recorder.store.models import AuditEntry, AuditHead
@@ -46,6 +46,13 @@ Job = Callable[["Batch"], _T]
 
 _AUDIT = AuditEntry.__table__
 _HEAD = AuditHead.__table__
+# built once: building a statement costs more than running it
+_LOCK_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update()
+_INSERT_AUDIT = insert(_AUDIT)
+_INSERT_HEAD = insert(_HEAD)
+_MOVE_HEAD = (
+    update(_HEAD).where(_HEAD.c.id == 1).values(seq=bindparam("b_seq"), hash=bindparam("b_hash"))
+)
 
 
 class Batch:
@@ -143,20 +150,16 @@ class StoreWriter:
             if self.db.dialect == "sqlite":
                 conn = conn.execution_options(sqlite_begin="IMMEDIATE")
             with conn.begin():
-                found = conn.execute(
-                    select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update()
-                ).first()
+                found = conn.execute(_LOCK_HEAD).first()
                 start = (found[0], found[1]) if found else (0, audit.GENESIS_HASH)
                 batch = Batch(conn, self.ctx, start)
                 results = [job(batch) for job in jobs]
                 if batch.audit_rows:
-                    conn.execute(insert(_AUDIT), batch.audit_rows)
+                    conn.execute(_INSERT_AUDIT, batch.audit_rows)
                     seq, digest = batch.head
                     if found is None:
-                        conn.execute(insert(_HEAD), {"id": 1, "seq": seq, "hash": digest})
+                        conn.execute(_INSERT_HEAD, {"id": 1, "seq": seq, "hash": digest})
                     else:
-                        conn.execute(
-                            update(_HEAD).where(_HEAD.c.id == 1).values(seq=seq, hash=digest)
-                        )
+                        conn.execute(_MOVE_HEAD, {"b_seq": seq, "b_hash": digest})
         self.batches += 1
         return results

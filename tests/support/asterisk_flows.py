@@ -26,9 +26,3 @@ def run(tmp_path: Path, scenario: Scenario, **kw: object) -> None:
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
-
-def dialogue_over(h: Harness) -> bool:
-    """The last customer's consent AGI has run and ended (``agi`` is None before it starts
-    too: only the variable it sets tells the two apart)."""
-    customers = h.sim.customers()
-    return bool(customers) and customers[-1].agi is None and "CONSENT_STATUS" in customers[-1].vars
