@@ -25,4 +25,3 @@ def run(tmp_path: Path, scenario: Scenario, **kw: object) -> None:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
