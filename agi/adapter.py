@@ -72,7 +72,8 @@ class AsteriskAdapter:
         self.ami = ami
         self.ami_system = ami_system
         self.registry = CallRegistry()
-        self.orphans = Orphans(calls, PBX)  # open calls of a daemon that restarted
+        # open calls of a daemon that restarted (their files handed on once they end)
+        self.orphans = Orphans(calls, PBX, options.header_wait_s)
         calls.marks[PBX] = SpoolMarks(spool.path)  # callconsent-withdraw's FILE() marks
         self.closer = Closer(calls, self.registry, options.header_wait_s)
         self._tasks: set[asyncio.Task[None]] = set()

@@ -35,6 +35,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "subject.export": frozenset({"dpo", "admin"}),
     "subject.erase": frozenset({"dpo", "admin"}),
     "retention.recompute": frozenset({"dpo", "admin"}),
+    "retention.force_as_of": frozenset({"admin"}),
     "keys.destroy": frozenset({"dpo", "admin"}),
 }
 

@@ -320,7 +320,11 @@ class ConsentCall:
     def _decide(
         self, status: ConsentStatus, method: DecisionMethod, confirm: str | None
     ) -> list[Action]:
-        """Log the one consent decision, then (only then) set variables and start recording."""
+        """Log the one consent decision, then (only then) start recording and set variables.
+
+        The recording starts before the variables are set: the evidence is stored by then,
+        and on FreeSWITCH each application waits for a media frame, so every ``export``
+        ahead of ``record_session`` would cost the caller's first words after the key."""
         self.status = status
         self._logged = True
         actions: list[Action] = [LogConsent(self._evidence(status, method))]
@@ -328,11 +332,11 @@ class ConsentCall:
         if self._may_record():
             rid = self._new_id()
             self._recordings[rid] = RecordingState.RESERVED
-        actions.append(SetVariables(self._variables(rid)))
         if rid is not None and (
             self.policy.record_from is RecordFrom.CONSENT or self._agent_answered
         ):
             actions.append(self._start(rid))
+        actions.append(SetVariables(self._variables(rid)))
         if status is ConsentStatus.GRANTED and self.policy.monitoring_allowed:
             actions.append(AllowMonitoring())
         if confirm is not None:

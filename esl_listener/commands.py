@@ -68,16 +68,12 @@ def variable(name: str, value: str) -> str:
 
 
 def recording_vars(stereo: bool) -> str:
-    """Per-recording variables (``uuid_record``/``record_session`` take them in braces).
+    """Per-recording variables (``uuid_record`` takes them in braces).
     ``RECORD_PRE_BUFFER_FRAMES=0``: FreeSWITCH otherwise buffers 25 frames, so a recording
     started < 0.5 s before a bridge loses its first audio and every recording its last ~0.5 s
     (captured: 3.50 s kept of a 4.00 s utterance). ``RECORD_STEREO`` puts the recorded leg's
     own audio (the customer) left and what it hears (the agent, our prompts) right."""
     return f"{{RECORD_STEREO={'true' if stereo else 'false'},RECORD_PRE_BUFFER_FRAMES=0}}"
-
-
-def record_session_arg(file: str | Path, stereo: bool) -> str:
-    return f"{path(file)} {recording_vars(stereo)}"
 
 
 def uuid_record(channel: str, action: str, file: str | Path, stereo: bool | None = None) -> str:

@@ -11,9 +11,11 @@ A session, as the captures show FreeSWITCH wants it (``tests/fixtures/freeswitch
 3. ``answer``; the question with ``play_and_get_digits``: the digit comes back as
    ``variable_callconsent_digit`` of its CHANNEL_EXECUTE_COMPLETE; no input is
    ``variable_read_result: failure`` with no digit; a hangup is ``Answer-State: hangup``.
-4. ``export`` of ``consent_status``, ``consent_id``, ``consent_recording_id`` (``set`` would
-   not reach the agent's leg), ``record_session`` on accept (into our spool, named by our
-   recording id, ``RECORD_PRE_BUFFER_FRAMES=0``), thanks / declined.
+4. On accept, first the recording: ``api uuid_record <leg> start`` on this socket (into our
+   spool, named by our recording id, ``RECORD_PRE_BUFFER_FRAMES=0``); an ``api`` runs at once
+   where each ``execute`` waits for a media frame (20 ms). Then ``export`` of
+   ``consent_status``, ``consent_id``, ``consent_recording_id`` (``set`` would not reach the
+   agent's leg), thanks / declined.
 5. On consent, the caller's withdraw key (policy ``withdraw_digit``) is bound on this leg with
    ``bind_digit_action``: it outlives the session and fires ``CUSTOM consent::withdraw``,
    which the inbound connection hands to the consent machine as ``CallerWithdrew``.
@@ -120,8 +122,8 @@ class SessionControl:
             return
         if event.name == "DTMF":
             self._trace.append(("dtmf", event.get("DTMF-Digit", "") or ""))
-        elif event.name in ("PLAYBACK_STOP", "RECORD_START"):
-            self._trace.append((event.name, event.get("Record-File-Path", "") or ""))
+        elif event.name == "PLAYBACK_STOP":
+            self._trace.append((event.name, ""))
 
     async def _run(
         self, app: str, arg: str | None = None, timeout_s: float | None = None
@@ -212,15 +214,30 @@ class SessionControl:
         return RecordingFile(path, "wav", 2 if stereo else 1, self.info.sample_rate)
 
     async def start_recording(self, recording_id: str, file: RecordingFile) -> str | None:
+        """``uuid_record … start`` over this session's own socket: an ``api`` runs at once,
+        where an ``execute`` (``record_session``) waits for the channel's next media frame,
+        and each frame lost is 20 ms of what the caller says right after the key. FreeSWITCH
+        answers ``+OK Success`` once the recording runs (RECORD_START follows the reply)."""
         if self.call.customer_uuid != self.info.unique_id:  # an agent's leg: record later
             return await self.registry.control(self.call).start_recording(recording_id, file)
-        self._trace.clear()
         path = str(file.path)
-        await self._must("record_session", cmd.record_session_arg(path, file.channels == 2))
-        if ("RECORD_START", path) not in self._trace:
+        command = cmd.uuid_record(self.info.unique_id, "start", path, file.channels == 2)
+        try:
+            reply = await self.conn.api(command)
+        except (ChannelGone, ConnectionClosed, CommandTimeout) as exc:
+            raise CallGone(f"channel {self.info.unique_id}: {exc}") from None
+        if "Cannot locate session" in reply.text:
+            raise CallGone(f"FreeSWITCH: {reply.first_line}")
+        if not reply.ok:
             log.error(
                 "recording_not_started",
-                extra={"kv": {"call": self.call.key, "recording": recording_id}},
+                extra={
+                    "kv": {
+                        "call": self.call.key,
+                        "recording": recording_id,
+                        "reply": reply.first_line,
+                    }
+                },
             )
             await self.registry.not_started(recording_id)
             return None

@@ -54,6 +54,7 @@ class PurgeReport:
     held: int = 0  # expired but under legal hold: kept
     shredded: list[str] = field(default_factory=list)  # epochs whose private key was destroyed
     shred_elsewhere: list[str] = field(default_factory=list)  # due, key not on this host
+    as_of: datetime | None = None  # expiry judged as on this date, not now
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +65,7 @@ class PurgeReport:
             "held_kept": self.held,
             "epochs_destroyed": self.shredded,
             "epochs_due_elsewhere": self.shred_elsewhere,
+            "as_of": self.as_of.isoformat() if self.as_of else None,
         }
 
 
@@ -106,15 +108,22 @@ class Retention:
             q = q.where(Recording.id.not_in(skip))
         return q
 
-    def run(self, *, dry_run: bool = False, shred: bool = True) -> PurgeReport:
+    def run(
+        self, *, dry_run: bool = False, shred: bool = True, as_of: datetime | None = None
+    ) -> PurgeReport:
+        """One pass. ``as_of`` judges expiry (and spent epochs) as on that date instead of
+        now: with ``dry_run``, a preview of that day's purge; for real, only when an admin
+        forced it (``retention run --force-as-of``, audited by the caller). Rows and audit
+        entries are stamped with the real time, and a purge's audit rows name ``as_of``."""
         now = self.clock()
-        report = PurgeReport(dry_run)
+        cutoff = as_of or now
+        report = PurgeReport(dry_run, as_of=as_of)
         with self.db.read() as s:
             report.held = (
                 s.execute(
                     select(Recording.id).where(
                         Recording.state == RecordingState.ENCRYPTED.value,
-                        Recording.expires_at <= now,
+                        Recording.expires_at <= cutoff,
                         Recording.legal_hold.is_(True),
                     )
                 )
@@ -123,25 +132,30 @@ class Retention:
             )
         if dry_run:
             with self.db.read() as s:
-                report.purged = [r.id for r in s.execute(self._expired(now, set()))]
-                report.shredded = self._spent_epochs(s, now)
+                report.purged = [r.id for r in s.execute(self._expired(cutoff, set()))]
+                report.shredded = self._spent_epochs(s, cutoff)
             return report
         failed: set[str] = set()
         with Unlinker() as unlinker:
-            while self._purge_batch(now, report, failed, unlinker):
+            while self._purge_batch(now, report, failed, unlinker, cutoff):
                 pass
         if shred:
-            self.shred(now, report)
+            self.shred(cutoff, report)
         return report
 
     def _purge_batch(
-        self, now: datetime, report: PurgeReport, failed: set[str], unlinker: Unlinker
+        self,
+        now: datetime,
+        report: PurgeReport,
+        failed: set[str],
+        unlinker: Unlinker,
+        cutoff: datetime | None = None,
     ) -> bool:
         """One transaction. Its rows go through in chunks: while the unlinker deletes chunk
         i + 1, chunk i's audit rows are hashed and its rows written. The directory is fsynced
         (the deletions are durable) before the commit says ``purged``."""
         with self.db.write() as s:
-            q = self._expired(now, failed).limit(self.batch)
+            q = self._expired(cutoff or now, failed).limit(self.batch)
             if self.db.dialect == "postgresql":
                 q = q.with_for_update(skip_locked=True, of=Recording)
             rows = s.execute(q).all()
@@ -154,11 +168,12 @@ class Retention:
             tail = (head.seq, head.hash)
             chunks = [rows[i : i + _CHUNK] for i in range(0, len(rows), _CHUNK)]
             details: dict[str, dict[str, str]] = {}  # one per category, shared by its rows
+            as_of = report.as_of.isoformat() if report.as_of else None
             unlinker.send([r.ciphertext_path for r in chunks[0]])
             gone: list[Any] = []
             for i, chunk in enumerate(chunks):
                 values = audit.chain(
-                    tail, self.ctx, [_purged_row(r, details) for r in chunk], at=now
+                    tail, self.ctx, [_purged_row(r, details, as_of) for r in chunk], at=now
                 )
                 errors = unlinker.receive()
                 if i + 1 < len(chunks):
@@ -167,7 +182,7 @@ class Retention:
                 if len(done) != len(chunk):  # rare: note the failures, re-chain without them
                     self._note_failures(chunk, errors, report, failed)
                     values = audit.chain(
-                        tail, self.ctx, [_purged_row(r, details) for r in done], at=now
+                        tail, self.ctx, [_purged_row(r, details, as_of) for r in done], at=now
                     )
                 if done:
                     s.execute(
@@ -247,10 +262,14 @@ class Retention:
             return self._spent_epochs(s, self.clock())
 
     def shred(self, now: datetime, report: PurgeReport) -> None:
+        """Destroy the epochs spent at ``now`` (the pass's cutoff: ``as_of`` if forced)."""
         with self.db.read() as s:
             due = self._spent_epochs(s, now)
+        why = "no live recording needs it"
+        if report.as_of is not None:
+            why += f" as of {report.as_of.isoformat()} (forced)"
         for epoch_id in due:
-            if self.keys.destroy_private(epoch_id, ACTOR, "no live recording needs it"):
+            if self.keys.destroy_private(epoch_id, ACTOR, why):
                 report.shredded.append(epoch_id)
                 log.info("key_epoch_destroyed", extra={"kv": {"epoch": epoch_id}})
             else:
@@ -317,10 +336,14 @@ class Retention:
         return changed
 
 
-def _purged_row(row: Any, details: dict[str, dict[str, str]]) -> dict[str, Any]:
+def _purged_row(
+    row: Any, details: dict[str, dict[str, str]], as_of: str | None = None
+) -> dict[str, Any]:
     category = row.retention_category
     if category not in details:
         details[category] = {"reason": "retention", "category": category}
+        if as_of is not None:
+            details[category]["as_of"] = as_of
     return {
         "actor": ACTOR,
         "action": "recording.purged",

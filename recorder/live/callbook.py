@@ -68,7 +68,12 @@ class LiveCall:
         pending: list[c.Event] = [event]
         while pending:
             async with self.lock:
-                actions = self.machine.handle(pending.pop(0))
+                next_event = pending.pop(0)
+                if isinstance(next_event, c.HungUp) and self.machine.phase is c.Phase.ENDED:
+                    # a hangup heard twice (the dialogue's session and the event stream both
+                    # report it) or after the dialogue ended: normal, nothing to do
+                    continue
+                actions = self.machine.handle(next_event)
                 gone = False
                 for i, action in enumerate(actions):
                     if gone and not isinstance(action, _STORE_ACTIONS):

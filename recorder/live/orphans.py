@@ -6,8 +6,10 @@ only then, ``Finalizer._adopt_if_settled``), and a hangup of a channel the adapt
 know is otherwise ignored: the plaintext would stay in the spool for good. So after each
 login to the PBX the adapter sweeps them: a call none of whose channels still exists is
 ended in the store now; the others are watched, and ended when their last channel hangs up.
-A call the adapter rebuilds meanwhile (an agent's code, ``callconsent record``) is ended by
-the adapter itself; ending twice changes nothing.
+Once an orphan's end is known, each of its files that is final (:mod:`recorder.live.spoolfiles`)
+goes to the recorder at once, not at the finalizer's next reconcile pass (a minute of
+plaintext less on disk). A call the adapter rebuilds meanwhile (an agent's code,
+``callconsent record``) is ended by the adapter itself; ending twice changes nothing.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import select
 
-from recorder.live import callbook, withdrawals
+from recorder.live import callbook, spoolfiles, withdrawals
 from recorder.live.callbook import CallBook
+from recorder.live.port import RecordingFile
 from recorder.store import outage
 from recorder.store.ledger import Ledger
 from recorder.store.models import Call, ConsentRecord, Recording
@@ -69,8 +73,9 @@ def open_calls(ledger: Ledger, pbx: str) -> list[OpenCall]:
 
 
 class Orphans:
-    def __init__(self, calls: CallBook, pbx: str) -> None:
+    def __init__(self, calls: CallBook, pbx: str, file_wait_s: float = 2.0) -> None:
         self.calls, self.pbx = calls, pbx
+        self.file_wait_s = file_wait_s  # how long a file may take to close after the hangup
         self._alive: dict[str, set[str]] = {}  # call id -> its channels still up
         self._watched: dict[str, OpenCall] = {}
         self._by_channel: dict[str, str] = {}  # channel -> call id
@@ -179,7 +184,32 @@ class Orphans:
             log.exception("orphan_end_failed", extra={"kv": {"call": call.id}})
             return False
         log.info("orphan_call_ended", extra={"kv": {"call": call.id, "why": why}})
+        try:
+            await self._hand_on_files(call)
+        except Exception:  # the finalizer's reconcile pass still adopts them
+            log.exception("orphan_recordings_not_handed_on", extra={"kv": {"call": call.id}})
         return True
+
+    async def _hand_on_files(self, call: OpenCall) -> None:
+        """The call is over: each of its recordings still ``recording`` whose file is final
+        (or, raw, stable) goes to the recorder now rather than at the finalizer's next
+        reconcile pass. One that is not is left to that pass (which repairs stale files).
+        FreeSWITCH's RECORD_STOP may have closed them already: those are skipped."""
+        ledger = self.calls.ledger
+        for rec in await asyncio.to_thread(ledger.recordings_of_call, call.id):
+            if rec.state != "recording":
+                continue
+            kv = {"call": call.id, "recording": rec.id}
+            file = RecordingFile(Path(rec.spool_path), rec.format, rec.channels, rec.sample_rate)
+            if not file.path.exists():
+                continue  # never written: the reconcile pass deals with it
+            if not await spoolfiles.wait_closed(file, self.file_wait_s):
+                log.warning(
+                    "recording_not_final", extra={"kv": {**kv, "after_s": self.file_wait_s}}
+                )
+                continue
+            await ledger.recording_closed_async(rec.id)
+            log.info("recording_closed", extra={"kv": kv})
 
     async def _withdrawn_meanwhile(self, call: OpenCall) -> None:
         """Before the store ends the call: a withdraw key pressed while nobody heard it left

@@ -283,8 +283,11 @@ def test_a_call_from_before_a_daemon_restart_is_ended_in_the_store(
             h.sim.hangup(cust)
             await call_task
         await h.sim.wait_until(lambda: h.call_row(cust.linkedid).ended_at is not None)
-        (rec,) = h.recordings(h.call_row(cust.linkedid).id)
-        assert rec.state == "recording"  # the finalizer's reconcile adopts it (call over)
+        row_id = h.call_row(cust.linkedid).id
+        # handed to the recorder at once, not at the finalizer's next reconcile pass
+        await h.sim.wait_until(lambda: [r.state for r in h.recordings(row_id)] == ["closed"])
+        (rec,) = h.recordings(row_id)
+        await h.sim.wait_until(lambda: h.sink.closed == [rec.id])  # told after the commit
 
     run(tmp_path, scenario)
 

@@ -116,7 +116,7 @@ def test_a_hangup_missed_while_ami_was_away_is_found_after_the_reconnect(tmp_pat
         ami = h.service.adapter.ami
         assert ami is not None
         task = asyncio.create_task(h.sim.inbound("sales", [press("1"), hangup("talk", 60.0)]))
-        await h.sim.wait_until(lambda: h.sim.customers() and h.sim.customers()[-1].agi is None)
+        await h.sim.wait_until(h.sim.consent_asked)
         cust = h.sim.customers()[-1]
         await asyncio.sleep(0.05)
         h.sim.ami.kick_all()
@@ -137,7 +137,7 @@ def test_a_hangup_missed_while_ami_was_away_is_found_after_the_reconnect(tmp_pat
 def test_a_second_pass_through_the_consent_ivr_carries_the_decision(tmp_path: Path) -> None:
     async def scenario(h: Harness) -> None:
         task = asyncio.create_task(h.sim.inbound("sales", [press("1"), hangup("talk", 30.0)]))
-        await h.sim.wait_until(lambda: h.sim.customers() and h.sim.customers()[-1].agi is None)
+        await h.sim.wait_until(h.sim.consent_asked)
         cust = h.sim.customers()[-1]
         first = dict(cust.vars)
         cust.vars.pop("CONSENT_STATUS")

@@ -224,7 +224,7 @@ def test_record_from_agent_answer_with_queue_starts_on_the_customer_leg(tmp_path
     async def scenario(h: Harness) -> None:
         url = f"agi://127.0.0.1:{h.service.server.port}/answer"
         task = asyncio.create_task(h.sim.inbound("sales", [press("1"), hangup("talk", 30.0)]))
-        await h.sim.wait_until(lambda: h.sim.customers() and h.sim.customers()[-1].agi is None)
+        await h.sim.wait_until(h.sim.consent_asked)
         cust = h.sim.customers()[-1]
         row = h.call_row(cust.linkedid)
         assert row.consent_status == "granted" and h.recordings(row.id) == []  # still queued

@@ -35,14 +35,14 @@ def test_accept_during_prompt_logs_then_records_then_thanks() -> None:
     play = only(call.handle(c.CallAnswered()), c.PlayPrompt)
     assert (play.prompt_id, play.barge_in) == ("consent", "12")
     actions = call.handle(c.DigitReceived("1"))
-    assert kinds(actions) == ["LogConsent", "SetVariables", "StartRecording", "PlayPrompt"]
+    assert kinds(actions) == ["LogConsent", "StartRecording", "SetVariables", "PlayPrompt"]
     ev = actions[0].evidence
     assert ev.decision is c.ConsentStatus.GRANTED and ev.method == "prompt"
     assert [(d.digit, d.attempt, d.valid) for d in ev.digits] == [("1", 1, True)]
     assert ev.prompts[0].outcome == "interrupted"
-    variables = actions[1].variables
+    variables = actions[2].variables  # after the start: the evidence is stored already
     assert variables["CONSENT_STATUS"] == "granted"
-    assert variables["CONSENT_RECORDING_ID"] == actions[2].recording_id
+    assert variables["CONSENT_RECORDING_ID"] == actions[1].recording_id
     assert actions[3].prompt_id == "thanks"
     assert kinds(call.handle(c.PromptFinished("thanks"))) == ["Continue"]
     assert call.phase is c.Phase.CONNECTED
@@ -185,7 +185,7 @@ def test_notice_for_contract_basis_records_without_asking() -> None:
     assert call.handle(c.CallAnswered()) == [c.PlayPrompt("notice", "en", "")]
     actions = call.handle(c.PromptFinished("notice"))
     assert only(actions, c.LogConsent).evidence.decision is c.ConsentStatus.NOT_REQUIRED
-    assert kinds(actions) == ["LogConsent", "SetVariables", "StartRecording", "Continue"]
+    assert kinds(actions) == ["LogConsent", "StartRecording", "SetVariables", "Continue"]
 
 
 def test_objection_under_legitimate_interest_declines() -> None:

@@ -69,10 +69,11 @@ def test_accept_records_the_customer_leg_and_hands_the_call_back(app: App) -> No
         assert apps[:3] == ["set", "answer", "play_and_get_digits"]
         (rec,) = rows(app, Recording)
         path = app.spool.path_for(rec.id)
+        # on the session's own socket: an api runs at once, an execute waits for a frame
         assert (
-            "record_session",
-            f"{path} {{RECORD_STEREO=false,RECORD_PRE_BUFFER_FRAMES=0}}",
-        ) in sim.executed
+            f"api uuid_record {leg.uuid} start {path} 0 "
+            "{RECORD_STEREO=false,RECORD_PRE_BUFFER_FRAMES=0}"
+        ) in sim.commands
         assert leg.exports >= {"consent_status", "consent_id", "consent_recording_id"}
         assert leg.variables["consent_status"] == "granted"
         assert leg.variables["consent_recording_id"] == rec.id
@@ -383,6 +384,9 @@ def test_a_call_from_before_a_daemon_restart_is_ended_in_the_store(
                 await fs.hangup_leg(leg)
             await until(lambda: rows(app, Call)[0].ended_at is not None, "ended")
             assert f"uuid_exists {leg.uuid}" in fs.api_log
+            # its file is final: handed on now (its RECORD_STOP reached nobody if it hung up
+            # while the daemon was down), not at the finalizer's next reconcile pass
+            await until(lambda: rows(app, Recording)[0].state == "closed", "handed on")
         finally:
             await new.stop()
 

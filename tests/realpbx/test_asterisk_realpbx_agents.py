@@ -262,7 +262,8 @@ def test_real_withdrawal_and_hangup_while_callconsent_is_down(
         (rec,) = r.recordings(call.id)
         assert header_final(Path(rec.spool_path))  # stopped and closed by Asterisk
         if on_withdrawal == "stop":  # ended at the key, within the slack: kept
-            assert rec.state == "recording"  # the finalizer adopts it now the call is over
+            # the call is over and the file final: handed to the recorder at once
+            await r.until(lambda: r.sink.closed == [rec.id], what="closed, handed on")
         else:
             assert (rec.state, rec.discard_reason) == ("discarded", "consent_withdrawn")
             assert r.sink.discarded == [rec.id]

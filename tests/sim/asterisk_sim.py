@@ -383,6 +383,13 @@ class SimAsterisk:
         if half is not None and half.alive:
             self.hangup(half)  # a Local channel's halves go together (capture s2: ;1 and ;2)
 
+    def consent_asked(self) -> bool:
+        """The newest customer leg has been through the consent dialogue: its AGI set
+        ``CONSENT_STATUS`` and has ended. (``agi is None`` alone is also true before the AGI
+        starts, which let tests run ahead of the call.)"""
+        legs = self.customers()
+        return bool(legs) and legs[-1].agi is None and "CONSENT_STATUS" in legs[-1].vars
+
     def customers(self) -> list[SimChannel]:
         return [c for c in self.channels.values() if c.context in ("cc-inbound", "cc-trunk")]
 

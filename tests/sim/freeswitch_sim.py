@@ -34,6 +34,7 @@ import contextlib
 import itertools
 import re
 import struct
+import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ from esl_listener import protocol as p
 URL_UNSAFE = '\r\n #%&+:;<=>?@[\\]^`{|}"'
 BYE = b"Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n"
 RATE = 8000
+FRAME_S = 0.020  # one 20 ms media frame (ptime 20)
 SOCKET_ADDR = "127.0.0.1:8084"
 
 
@@ -166,6 +168,7 @@ class Leg:
     recordings: dict[str, Recording] = field(default_factory=dict)
     peer: Leg | None = None
     keys: Keys = field(default_factory=Keys)  # bind_digit_action bindings on this leg
+    session: _Wire | None = None  # the outbound socket session running on this leg, if any
 
 
 @dataclass
@@ -185,6 +188,7 @@ class _Wire:
         self.events: set[str] = set()
         self.customs: set[str] = set()
         self.closed = False
+        self._held: list[bytes] | None = None  # events waiting for the reply they follow
 
     async def read_command(self) -> tuple[str, dict[str, str]] | None:
         try:
@@ -198,6 +202,16 @@ class _Wire:
         if not self.closed:
             self.writer.write(data)
 
+    def hold_events(self) -> None:
+        """Events sent from now on wait for :meth:`release_events` (an ``api`` command's
+        events follow its reply on the socket that ran it: capture accept_uuid_record_json)."""
+        self._held = []
+
+    def release_events(self) -> None:
+        held, self._held = self._held or [], None
+        for data in held:
+            self.send(data)
+
     def reply(self, text: str, extra: tuple[tuple[str, str], ...] = ()) -> None:
         lines = ["Content-Type: command/reply", f"Reply-Text: {text}"]
         lines += [f"{k}: {v}" for k, v in extra]
@@ -209,7 +223,11 @@ class _Wire:
 
     def event(self, headers: list[tuple[str, str]]) -> None:
         body = "".join(f"{k}: {fs_encode(v)}\n" for k, v in headers).encode() + b"\n"
-        self.send(b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % len(body) + body)
+        data = b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % len(body) + body
+        if self._held is not None:
+            self._held.append(data)
+        else:
+            self.send(data)
 
     def wants(self, headers: list[tuple[str, str]]) -> bool:
         h = dict(headers)
@@ -245,8 +263,15 @@ class FakeFreeSwitch:
         password: str = "ClueCon",
         users: dict[str, tuple[str, set[str] | None, set[str] | None]] | None = None,
         dialplan: str | None = None,
+        frame_s: float = FRAME_S,
     ) -> None:
         self.password = password
+        #: each ``execute`` waits for the channel's next media frame (captured: +20 ms from
+        #: the ``sendmsg`` to its CHANNEL_EXECUTE); ``api`` commands do not
+        self.frame_s = frame_s
+        #: (monotonic time, event name, leg uuid, Record-File-Path or DTMF digit) of every
+        #: DTMF, CHANNEL_EXECUTE and RECORD_START, in order
+        self.timeline: list[tuple[float, str, str, str]] = []
         self.users = users or {}  # user@domain -> (password, allowed events, allowed api)
         self.legs: dict[str, Leg] = {}
         self.api_log: list[str] = []
@@ -314,12 +339,24 @@ class FakeFreeSwitch:
         """Send one event to the leg's outbound session (if subscribed) and to every inbound
         client that subscribed to it (and may receive it)."""
         fields = {k.replace("_", "-") if k[0].isupper() else k: v for k, v in specific.items()}
+        if name in _TIMED:
+            detail = fields.get(_TIMED[name], "")
+            self.timeline.append((time.monotonic(), name, leg.uuid, detail))
         headers = self._headers(name, leg, fields)
         if wire is not None and (name in wire.events or name in _MYEVENTS):
             wire.event(headers)
         for client, allowed, _api in self._inbound:
             if client.wants(headers) and (allowed is None or name in allowed):
                 client.event(headers)
+
+    def digit_to_record(self, leg: Leg) -> tuple[int, float]:
+        """From the caller's key to the recording's RECORD_START on ``leg``: how many
+        applications ran (each waited for a media frame, ``frame_s``) and the seconds."""
+        mine = [(t, name) for t, name, u, _ in self.timeline if u == leg.uuid]
+        start = next(i for i, (_, name) in enumerate(mine) if name == "RECORD_START")
+        key = max(i for i, (_, name) in enumerate(mine[:start]) if name == "DTMF")
+        executes = sum(name == "CHANNEL_EXECUTE" for _, name in mine[key:start])
+        return executes, mine[start][0] - mine[key][0]
 
     # -- the inbound event socket ----------------------------------------------------------
 
@@ -436,7 +473,7 @@ class FakeFreeSwitch:
         action, path = args[1], args[2]
         if action == "start":
             vars_ = _bracket_vars(args[4]) if len(args) > 4 else {}
-            self._start_recording(leg, path, vars_, None)
+            self._start_recording(leg, path, vars_, leg.session)
             return "+OK Success\n"
         rec = leg.recordings.get(path)
         if action == "stop":
@@ -626,6 +663,14 @@ _MYEVENTS = frozenset(
 )
 
 
+#: what :attr:`FakeFreeSwitch.timeline` keeps of each event it times
+_TIMED = {
+    "DTMF": "DTMF-Digit",
+    "CHANNEL_EXECUTE": "Application",
+    "RECORD_START": "Record-File-Path",
+}
+
+
 def _bracket_vars(text: str) -> dict[str, str]:
     inner = text.strip().removeprefix("{").removesuffix("}")
     return dict(item.split("=", 1) for item in inner.split(",") if "=" in item)
@@ -692,6 +737,14 @@ class SimCall:
         at = next(i for i, (k, _) in enumerate(headers) if k == "Content-Type")
         headers[at:at] = extra
         wire.send(("".join(f"{k}: {fs_encode(v)}\n" for k, v in headers) + "\n").encode())
+        leg.session = wire
+        try:
+            await self._serve(wire)
+        finally:
+            leg.session = None
+
+    async def _serve(self, wire: _Wire) -> None:
+        leg = self.leg
         while (command := await wire.read_command()) is not None:
             first, fields = command
             self.commands.append(first)
@@ -708,7 +761,9 @@ class SimCall:
                 if leg.up:
                     await self._execute(wire, fields)
             elif first.startswith("api "):
+                wire.hold_events()
                 wire.api_response(await self.fs.api(first[4:]))
+                wire.release_events()
             elif first == "resume":
                 wire.reply("+OK")
             elif first == "exit":
@@ -729,6 +784,10 @@ class SimCall:
         fs.sendmsg_log.append((app, arg))
         app_uuid = fields.get("Event-UUID") or str(uuidlib.uuid4())
         info = {"Application": app, "Application-Data": arg, "Application-UUID": app_uuid}
+        if fs.frame_s:
+            await asyncio.sleep(fs.frame_s)  # the application runs at the next media frame
+            if not leg.up:
+                return
         fs.emit("CHANNEL_EXECUTE", leg, wire, **_h(info))
         response = "_none_"
         if app == "answer":

@@ -27,6 +27,7 @@ from asterisk_harness import AGENT_PROMPTS, SinkSpy, StoreView
 from asterisk_real import Lab, free_port, from_environment, open_lab, tone_wav, why_not_reachable
 from asterisk_real_capture import AgiTap, AmiTap, Transcript
 from panoramisk.message import Message
+from pbx_account import require_unprivileged
 
 from agi.adapter import AsteriskOptions
 from agi.ami import AmiClient, AmiError, AmiUnavailable
@@ -56,6 +57,7 @@ def lab_or_skip() -> Iterator[Lab]:
     reason = why_not_reachable(target)
     if reason is not None or target is None:
         pytest.skip(reason)
+    require_unprivileged(target.port, "asterisk")  # as in production (issue 14, point 7)
     with open_lab(target) as lab:
         yield lab
 
@@ -228,10 +230,12 @@ async def real(
 ) -> AsyncIterator[Real]:
     """The daemon's Asterisk component against the lab, with an observer; ``system`` adds the
     opt-in write=system AMI user; ``capture`` records both sides (FastAGI through a tap)."""
+    # everything Asterisk must reach lives beside the spool (its account's, group callconsent
+    # by the spool's setgid bit), never in the test's 0700 temp dir
     spool = lab.target.spool / f"cct-{secrets.token_hex(4)}"
     scratch = Path(f"{spool}-scratch")
-    await asyncio.to_thread(_make_dirs, spool, scratch)
-    prompt_dir = tmp / "prompts"
+    prompt_dir = Path(f"{spool}-prompts")
+    await asyncio.to_thread(_make_dirs, spool, scratch, prompt_dir)
     cfg_path = tmp / "callconsent.toml"
     agi_port = lab.agi_port if capture is None else free_port()  # the tap takes lab.agi_port
     taps: list[AgiTap | AmiTap] = []
@@ -289,8 +293,8 @@ async def real(
         await observer.stop()
         await service.stop()
         app.close()
-        shutil.rmtree(spool, ignore_errors=True)
-        shutil.rmtree(scratch, ignore_errors=True)
+        for made in (spool, scratch, prompt_dir):
+            shutil.rmtree(made, ignore_errors=True)
 
 
 def go(lab: Lab, tmp: Path, scenario: Callable[[Real], Awaitable[None]], **kw: object) -> None:
@@ -339,7 +343,7 @@ def duration_s(path: str | Path) -> float:
     return len(data) / rate
 
 
-def _make_dirs(spool: Path, scratch: Path) -> None:
-    spool.mkdir(mode=0o2770)
-    os.chmod(spool, 0o2770)  # the mode, whatever the umask
-    scratch.mkdir()
+def _make_dirs(*dirs: Path) -> None:
+    for made in dirs:
+        made.mkdir(mode=0o2770)
+        os.chmod(made, 0o2770)  # the mode, whatever the umask

@@ -34,9 +34,10 @@ def test_accept_stores_the_decision_before_the_pbx_records(book: CallBook, ledge
         )
         assert await live.run_dialogue(pbx) is c.ConsentStatus.GRANTED
         kinds = [entry[0] for entry in pbx.calls]
-        assert kinds == ["play", "set", "start", "allow_monitoring", "play", "hand_back"]
+        # stored, registered, recording; then the variables (issue 14: no export ahead of it)
+        assert kinds == ["play", "start", "set", "allow_monitoring", "play", "hand_back"]
         assert pbx.calls[0][2] == "de"
-        rid = pbx.calls[2][1]
+        rid = pbx.calls[1][1]
         with ledger.db.read() as s:
             actions = list(s.scalars(sa.select(AuditEntry.action).order_by(AuditEntry.seq)))
             decision = s.scalars(sa.select(ConsentRecord)).one()
@@ -44,7 +45,7 @@ def test_accept_stores_the_decision_before_the_pbx_records(book: CallBook, ledge
         assert actions == ["call.opened", "consent.decision", "recording.started"]
         assert decision.prompt_sha256 == book.prompts.get("consent", "de").sha256
         assert decision.pbx_channel_id == "1.75" and decision.language == "de"
-        assert rec.state == "recording" and rec.pbx_ref == "0x0003"
+        assert rec.state == "recording" and rec.pbx_ref == "0x0002"  # the 2nd PBX call
         assert book.find("asterisk", "1.74") is live
 
     asyncio.run(scenario())
@@ -86,17 +87,18 @@ def test_missing_prompt_means_unavailable(book: CallBook, ledger: Ledger) -> Non
     asyncio.run(scenario())
 
 
-def test_hangup_while_setting_variables_stops_before_recording(
+def test_hangup_while_starting_the_recording_discards_it_and_sets_nothing(
     book: CallBook, ledger: Ledger
 ) -> None:
     async def scenario() -> None:
-        pbx = FakePbx([c.DigitReceived("1")], gone_on="set")
+        pbx = FakePbx([c.DigitReceived("1")], gone_on="start")
         live = await book.open(pbx="asterisk", pbx_call_id="3.1", campaign="default")
         assert await live.run_dialogue(pbx) is c.ConsentStatus.GRANTED
-        assert "start" not in [e[0] for e in pbx.calls]
+        assert [e[0] for e in pbx.calls] == ["play", "start"]  # no PBX action after the loss
         assert live.machine.phase is c.Phase.ENDED
         with ledger.db.read() as s:
-            assert s.scalars(sa.select(Recording)).all() == []
+            (rec,) = s.scalars(sa.select(Recording)).all()
+            assert rec.state == "discarded"
 
     asyncio.run(scenario())
 
