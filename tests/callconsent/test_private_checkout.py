@@ -8,6 +8,7 @@ this tree in a fresh 0700 directory; slow (each creates its own virtualenv)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -55,8 +56,10 @@ def test_make_test_runs_the_daemon_tests_from_a_0700_directory(private_clone: Pa
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
     assert "granted it traversal" in out  # the 0700 directory was opened, and said so
-    summary = done.stdout.strip().splitlines()[-1]  # pytest's "6 passed in 16.4s"
-    assert " passed" in summary and "skipped" not in summary and "failed" not in summary, out
+    # pytest's "6 passed in 16.4s" (make -w may print "Leaving directory" after it)
+    summary = [line for line in done.stdout.splitlines() if re.search(r"\d+ passed", line)][-1:]
+    assert summary, out
+    assert "skipped" not in summary[0] and "failed" not in summary[0], out
 
 
 def free_port() -> int:
@@ -110,10 +113,17 @@ def test_the_daemon_names_the_directory_that_closes_its_installation(
         )  # fmt: skip
     finally:
         subprocess.run(["rm", "-rf", str(workdir)], check=False)
-    migrations = private_clone / "recorder" / "store" / "migrations" / "versions"
     assert done.returncode == 1, done.stderr
-    assert (
-        f"the account nobody cannot read {migrations}: it cannot enter {private_clone.parent} "
-        "(mode 0700, owner root:root)"
-    ) in done.stderr
+    assert "Please use the 'init' command" not in done.stderr
+    # the first thing of its installation it cannot reach: this copy's migrations, or, when
+    # this very suite runs from a 0700 directory too (as CI may), the interpreter's venv there
+    found = re.search(
+        r"the account nobody cannot read (\S+): it cannot enter (\S+) "
+        r"\(mode 0[0-7]+, owner root:root\)",
+        done.stderr,
+    )
+    assert found, done.stderr
+    unreadable, closed = Path(found[1]), Path(found[2])
+    assert closed in unreadable.parents
+    assert closed in (private_clone.parent, *Path(sys.executable).parents), done.stderr
     assert "init" not in done.stderr

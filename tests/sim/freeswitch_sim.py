@@ -363,6 +363,14 @@ class FakeFreeSwitch:
     async def _serve_inbound(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        """One inbound event-socket client. A client that drops the connection mid-write ends
+        it, as it does on a real FreeSWITCH: the simulator does not raise about it."""
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            await self._serve_inbound_client(reader, writer)
+
+    async def _serve_inbound_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         wire = _Wire(reader, writer)
         wire.send(b"Content-Type: auth/request\n\n")
         allowed_events: set[str] | None = None
