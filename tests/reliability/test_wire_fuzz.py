@@ -9,6 +9,7 @@ Examples per test: ``CALLCONSENT_FUZZ_EXAMPLES`` (25 here, 300 in ``make reliabi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -221,9 +222,12 @@ def test_esl_inbound_client_survives_mutated_events(
 
     async def inject() -> None:
         for wire, *_ in list(rig.fs._inbound):
-            for part in pieces(*case):
-                wire.send(part)
-                await wire.writer.drain()
+            # our client hanging up on the garbage mid-way is an expected outcome, not the
+            # peer's failure: stop writing to that wire (what it logged is checked below)
+            with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                for part in pieces(*case):
+                    wire.send(part)
+                    await wire.writer.drain()
             await asyncio.sleep(0.05)
 
     with LogTap() as tap:
