@@ -171,6 +171,8 @@ class RecorderSection:
     workers: int = field(default=4, metadata=_check(_positive))  # encryption threads
     reconcile_interval_s: float = field(default=60.0, metadata=_check(_positive))
     settle_s: float = field(default=30.0, metadata=_check(_positive))  # unchanged before repair
+    overdue_after_s: float = field(default=600.0, metadata=_check(_positive))  # plaintext alarm
+    spool_full_bytes: int = field(default=1 << 20, metadata=_check(_positive))  # free under: full
     epochs_ahead_weeks: int = field(default=26, metadata=_check(_positive))
     runway_warning_weeks: int = field(default=8, metadata=_check(_positive))
 

@@ -69,6 +69,8 @@ def finalizer(
             workers=r.workers,
             reconcile_interval_s=r.reconcile_interval_s,
             settle_s=r.settle_s,
+            overdue_after_s=r.overdue_after_s,
+            spool_full_bytes=r.spool_full_bytes,
             runway_warning_weeks=r.runway_warning_weeks,
         ),
         **test_hooks,

@@ -60,6 +60,23 @@ STORE_UNAVAILABLE = Gauge(
     "1 while the database cannot be reached (calls are not recorded meanwhile), else 0",
     registry=REGISTRY,
 )
+PLAINTEXT_OVERDUE = Gauge(
+    "callconsent_plaintext_overdue",
+    "Recordings of this host still unencrypted in the spool longer than the finalizer's retry "
+    "window ([recorder] overdue_after_s) after they ended; alert above 0",
+    registry=REGISTRY,
+)
+SPOOL_FULL = Gauge(
+    "callconsent_spool_full",
+    "1 while the spool's file system has less free space than [recorder] spool_full_bytes (the "
+    "PBX cannot write the audio of calls in progress), else 0",
+    registry=REGISTRY,
+)
+POSSIBLY_TRUNCATED = Counter(
+    "callconsent_recordings_possibly_truncated",
+    "Recordings encrypted that were open while the spool's file system was full",
+    registry=REGISTRY,
+)
 STORE_TRANSACTIONS = Counter(
     "callconsent_store_transactions",
     "Store transactions, by how they ended (commit: a write; rollback: a read). Counted only "

@@ -41,6 +41,7 @@ from sqlalchemy import bindparam, update
 from recorder import metrics
 from recorder.finalize import reconcile as reconcile_mod
 from recorder.finalize import wavcheck
+from recorder.finalize.alarms import Alarms
 from recorder.finalize.spool import Spool, SpoolError
 from recorder.finalize.workqueue import RecordingQueue
 from recorder.store import audit, rowseal
@@ -54,6 +55,7 @@ from recorder.vault.keystore import KeyStore, NoEpoch
 
 log = logging.getLogger("callconsent.finalizer")
 S = RecordingState
+_CUT = "the spool's file system was full while it was recorded: the end may be missing"
 _BLOCK = 1 << 20
 
 
@@ -98,6 +100,9 @@ class FinalizerSettings:
     settle_s: float = 30.0  # a file unchanged this long after its call ended gets repaired
     runway_warning_weeks: int = 8
     not_final_retries: tuple[float, ...] = (0.02, 0.1, 0.5)  # PBXs patch headers late
+    overdue_after_s: float = 600.0  # plaintext older than this after its end: alarm
+    spool_full_bytes: int = 1 << 20  # less free space than this in the spool: "full"
+    spool_watch_s: float = 1.0  # how often the spool's free space is looked at
 
 
 def _no_step(_name: str) -> None:
@@ -130,7 +135,9 @@ class Finalizer:
         self.settings = settings or FinalizerSettings()
         self._step = step
         self.queue = RecordingQueue(self.process, log)
+        self.alarms = Alarms(spool.path, self.settings.spool_full_bytes)
         self._periodic: asyncio.Task[None] | None = None
+        self._spool_watch: asyncio.Task[None] | None = None
         self.stats: dict[str, float] = dict.fromkeys(
             ("encrypted", "destroyed", "failed", "pending", "repaired"), 0
         )
@@ -144,6 +151,7 @@ class Finalizer:
         self.queue.start(self.settings.workers, "finalizer")
         await asyncio.to_thread(self.reconcile, full=True)
         self._periodic = asyncio.create_task(self._reconcile_periodically())
+        self._spool_watch = asyncio.create_task(self._watch_spool())
         log.info(
             "listening",
             extra={
@@ -157,10 +165,11 @@ class Finalizer:
 
     async def stop(self) -> None:
         """In-flight finalizations complete; queued ones stay pending for the next start."""
-        if self._periodic is not None:
-            self._periodic.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._periodic
+        for task in (self._periodic, self._spool_watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await asyncio.to_thread(self.queue.stop)
 
     def recording_closed(self, recording_id: str) -> None:
@@ -180,6 +189,15 @@ class Finalizer:
                 await asyncio.to_thread(self.reconcile)
             except Exception:
                 log.exception("reconcile_failed")
+
+    async def _watch_spool(self) -> None:
+        """The PBX writes into the spool: its file system filling up cuts recordings short."""
+        while True:
+            try:
+                self.alarms.check_spool()
+            except OSError as exc:
+                log.warning("spool_watch_failed", extra={"kv": {"error": str(exc)}})
+            await asyncio.sleep(self.settings.spool_watch_s)
 
     # -- one recording ---------------------------------------------------------------------------
 
@@ -264,8 +282,12 @@ class Finalizer:
         try:
             epoch = self.keys.epoch_for(expires)
         except NoEpoch as exc:
-            log.error("recording_pending_no_key_epoch", extra={"kv": {"recording": rec.id}})
-            return self._pending(rec, str(exc), error=True)
+            self.alarms.failed(
+                "no_key_epoch",
+                "recording_pending_no_key_epoch",
+                {"recording": rec.id, "why": str(exc), "effect": "its plaintext stays pending"},
+            )
+            return self._pending(rec, str(exc), error=True, said=True)
         self._step("opened")
         data_key = os.urandom(32)
         slot = envelope.wrap(data_key, epoch.public_key, rec.id, epoch.id)
@@ -274,34 +296,40 @@ class Finalizer:
         except OSError as exc:
             self.stats["failed"] += 1
             why = "disk full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
-            metrics.FINALIZE_FAILURES.labels(
-                "disk_full" if exc.errno == errno.ENOSPC else "io"
-            ).inc()
-            log.error(
+            cause = "disk_full" if exc.errno == errno.ENOSPC else "io"
+            metrics.FINALIZE_FAILURES.labels(cause).inc()
+            self.alarms.failed(
+                f"vault_{cause}",
                 "finalize_failed",
-                extra={
-                    "kv": {
-                        "recording": rec.id,
-                        "error": f"{why} writing to the vault {self.vault.path}",
-                        "effect": "plaintext and store untouched; retried at the next reconcile",
-                    }
+                {
+                    "recording": rec.id,
+                    "error": f"{why} writing to the vault {self.vault.path}",
+                    "effect": "plaintext and store untouched; retried at the next reconcile",
                 },
             )
             return Outcome.FAILED
         self._step("renamed")
-        if not self._commit(rec, info, repair, sealed, epoch.id, expires):
+        cut = self.alarms.spool_was_full(rec.started_at, rec.closed_at)
+        if not self._commit(rec, info, repair, sealed, epoch.id, expires, cut):
             self.vault.remove(rec.id)  # discarded while we encrypted
             return Outcome.RECHECK
         self._step("committed")
         self._unlink_plaintext(Path(rec.spool_path), fd)
         self._step("unlinked")
         self.stats["encrypted"] += 1
+        self.alarms.succeeded()
         if rec.closed_at is not None:  # closed -> encrypted, plaintext gone
             metrics.FINALIZE_SECONDS.observe((datetime.now(UTC) - rec.closed_at).total_seconds())
-        log.info(
-            "recording_encrypted",
-            extra={"kv": {"recording": rec.id, "epoch": epoch.id, "bytes": sealed.plaintext_size}},
-        )
+        kv: dict[str, object] = {
+            "recording": rec.id,
+            "epoch": epoch.id,
+            "bytes": sealed.plaintext_size,
+        }
+        if cut:
+            metrics.POSSIBLY_TRUNCATED.inc()
+            log.warning("recording_encrypted", extra={"kv": {**kv, "possibly_truncated": _CUT}})
+        else:
+            log.info("recording_encrypted", extra={"kv": kv})
         return Outcome.ENCRYPTED
 
     def _commit(
@@ -312,6 +340,7 @@ class Finalizer:
         sealed: Sealed,
         epoch_id: str,
         expires: datetime,
+        cut: bool = False,
     ) -> bool:
         values = {
             "b_id": rec.id,
@@ -354,6 +383,7 @@ class Finalizer:
                     "plaintext_sha256": sealed.plaintext_sha256,
                     "ciphertext_sha256": sealed.ciphertext_sha256,
                     "expires_at": expires.isoformat(),
+                    **({"possibly_truncated": _CUT} if cut else {}),
                     "row": rowseal.seal_of("recordings", done._mapping),
                 },
             )  # fmt: skip
@@ -378,11 +408,15 @@ class Finalizer:
         fsync_dir(path.parent)
         return True
 
-    def _pending(self, rec: Recording, why: str, *, error: bool = False) -> Outcome:
-        """Leave it for the next reconcile; a lasting problem goes into ``last_error``."""
+    def _pending(
+        self, rec: Recording, why: str, *, error: bool = False, said: bool = False
+    ) -> Outcome:
+        """Leave it for the next reconcile; a lasting problem goes into ``last_error`` (and
+        a log line, unless the alarms already ``said`` it)."""
         self.stats["pending"] += 1
         if error:
-            log.error("recording_pending", extra={"kv": {"recording": rec.id, "reason": why}})
+            if not said:
+                log.error("recording_pending", extra={"kv": {"recording": rec.id, "reason": why}})
             with self.db.write() as s:
                 row = s.get(Recording, rec.id)
                 if row is not None and row.state == S.CLOSED:

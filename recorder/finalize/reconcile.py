@@ -6,7 +6,8 @@ recording of this host that is ``closed`` (a close we heard while down, or a cra
 ``recording`` with its call over (a close we never heard, or a PBX that crashed), every spool
 file of an encrypted, discarded or purged recording, and (``full``) every ciphertext of a
 recording that is not encrypted. An unknown spool file is kept and reported, never deleted.
-It also checks how far ahead the key epochs reach.
+It also checks how far ahead the key epochs reach, and counts the plaintext left past the
+retry window (:mod:`recorder.finalize.alarms`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from recorder import metrics
+from recorder.finalize.alarms import Alarms
 from recorder.finalize.spool import Spool
 from recorder.store.db import Database
 from recorder.store.models import Call, Recording, RecordingState
@@ -41,9 +43,11 @@ class Finalizing(Protocol):
     vault: Vault
     keys: KeyStore
     retention: RetentionRule
-    settings: Any  # ``runway_warning_weeks``
+    settings: Any  # ``runway_warning_weeks``, ``overdue_after_s``
     stats: dict[str, float]
     runway_warned_at: float
+
+    alarms: Alarms
 
     def submit(self, recording_id: str) -> None: ...
 
@@ -83,6 +87,7 @@ def reconcile(fin: Finalizing, *, full: bool = False) -> dict[str, int]:
     for rid in sorted(work):
         fin.submit(rid)
     check_runway(fin)
+    fin.alarms.check_overdue(fin.db, fin.ctx.node, fin.settings.overdue_after_s)
     return {"queued": len(work)}
 
 
