@@ -78,6 +78,7 @@ class SimMixMonitor:
         self.active = True
         self.frames = 0
         self.muted_frames = 0
+        self.lost_writes = 0
         self._task: asyncio.Task[None] | None = None
         if chan.sim.unwritable_spool:  # Asterisk logs an error; the monitor exists all the same
             return
@@ -105,8 +106,13 @@ class SimMixMonitor:
             self.muted_frames += frames if self.muted else 0
 
     def _append(self, chunk: bytes) -> None:
-        with open(self.path, "ab") as f:
-            f.write(chunk)
+        """A full disk loses frames and the monitor goes on, as Asterisk's (format_wav's
+        ``Bad write`` warning; MixMonitor ignores the result of ``ast_writestream``)."""
+        try:
+            with open(self.path, "ab") as f:
+                f.write(chunk)
+        except OSError:
+            self.lost_writes += 1
 
     def close(self) -> None:
         """The file closes: the WAV header is written 1–15 ms later (capture s3)."""
@@ -121,6 +127,8 @@ class SimMixMonitor:
         if self.path.suffix != ".wav" or not self.path.exists():
             return
         size = self.path.stat().st_size
+        if size < 44:  # the disk was full before even the header fitted
+            return
         with open(self.path, "r+b") as f:
             f.write(wav_header(size - 44, 1))
 
