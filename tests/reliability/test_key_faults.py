@@ -103,7 +103,7 @@ def test_missing_keys_keep_plaintext_pending_alarmed_once_then_finalised(
                 await until(lambda: rig.finalizer.stats["pending"] >= 16, "3 retries each")
                 overdue = await asyncio.to_thread(overdue_on_metrics, endpoint.port)
                 kept = [Path(r.spool_path) for r in recordings(h)]
-                assert all(await asyncio.to_thread(p.is_file) for p in kept)
+                assert await asyncio.to_thread(lambda: all(p.is_file() for p in kept))
                 during = tap.take()
                 now = datetime.now(UTC)  # `callconsent keys rotate`
                 rig.keys.ensure_epochs(epochs_between(now, now + timedelta(weeks=60)), "test")
