@@ -6,6 +6,8 @@ import logging
 import os
 from dataclasses import dataclass
 
+from sqlalchemy import select
+
 from callconsent.config import Config
 from callconsent.privileges import invoked_by
 from recorder.finalize.spool import Spool
@@ -15,6 +17,7 @@ from recorder.store import migrate
 from recorder.store.audit import AuditContext, os_user
 from recorder.store.db import Database
 from recorder.store.ledger import Ledger, RecordingSink
+from recorder.store.models import Call
 from recorder.store.numbers import SECRET_NAME, NumberProtector
 from recorder.vault.keydir import KeyDir
 
@@ -23,6 +26,10 @@ log = logging.getLogger("callconsent")
 
 class SchemaOutOfDate(Exception):
     """The database schema is older than this code and is not ours to upgrade implicitly."""
+
+
+class NumberSecretMissing(Exception):
+    """The key directory lacks the number secret this host's calls were hashed under."""
 
 
 @dataclass
@@ -51,7 +58,9 @@ class App:
         spool.ensure()
         db = Database(config.database_url)
         ensure_schema(db)
-        numbers = NumberProtector(keydir.secret(SECRET_NAME), config.numbers.default_region)
+        numbers = NumberProtector(
+            number_secret(keydir, db, config.daemon.node), config.numbers.default_region
+        )
         ctx = AuditContext(node=config.daemon.node, os_user=audit_os_user())
         ledger = Ledger(db, numbers, ctx, sink=sink)
         prompts = PromptCatalog(config.prompt_dir)
@@ -62,6 +71,25 @@ class App:
 
     def close(self) -> None:
         self.db.dispose()
+
+
+def number_secret(keydir: KeyDir, db: Database, node: str) -> bytes:
+    """The number secret, created on first use, but never anew for a host whose calls were
+    hashed under one: a key directory unmounted or unreadable at start-up would otherwise get a
+    new secret silently, and every earlier caller's number could no longer be found."""
+    if not (keydir.path / SECRET_NAME).exists():
+        with db.read() as s:
+            hashed = s.scalar(
+                select(Call.id).where(Call.node == node[:64], Call.number_key.is_not(None)).limit(1)
+            )
+        if hashed is not None:
+            raise NumberSecretMissing(
+                f"the key directory {keydir.path} has no {SECRET_NAME}, but this host's calls "
+                "in the store were hashed under one: is the key directory mounted and readable "
+                "by the daemon's account? Restore it (or its backup); a new secret would make "
+                "every earlier caller's number unfindable"
+            )
+    return keydir.secret(SECRET_NAME)
 
 
 def audit_os_user() -> str:

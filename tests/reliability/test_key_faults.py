@@ -12,6 +12,8 @@ the real finalizer, the daemon's /metrics endpoint).
   ``callconsent_plaintext_overdue`` on /metrics counts them and ``plaintext_overdue`` is
   said once; once epochs exist, everything is finalised, ``finalize_resumed`` and then
   ``plaintext_overdue_cleared`` are said once each and the gauge is back to 0.
+- The daemon restarted while the key directory is gone: it refuses to start rather than
+  mint a new number secret (which would make every earlier caller's number unfindable).
 """
 
 from __future__ import annotations
@@ -22,15 +24,19 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from asterisk_flows import run
-from asterisk_harness import Harness
+from asterisk_harness import Harness, write_config
 from recstore import make_rig
 from test_disk_faults import hang_up, recordings, said, start_calls, until
 from wirefuzz import LogTap
 
+from callconsent import config as config_mod
+from callconsent.app import App, NumberSecretMissing
 from callconsent.metrics_server import MetricsServer
 from recorder.finalize.finalizer import FinalizerSettings
 from recorder.store import audit
+from recorder.store.models import Call
 from recorder.vault.expiry import RetentionRule, epochs_between
 
 NEVER_S = 3600.0
@@ -136,3 +142,32 @@ def test_missing_keys_keep_plaintext_pending_alarmed_once_then_finalised(
             assert audit.verify(s).ok
 
     run(tmp_path, scenario)
+
+
+def test_a_restart_with_the_key_directory_gone_refuses_to_mint_a_new_number_secret(
+    tmp_path: Path,
+) -> None:
+    """A new secret would make every earlier caller's number unfindable (data-subject
+    requests): the daemon must stop and say why, and start as before once it is back."""
+    cfg = config_mod.load(write_config(tmp_path, "", ""))
+    app = App.open(cfg)
+    call = app.ledger.open_call(
+        pbx="asterisk", pbx_call_id="1795348625.1", campaign="sales", number="+4915112345678"
+    )
+    key = app.numbers.lookup_key("+4915112345678")
+    app.close()
+    keydir = cfg.key_dir
+    keydir.rename(keydir.with_name("keys-unmounted"))
+    keydir.mkdir(mode=0)  # the mount point of a volume that is not there
+    with pytest.raises(NumberSecretMissing, match=r"has no numbers\.secret, but this host.s calls"):
+        App.open(cfg)
+    assert os.listdir(keydir) == []  # nothing minted
+    keydir.rmdir()
+    keydir.with_name("keys-unmounted").rename(keydir)
+    app = App.open(cfg)
+    try:
+        assert app.numbers.lookup_key("+4915112345678") == key
+        with app.db.read() as s:
+            assert s.get(Call, call.id).number_key == key
+    finally:
+        app.close()
