@@ -8,6 +8,11 @@ and data sizes match the file's size, checked in a short, bounded poll. A ``.raw
 header: it is closed when the channel is gone (or the stop returned) and its size is stable.
 A header that never becomes final (the PBX died mid-call) is left alone: the finalizer
 repairs stale files from their size.
+
+A call that ends while the store is out of reach (PostgreSQL down) cannot have its end or its
+recordings' closure written: that is said once for all calls (``store_unavailable``), and its
+ending is retried until the store is back, so its recordings are finalized then, not left in
+the spool.
 """
 
 from __future__ import annotations
@@ -18,11 +23,17 @@ import logging
 from agi.calls import AsteriskCall, CallRegistry
 from recorder.live.callbook import CallBook
 from recorder.live.spoolfiles import header_final, wait_closed
+from recorder.store import outage
 
 __all__ = ["Closer", "header_final", "wait_closed"]
 
 log = logging.getLogger("callconsent.agi")
 PBX = "asterisk"
+RETRY_S = (0.5, 1.0, 2.0, 5.0)  # a call's ending, while the store is out of reach
+
+
+class _StoreAway(Exception):
+    """A recording of the call could not be closed: the store is out of reach."""
 
 
 class Closer:
@@ -61,56 +72,77 @@ class Closer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _close_one(self, call: AsteriskCall, rid: str) -> None:
+    async def _close_one(self, call: AsteriskCall, rid: str) -> bool:
+        """False if the store was out of reach: the recording stays open, to close again."""
         if rid not in call.open_recordings:
-            return
+            return True
         call.open_recordings.discard(rid)
         file = call.files.get(rid)
         kv = {"call": call.key, "recording": rid}
         if file is None:
-            return
-        if rid in call.held and not file.path.exists():
-            # held back for its beep until the dialogue's last prompt; the call ended first
-            log.info("recording_never_started", extra={"kv": kv})
-            await self.calls.ledger.discard_async(rid, "call_ended_before_start", None)
-            return
-        if not file.path.exists():
-            # MixMonitor never opened it (bad path, full disk): nothing to keep or finalize
-            log.error("recording_file_missing", extra={"kv": kv})
-            await self.calls.ledger.discard_async(rid, "pbx_wrote_no_file", None)
-            return
-        if not await wait_closed(file, self.wait_s):
-            log.warning("recording_not_final", extra={"kv": {**kv, "after_s": self.wait_s}})
-            return  # the finalizer repairs the header of a stale file
-        live = self.calls.find(PBX, call.key)
+            return True
         try:
+            if rid in call.held and not file.path.exists():
+                # held back for its beep until the dialogue's last prompt; the call ended first
+                log.info("recording_never_started", extra={"kv": kv})
+                await self.calls.ledger.discard_async(rid, "call_ended_before_start", None)
+                return True
+            if not file.path.exists():
+                # MixMonitor never opened it (bad path, full disk): nothing to keep or finalize
+                log.error("recording_file_missing", extra={"kv": kv})
+                await self.calls.ledger.discard_async(rid, "pbx_wrote_no_file", None)
+                return True
+            if not await wait_closed(file, self.wait_s):
+                log.warning("recording_not_final", extra={"kv": {**kv, "after_s": self.wait_s}})
+                return True  # the finalizer repairs the header of a stale file
+            live = self.calls.find(PBX, call.key)
             if live is not None:
                 await live.recording_closed(rid)
             else:
                 await self.calls.ledger.recording_closed_async(rid)
-        except Exception:
+        except Exception as exc:
+            if outage.is_unavailable(exc):  # said once for all calls; closed again later
+                outage.OUTAGE.report(exc, f"recording {rid}")
+                call.open_recordings.add(rid)
+                return False
             log.exception("recording_close_failed", extra={"kv": kv})
-            return
+            return True
         log.info("recording_closed", extra={"kv": kv})
+        return True
 
     async def _end_call(self, key: str) -> None:
         try:
-            call = self.registry.get(key)
-            if call is None:
-                return
-            call.gone = True
-            pending = [self._close_one(call, rid) for rid in list(call.open_recordings)]
-            await asyncio.gather(*pending)
-            live = self.calls.find(PBX, key)
-            if live is not None:
-                await live.hung_up()
-            log.info("call_ended", extra={"kv": {"call": key}})
+            for attempt in range(1_000_000):  # while the store is out of reach
+                if attempt:
+                    await asyncio.sleep(RETRY_S[min(attempt, len(RETRY_S)) - 1])
+                try:
+                    await self._end_once(key)
+                    break
+                except _StoreAway:
+                    continue
+                except Exception as exc:
+                    if not outage.is_unavailable(exc):
+                        raise
+                    outage.OUTAGE.report(exc, f"call {key}")
         except Exception:
             log.exception("call_end_failed", extra={"kv": {"call": key}})
         finally:
             self._ending.discard(key)
         if (call := self.registry.get(key)) is not None:
             self.release(call)
+
+    async def _end_once(self, key: str) -> None:
+        call = self.registry.get(key)
+        if call is None:
+            return
+        call.gone = True
+        pending = [self._close_one(call, rid) for rid in list(call.open_recordings)]
+        if not all(await asyncio.gather(*pending)):
+            raise _StoreAway
+        live = self.calls.find(PBX, key)
+        if live is not None:
+            await live.hung_up()
+        log.info("call_ended", extra={"kv": {"call": key}})
 
     def _forget(self, key: str) -> None:
         self.registry.drop(key)

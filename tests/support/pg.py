@@ -18,6 +18,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
@@ -47,13 +48,38 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+WAIT = ("-w", "-t", "60", "start")
+
+
+@dataclass
+class Cluster:
+    """A private cluster a test may stop and start again (a PostgreSQL outage)."""
+
+    url: str
+    data: str
+    pg_ctl: str
+    opts: str
+    log: str
+    run_as: list[str] = field(default_factory=list)
+
+    def start(self) -> None:
+        subprocess.run(
+            [*self.run_as, self.pg_ctl, "-D", self.data, "-o", self.opts, "-l", self.log, *WAIT],
+            check=True,
+            capture_output=True,
+        )
+
+    def stop(self, mode: str = "immediate") -> None:
+        subprocess.run(
+            [*self.run_as, self.pg_ctl, "-D", self.data, "-m", mode, "-w", "stop"],
+            capture_output=True,
+        )
+
+
 @contextmanager
-def server() -> Iterator[str]:
-    """Yields a SQLAlchemy URL of a superuser on a running server."""
-    existing = os.environ.get("CALLCONSENT_TEST_PG_URL")
-    if existing:
-        yield existing
-        return
+def cluster() -> Iterator[Cluster]:
+    """A new private cluster from Debian's binaries (never ``$CALLCONSENT_TEST_PG_URL``'s
+    server: a test may stop this one)."""
     initdb, pg_ctl = _binaries()
     run_as: list[str] = []
     base = tempfile.mkdtemp(prefix="callconsent-pg-")
@@ -66,6 +92,14 @@ def server() -> Iterator[str]:
         run_as = ["runuser", "-u", "postgres", "--"]
     data = os.path.join(base, "data")
     port = _free_port()
+    found = Cluster(
+        f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres",
+        data,
+        pg_ctl,
+        f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c fsync=off",
+        os.path.join(base, "log"),
+        run_as,
+    )
     try:
         subprocess.run(
             [
@@ -82,44 +116,35 @@ def server() -> Iterator[str]:
             check=True,
             capture_output=True,
         )
-        opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c fsync=off"
-        subprocess.run(
-            [
-                *run_as,
-                pg_ctl,
-                "-D",
-                data,
-                "-o",
-                opts,
-                "-l",
-                os.path.join(base, "log"),
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
-            check=True,
-            capture_output=True,
-        )
+        found.start()
     except subprocess.CalledProcessError as exc:
         shutil.rmtree(base, ignore_errors=True)
         raise PostgresUnavailable(
             f"could not start a private PostgreSQL: {exc.stderr.decode(errors='replace')[-500:]}"
         ) from None
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        yield found
     finally:
-        subprocess.run(
-            [*run_as, pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"], capture_output=True
-        )
+        found.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@contextmanager
+def server() -> Iterator[str]:
+    """Yields a SQLAlchemy URL of a superuser on a running server."""
+    existing = os.environ.get("CALLCONSENT_TEST_PG_URL")
+    if existing:
+        yield existing
+        return
+    with cluster() as found:
+        yield found.url
 
 
 @contextmanager
 def fresh_database(admin_url: str) -> Iterator[str]:
     """A new empty database on the server, dropped afterwards."""
     name = f"cc_test_{uuid.uuid4().hex[:12]}"
-    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     try:
         with engine.connect() as conn:
             conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
