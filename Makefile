@@ -21,7 +21,7 @@ help:
 	@echo "make test   install test dependencies and run the whole suite"
 	@echo "make lint   ruff"
 	@echo "make bench  run every benchmark (QUICK=1 for a short run)"
-	@echo "make reliability  tamper, fuzz, injection, kills under load, a 1-minute soak (< 10 min)"
+	@echo "make reliability  tamper, fuzz, injection, kills and faults under load, a 1-minute soak (< 10 min)"
 	@echo "make sql    regenerate sql/*.sql from the migrations"
 	@echo "make demo   three consent calls through a simulated Asterisk, then what was kept"
 	@echo "make dialplan  regenerate dialplan/asterisk/*.conf from agi/templates/"
@@ -88,7 +88,8 @@ test: debian-deps install daemon-account
 # docs/reliability.md: the fast parts run in `make test` too (fewer fuzz examples, no kills)
 reliability: debian-deps install daemon-account
 	@echo ">>> reliability: tamper-evidence, wire fuzzing (200 examples a surface), injection,"
-	@echo ">>> SIGKILL/SIGTERM under load, the crash matrix, then a 1-minute soak"
+	@echo ">>> SIGKILL/SIGTERM under load, disk full, keys, PostgreSQL and PBX restarts, the crash"
+	@echo ">>> matrix, then a 1-minute soak"
 	CALLCONSENT_FUZZ_EXAMPLES=200 CALLCONSENT_RELIABILITY_HEAVY=1 $(VPY) -m pytest -q \
 	  -W ignore::hypothesis.errors.HypothesisWarning tests/reliability \
 	  tests/esl_listener/test_outbound_refusal.py tests/recorder/finalize/test_crash.py
