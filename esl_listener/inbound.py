@@ -31,8 +31,10 @@ from esl_listener.connection import (
 )
 from esl_listener.protocol import Event
 from recorder import metrics
+from recorder.store import outage
 
 log = logging.getLogger("callconsent.esl.inbound")
+RETRY_S = (0.5, 1.0, 2.0, 5.0)  # a call's events, while the store is out of reach
 
 #: One ``event plain`` command each, so a user missing one permission still gets the others
 #: (FreeSWITCH stops at the first refused name and says ``-ERR permission denied``).
@@ -227,13 +229,23 @@ class InboundClient:
         queue.append(event)
 
     async def _drain(self, key: str, queue: deque[Event]) -> None:
+        retry = 0
         try:
             while queue:
                 event = queue.popleft()
                 try:
                     await self.on_event(event)
-                except Exception:
-                    log.exception("esl_event_failed", extra={"kv": {"event": event.name}})
+                    retry = 0
+                except Exception as exc:
+                    if not outage.is_unavailable(exc):
+                        log.exception("esl_event_failed", extra={"kv": {"event": event.name}})
+                        continue
+                    # the store is out of reach: said once for all calls; this call's events
+                    # wait, in order, and are handled once it is back (a hangup is not lost)
+                    outage.OUTAGE.report(exc, f"ESL {event.name}")
+                    queue.appendleft(event)
+                    await asyncio.sleep(RETRY_S[min(retry, len(RETRY_S) - 1)])
+                    retry += 1
         finally:
             if self._queues.get(key) is queue:
                 del self._queues[key]

@@ -3,13 +3,13 @@ the real finalizer reconciling every half second).
 
 The PBX dies: its AMI connection closes, its channels vanish without a ``Hangup`` event, and
 its MixMonitors stop without finalizing their WAV headers (sizes still 0, as Asterisk leaves
-them until the file closes); the kernel closes its FastAGI sockets. It comes back with no
-channel, and our AMI client logs in again. The calls it forgot are closed out in the store
-(by the consent sessions' ends; failing those, by the check after the re-login, which asks
-for each channel: ``call_ended_while_ami_was_away``); the finalizer repairs each header from the file's size once the file has settled (audited as
-``recording.header_repaired``) and encrypts it, so no plaintext is left, nothing is lost or
-duplicated, no error is logged, and the chain verifies. A call placed after the restart is
-decided and recorded as usual.
+them until the file closes); its FastAGI sessions end. It comes back with no channel, and our
+AMI client logs in again. The calls it forgot are closed out in the store (by the consent
+sessions' ends; failing those, by the check after the re-login, which asks for each channel:
+``call_ended_while_ami_was_away``); the finalizer repairs each header from the file's size
+once the file has settled (audited as ``recording.header_repaired``) and encrypts it, so no
+plaintext is left, nothing is lost or duplicated, no error is logged, and the chain
+verifies. A call placed after the restart is decided and recorded as usual.
 """
 
 from __future__ import annotations

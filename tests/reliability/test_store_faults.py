@@ -153,3 +153,46 @@ def test_freeswitch_calls_with_the_database_gone_are_not_recorded_and_said_once(
         fs_run(app, scenario)
     finally:
         app.close()
+
+
+def test_freeswitch_calls_that_hang_up_while_the_database_is_gone_are_ended_once_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """Calls recording when the store goes away hang up meanwhile: their RECORD_STOP and
+    CHANNEL_HANGUP_COMPLETE cannot be written. That is said once with the outage (no error
+    and no traceback per call), and once the store is back the calls are ended and their
+    recordings closed, so the finalizer takes them (not left in the spool until a restart)."""
+    app = open_app(tmp_path, '[daemon]\ndata_dir = "data"\nnode = "pbx-test"\n', ("en",))
+
+    async def scenario(app, fs, svc) -> None:  # type: ignore[no-untyped-def]
+        legs = [await fs_call(fs, svc, "default", Caller(["1"])) for _ in range(2)]
+        await until(lambda: len(fs_rows(app, Recording)) == 2, "both recording")
+        working = app.db._sessions, app.db.engine
+        gone = sa.create_engine(f"sqlite:///{tmp_path}/no/such/dir/callconsent.db")
+        app.db._sessions = sessionmaker(gone, expire_on_commit=False)
+        app.db.engine = gone
+        try:
+            with LogTap() as tap:
+                for leg in legs:
+                    await fs.hangup_leg(leg)
+                await asyncio.sleep(1.0)
+                records = tap.take()
+        finally:
+            app.db._sessions, app.db.engine = working
+            gone.dispose()
+        said = [(r.levelname, r.getMessage()) for r in records if r.levelno >= logging.WARNING]
+        assert said == [("ERROR", "store_unavailable")], said
+        assert not [r for r in records if r.exc_info]
+        await fs_call(fs, svc, "default", Caller(["1", "hangup"]))  # the store is back
+        await until(
+            lambda: all(c.ended_at is not None for c in fs_rows(app, Call)), "all calls ended"
+        )
+        await until(
+            lambda: [r.state for r in fs_rows(app, Recording)] == ["closed"] * 3,
+            "the three recordings closed",
+        )
+
+    try:
+        fs_run(app, scenario)
+    finally:
+        app.close()
