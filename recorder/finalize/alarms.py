@@ -133,8 +133,14 @@ class Alarms:
         free = st.f_bavail * st.f_frsize
         full = free < self.spool_full_bytes
         now = datetime.now(UTC)
-        if full and self.full_since is None:
-            self.full_since = now
+        with self._lock:  # the watcher and the workers' seals both look
+            since = self.full_since
+            if full and since is None:
+                self.full_since = now
+            elif not full and since is not None:
+                self.full_since = None
+                self.full_windows = [*self.full_windows[-99:], (since, now)]
+        if full and since is None:
             metrics.SPOOL_FULL.set(1)
             log.error(
                 "spool_full",
@@ -148,9 +154,7 @@ class Alarms:
                     }
                 },
             )
-        elif not full and self.full_since is not None:
-            since, self.full_since = self.full_since, None
-            self.full_windows = [*self.full_windows[-99:], (since, now)]
+        elif not full and since is not None:
             metrics.SPOOL_FULL.set(0)
             log.warning(
                 "spool_space_back",
