@@ -1,5 +1,5 @@
-"""PostgreSQL stopped while calls are in progress, then started again (simulated Asterisk,
-the assembled adapter, the real finalizer, a private PostgreSQL cluster this test stops).
+"""PostgreSQL stopped while calls are in progress, then started again (simulated Asterisk
+and FreeSWITCH, the assembled adapters, a private PostgreSQL cluster this test stops).
 
 Before: calls are decided and recorded. While it is down: a new call's evidence cannot be
 written, so it is not recorded (fail closed: the dialplan's fallback), no row of it appears
@@ -22,6 +22,12 @@ import pytest
 import sqlalchemy as sa
 from asterisk_harness import Harness, harness
 from asterisk_sim import hangup, press
+from freeswitch_rig import call as fs_call
+from freeswitch_rig import open_app
+from freeswitch_rig import rows as fs_rows
+from freeswitch_rig import run as fs_run
+from freeswitch_rig import until as fs_until
+from freeswitch_sim import Caller
 from recstore import make_rig
 from test_disk_faults import said, start_calls, until
 from wirefuzz import LogTap
@@ -125,3 +131,50 @@ async def scenario(h: Harness, cluster: pg.Cluster) -> None:
         ]
     finally:
         await rig.finalizer.stop()
+
+
+def test_postgres_stopped_with_freeswitch_calls_in_progress(
+    tmp_path: Path, cluster: pg.Cluster
+) -> None:
+    """The same through the FreeSWITCH adapter: two calls recording when it stops hang up
+    meanwhile and one arrives; said once; started again, both are ended and their recordings
+    closed, the one that arrived during the outage left no row and was not recorded."""
+    with pg.fresh_database(cluster.url) as url:
+        db = Database(url)
+        migrate.upgrade(db)
+        db.dispose()
+        config = f'[daemon]\ndata_dir = "data"\nnode = "pbx-test"\n\n[database]\nurl = "{url}"\n'
+        app = open_app(tmp_path, config, ("en",))
+
+        async def scenario(app, fs, svc) -> None:  # type: ignore[no-untyped-def]
+            legs = [await fs_call(fs, svc, "default", Caller(["1"])) for _ in range(2)]
+            await fs_until(lambda: len(fs_rows(app, Recording)) == 2, "both recording")
+            with LogTap() as tap:
+                await asyncio.to_thread(cluster.stop)
+                for leg in legs:
+                    await fs.hangup_leg(leg)
+                during = await fs_call(fs, svc, "default", Caller(["1", "hangup"]))
+                await fs_until(lambda: svc.outbound.active_sessions == 0, "sessions over")
+                await asyncio.sleep(1.0)
+                down = tap.take()
+                await asyncio.to_thread(cluster.start)
+                await until(
+                    lambda: [r.state for r in fs_rows(app, Recording)] == ["closed"] * 2,
+                    "both recordings closed once it is back",
+                )
+                await until(
+                    lambda: all(c.ended_at is not None for c in fs_rows(app, Call)),
+                    "both calls ended",
+                )
+                back = tap.take()
+            assert not during.recordings and "consent_status" not in during.variables
+            assert len(fs_rows(app, Call)) == 2  # nothing invented for the third
+            events = said(down)
+            assert events == [("ERROR", "store_unavailable")], events
+            assert said(back) == [("WARNING", "store_back")]
+            assert not [r for r in down + back if r.exc_info]
+
+        try:
+            fs_run(app, scenario)
+        finally:
+            app.close()
