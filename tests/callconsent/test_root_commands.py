@@ -200,10 +200,14 @@ def test_the_web_and_people_commands_started_as_root_act_as_the_daemons_account(
         assert "revoked" in host.ok("links", "revoke", str(link["id"]))
         host.ok("retention", "run", "--dry-run")
         host.ok("retention", "run")
+        # a year on, forced (audited): the recording goes and its epoch's key is destroyed
+        host.ok("retention", "run", "--as-of", "2099-01-01", "--force-as-of", "--actor",
+                "admin", "--reason", "root-switch test")  # fmt: skip
         assert not_the_accounts(host.data) == []
         users = audit_os_users(host)
         for action in ("user.added", "user.password_changed", "token.created", "share.created",
-                       "share.revoked"):  # fmt: skip
+                       "share.revoked", "retention.forced_as_of", "recording.purged",
+                       "key_epoch.destroyed"):  # fmt: skip
             assert users[action] == f"{daemon_account.NAME} (for root)", (action, users)
     finally:
         host.remove()
