@@ -81,7 +81,7 @@ class LiveCall:
                     if i == joined or (gone and not isinstance(action, _STORE_ACTIONS)):
                         continue
                     try:
-                        if port is not None and _decision_then_start(actions, i):
+                        if port is not None and not gone and _decision_then_start(actions, i):
                             joined = i + 1
                             done.append(action)  # committed before the PBX hears of it
                             action = actions[joined]
