@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = cmds.add_parser("revoke", help="revoke a share link now (audited)")
     r.add_argument("id", type=int, help="the link's number (shown on the recording's page)")
     r.add_argument("--actor", help="who revokes it (default: your OS account)")
-    r.set_defaults(func=revoke)
+    r.set_defaults(func=revoke, acts_as_daemon=True)
 
 
 def revoke(args: argparse.Namespace) -> int:

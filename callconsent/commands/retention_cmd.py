@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--actor", help="with --force-as-of: an admin")
     run.add_argument("--reason", help="with --force-as-of: why (kept in the audit log)")
-    run.set_defaults(func=run_pass)
+    run.set_defaults(func=run_pass, acts_as_daemon=True)
     rc = cmds.add_parser(
         "recompute",
         help="re-apply the current retention policy to existing recordings (audited)",
@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     rc.add_argument("--campaign", help="only this campaign's recordings")
     rc.add_argument("--actor", required=True, help="a dpo or admin from [actors]")
     rc.add_argument("--reason", required=True)
-    rc.set_defaults(func=recompute)
+    rc.set_defaults(func=recompute, acts_as_daemon=True)
 
 
 def as_of_datetime(text: str) -> datetime:

@@ -2,6 +2,7 @@
 the people who may act on recordings, in the web console, its API and the CLI's ``--actor``.
 
 Passwords come from ``--password-file PATH``, ``$CALLCONSENT_USER_PASSWORD`` or a prompt.
+Started as root, a command reads the password first and then acts as the daemon's account.
 Changes are audited with ``--actor`` (default: your OS account). ``import-actors`` turns the
 deprecated ``[actors]`` config section into users (without passwords: CLI only until
 ``passwd``)."""
@@ -64,6 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         c.add_argument("--actor", help="who makes the change (default: your OS account)")
     for c in (a, cmds.choices["passwd"]):
         c.add_argument("--password-file", metavar="PATH", help="read the password from here")
+        c.set_defaults(before_switch=read_password_first)
+    for c in cmds.choices.values():  # started as root: act as the daemon's account
+        c.set_defaults(acts_as_daemon=True)
 
 
 def _accounts(args: argparse.Namespace) -> tuple[App, Accounts, str]:
@@ -76,7 +80,16 @@ def _accounts(args: argparse.Namespace) -> tuple[App, Accounts, str]:
     return app, Accounts(app.db, app.audit_ctx), actor
 
 
+def read_password_first(args: argparse.Namespace) -> None:
+    """Started as root: read the password (a root-only --password-file, the terminal) before
+    the command switches to the daemon's account."""
+    if not getattr(args, "no_password", False):
+        args.password = read_password(args)
+
+
 def read_password(args: argparse.Namespace) -> str:
+    if getattr(args, "password", None) is not None:
+        return str(args.password)
     if getattr(args, "password_file", None):
         try:
             return Path(args.password_file).read_text(encoding="utf-8").rstrip("\r\n")

@@ -1,7 +1,10 @@
 """``callconsent web``: the web console and HTTP API (``web/``), a process of its own, apart
 from ``serve``: it is the one place that holds the private keys (unlocked at start from
 ``[web] key_file`` / ``passphrase_file`` / the systemd credential, in memory only). Without
-them it serves everything but audio, and the pages say why."""
+them it serves everything but audio, and the pages say why.
+
+Started as root, it reads that secret first and then acts as the daemon's account (as
+``serve`` does), so the database and the files it touches stay that account's."""
 
 from __future__ import annotations
 
@@ -31,7 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--host", help="override [web] host")
     p.add_argument("--port", type=int, help="override [web] port")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, acts_as_daemon=True, before_switch=read_secret_first)
+
+
+def read_secret_first(args: argparse.Namespace) -> None:
+    """Started as root: read the key store's secret (a root-only key or passphrase file, the
+    systemd credential) before the command switches to the daemon's account."""
+    args.key_secret = key_secret(config.load(args.config))
 
 
 def settings_of(cfg: Config) -> WebSettings:
@@ -75,11 +84,12 @@ def key_secret(cfg: Config) -> tuple[bytes | None, str]:
     return (data if is_key_file else data.rstrip(b"\r\n")), ""
 
 
-def services_of(app: App) -> Services:
+def services_of(app: App, secret_read: tuple[bytes | None, str] | None = None) -> Services:
+    """``secret_read``: what :func:`key_secret` gave before a switch from root (else read now)."""
     cfg = app.config
     store = key_store(app)
     keys: PrivateKeys | None = None
-    secret, problem = key_secret(cfg)
+    secret, problem = secret_read if secret_read is not None else key_secret(cfg)
     if secret is not None:
         try:
             keys = store.unlock(secret)
@@ -113,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     app = App.open(cfg)
     try:
-        services = services_of(app)
+        services = services_of(app, getattr(args, "key_secret", None))
         host, port = args.host or cfg.web.host, args.port or cfg.web.port
         log.info(
             "web_starting",

@@ -20,11 +20,12 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import consent_ivr as c
 from recorder import metrics
 from recorder.live import withdrawals
-from recorder.live.port import CallControl, CallGone
+from recorder.live.port import CallControl, CallGone, RecordingFile
 from recorder.live.prompts import PromptCatalog
 from recorder.live.withdrawals import WithdrawMarks
 from recorder.store.ledger import CallRef, Ledger
@@ -75,11 +76,18 @@ class LiveCall:
                     continue
                 actions = self.machine.handle(next_event)
                 gone = False
+                joined = -1  # a StartRecording already done with the LogConsent before it
                 for i, action in enumerate(actions):
-                    if gone and not isinstance(action, _STORE_ACTIONS):
+                    if i == joined or (gone and not isinstance(action, _STORE_ACTIONS)):
                         continue
                     try:
-                        follow = await self._perform(action, port)
+                        if port is not None and not gone and _decision_then_start(actions, i):
+                            joined = i + 1
+                            done.append(action)  # committed before the PBX hears of it
+                            action = actions[joined]
+                            follow = await self._decide_and_start(actions[i], action, port)
+                        else:
+                            follow = await self._perform(action, port)
                     except CallGone:
                         gone, follow = True, None
                     except Exception:
@@ -161,17 +169,7 @@ class LiveCall:
                     pbx_call_id=self.ref.pbx_call_id,
                     pbx_channel_id=self.pbx_channel_id,
                 )
-                log.info(
-                    "consent_decision",
-                    extra={
-                        "kv": {
-                            "call": self.ref.id,
-                            "status": evidence.decision.value,
-                            "method": evidence.method,
-                            "campaign": self.ref.campaign,
-                        }
-                    },
-                )
+                self._log_decision(evidence)
             case c.LogStatusChange(status=status, cause=cause, at=at, actor=actor):
                 await asyncio.to_thread(
                     ledger.log_status_change, self.ref.id, status, cause, at, actor
@@ -222,19 +220,57 @@ class LiveCall:
                 raise TypeError(f"no handler for {action!r}")
         return None
 
+    def _log_decision(self, evidence: c.ConsentEvidence) -> None:
+        log.info(
+            "consent_decision",
+            extra={
+                "kv": {
+                    "call": self.ref.id,
+                    "status": evidence.decision.value,
+                    "method": evidence.method,
+                    "campaign": self.ref.campaign,
+                }
+            },
+        )
+
+    def _recording_row(self, file: RecordingFile) -> dict[str, Any]:
+        return {
+            "spool_path": str(file.path),
+            "fmt": file.fmt,
+            "channels": file.channels,
+            "sample_rate": file.sample_rate,
+            "pbx_channel": self.pbx_channel_id,
+            "retention_category": self.machine.policy.retention_category,
+        }
+
+    async def _decide_and_start(
+        self, decision: c.LogConsent, start: c.StartRecording, port: CallControl
+    ) -> None:
+        """The accept key: the evidence and the recording's registration in one commit, then
+        the PBX records. One commit instead of two before ``record_session``/``MixMonitor``
+        keeps the caller's first words after the key in the recording (issue 14, point 1),
+        and the order stays "evidence durable, recording registered, then the PBX records"."""
+        file = port.recording_file(start.recording_id, start.stereo)
+        await self.ledger.log_consent_and_start_async(
+            self.ref.id,
+            decision.evidence,
+            start.recording_id,
+            prompt_digests=self.prompt_digests,
+            pbx_call_id=self.ref.pbx_call_id,
+            pbx_channel_id=self.pbx_channel_id,
+            **self._recording_row(file),
+        )
+        self._log_decision(decision.evidence)
+        await self._record(start.recording_id, file, port)
+
     async def _start(self, rid: str, stereo: bool, port: CallControl) -> None:
         """Register first (so a file in the spool is always accounted for), then record."""
         file = port.recording_file(rid, stereo)
-        await self.ledger.recording_started_async(
-            self.ref.id,
-            rid,
-            spool_path=str(file.path),
-            fmt=file.fmt,
-            channels=file.channels,
-            sample_rate=file.sample_rate,
-            pbx_channel=self.pbx_channel_id,
-            retention_category=self.machine.policy.retention_category,
-        )
+        await self.ledger.recording_started_async(self.ref.id, rid, **self._recording_row(file))
+        await self._record(rid, file, port)
+
+    async def _record(self, rid: str, file: RecordingFile, port: CallControl) -> None:
+        """Ask the PBX to record a registered recording; discarded if the call is gone."""
         try:
             ref = await port.start_recording(rid, file)
         except CallGone:
@@ -246,6 +282,15 @@ class LiveCall:
         # feed() holds the lock; a recording just requested is confirmed without actions
         self.machine.handle(c.RecordingStarted(rid))
         log.info("recording_started", extra={"kv": {"call": self.ref.id, "recording": rid}})
+
+
+def _decision_then_start(actions: list[c.Action], i: int) -> bool:
+    """The accept key's actions: the decision, and at once a recording to start."""
+    return (
+        isinstance(actions[i], c.LogConsent)
+        and i + 1 < len(actions)
+        and isinstance(actions[i + 1], c.StartRecording)
+    )
 
 
 # Actions that only touch the store: performed even once the PBX has lost the channel.

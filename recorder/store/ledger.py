@@ -30,7 +30,7 @@ from recorder.store.calljobs import CallRef, LedgerError
 from recorder.store.db import Database
 from recorder.store.models import Call, ConsentRecord, Recording, RecordingState
 from recorder.store.numbers import NumberProtector
-from recorder.store.writer import Job, StoreWriter
+from recorder.store.writer import Batch, Job, StoreWriter
 
 SYSTEM_ACTOR = "callconsent"
 _T = TypeVar("_T")
@@ -185,6 +185,39 @@ class Ledger:
         """:meth:`log_consent` for the event loop: returns once the evidence is committed."""
         row = self._evidence_row(call_id, evidence, prompt_digests, pbx_call_id, pbx_channel_id)
         await self._run(functools.partial(jobs.log_consent, call_id=call_id, row=row))
+
+    async def log_consent_and_start_async(
+        self,
+        call_id: str,
+        evidence: ConsentEvidence,
+        recording_id: str,
+        *,
+        prompt_digests: Mapping[str, str] | None = None,
+        pbx_call_id: str | None = None,
+        pbx_channel_id: str | None = None,
+        **recording: Any,
+    ) -> None:
+        """The accept key's two writes, :meth:`log_consent_async` then
+        :meth:`recording_started_async`, in ONE transaction (one commit, one fsync): the
+        evidence is durable, and the recording registered, before the PBX is asked to record,
+        at the cost of one commit on the caller's first words instead of two. ``recording``:
+        the keywords of :meth:`recording_started`.
+
+        If the pair cannot be committed, the evidence is committed on its own (a decision is
+        never lost for a recording that could not be registered) and the pair's error raised."""
+        row = self._evidence_row(call_id, evidence, prompt_digests, pbx_call_id, pbx_channel_id)
+        decision = functools.partial(jobs.log_consent, call_id=call_id, row=row)
+        start = self._recording_job(call_id, recording_id, **recording)
+
+        def both(b: Batch) -> None:
+            decision(b)
+            start(b)
+
+        try:
+            await self._run(both)
+        except Exception:
+            await self._run(decision)
+            raise
 
     @staticmethod
     def _evidence_row(

@@ -4,7 +4,6 @@ not, and why), and the server answering on its port."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from cli_host import Host, free_port
 from recstore import PASSPHRASE, make_keys
 
 from callconsent import config as cfgmod
@@ -68,20 +68,20 @@ def test_the_systemd_credential_comes_first(
     assert services_of(App.open(cfg)).keys is not None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_callconsent_web_serves_on_its_port(config_file: Path, tmp_path: Path) -> None:
+def test_callconsent_web_serves_on_its_port() -> None:
+    # a host whose state the daemon's account can reach: started as root, `users` and `web`
+    # act as that account (cli_host)
+    host = Host("web-port")
     port = free_port()
     env = {**os.environ, "CALLCONSENT_USER_PASSWORD": "a long password"}
-    exe = [sys.executable, "-m", "callconsent", "--config", str(config_file)]
-    subprocess.run([*exe, "users", "add", "admin", "--role", "admin"], env=env, check=True)
+    env.pop("CREDENTIALS_DIRECTORY", None)
+    exe = [sys.executable, "-m", "callconsent", "--config", str(host.config)]
+    subprocess.run([*exe, "users", "add", "admin", "--role", "admin"], env=env, check=True,
+                   cwd=host.dir)  # fmt: skip
     server = subprocess.Popen(
-        [*exe, "web", "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True
-    )
+        [*exe, "web", "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True,
+        cwd=host.dir,
+    )  # fmt: skip
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -98,5 +98,6 @@ def test_callconsent_web_serves_on_its_port(config_file: Path, tmp_path: Path) -
     finally:
         server.terminate()
         _, err = server.communicate(timeout=10)
+        host.remove()
     assert "event=web_starting" in err and "event=web_without_keys" in err
     assert "route=/login status=200" in err and "HTTP/1.1" not in err  # our line, no access log

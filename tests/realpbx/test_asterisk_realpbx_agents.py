@@ -386,11 +386,18 @@ def test_real_periodic_beep(lab: Lab, tmp_path: Path) -> None:
     """beep_interval_s: MixMonitor takes B(n) and the caller hears the test's own ``beep``
     every n seconds; the beep is a whisper, mixed in after MixMonitor took its copy, so it is
     not in the file. The recording starts once the consent dialogue is over: a whisper stalls
-    the prompts of its channel on Asterisk 22.11 (``tests/fixtures/asterisk-real/*-r3_*``)."""
+    the prompts of its channel on Asterisk 22.11 (``tests/fixtures/asterisk-real/*-r3_*``).
+
+    The caller holds with a sound, as a queue's music on hold: before 22.11 a whisper into a
+    channel that carries no audio is never heard (22.11's "Allow whisper audiohooks to work
+    without an underlying stream"; dialplan/asterisk/README.md), so on 22.10 a caller left in
+    ``Wait()`` silence hears no beep unless asterisk.conf has ``transmit_silence = yes``."""
 
     async def scenario(r: Real) -> None:
         ear = r.scratch / "caller-ear.wav"
-        token = await r.inbound("talk", ANSWER="1", HOLD="60", PHONE_EAR=str(ear))
+        token = await r.inbound(
+            "talk", ANSWER="1", HOLD="60", HOLDSOUND="cct-wait-tone", PHONE_EAR=str(ear)
+        )
         started = await r.event("CCTest", token)
         uid = started["Uniqueid"]
         (digit,) = r.find_all("DTMFEnd", Uniqueid=uid, Digit="1")

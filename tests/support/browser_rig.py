@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import daemon_account
 from recstore import PASSPHRASE, make_rig
 
 import consent_ivr as c
@@ -146,21 +148,51 @@ def run_cli(config: Path, *args: str) -> str:
     return out.getvalue()
 
 
-def write_config(root: Path, extra_web: str = "") -> Path:
-    """A config keeping everything under ``root``, with the key store's passphrase in a 0600
-    file that ``[web] passphrase_file`` names."""
+def write_config(
+    root: Path, extra_web: str = "", *, state: Path | None = None, daemon_user: str | None = None
+) -> Path:
+    """A config keeping everything under ``root`` (or the config and the data under
+    ``state``), with the key store's passphrase in a 0600 file that ``[web] passphrase_file``
+    names, in ``root``."""
     secrets = root / "secrets"
     secrets.mkdir(mode=0o700)
     passphrase = secrets / "keys.passphrase"
     passphrase.write_bytes(PASSPHRASE + b"\n")
     passphrase.chmod(0o600)
-    config = root / "callconsent.toml"
+    state = state or root
+    config = state / "callconsent.toml"
+    user = f'user = "{daemon_user}"\n' if daemon_user else ""
     config.write_text(
-        f'[daemon]\ndata_dir = "{root / "data"}"\nnode = "web-test"\n\n'
+        f'[daemon]\ndata_dir = "{state / "data"}"\nnode = "web-test"\n{user}\n'
         '[numbers]\ndefault_region = "DE"\n\n'
         f'[web]\npassphrase_file = "{passphrase}"\n{extra_web}'
     )
+    config.chmod(0o644)
     return config
+
+
+@contextlib.contextmanager
+def daemon_state(root: Path) -> Iterator[Path]:
+    """Where the config and the data live. Under root, `callconsent web` reads its passphrase
+    file as root and then acts as the daemon's account, which cannot enter pytest's 0700 temp
+    dirs: then a 0755 directory of its own (as tests/support/cli_host.py), removed after."""
+    if not daemon_account.ROOT:
+        yield root
+        return
+    state = Path(tempfile.mkdtemp(prefix="callconsent-web-site-"))
+    state.chmod(0o755)
+    try:
+        yield state
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def give_to_the_daemon(data: Path) -> None:
+    """Under root: what this process made in-process becomes the daemon's account's."""
+    if not daemon_account.ROOT:
+        return
+    for path in [data, *data.rglob("*")]:
+        os.chown(path, daemon_account.UID, daemon_account.GID, follow_symlinks=False)
 
 
 @dataclass
@@ -231,7 +263,13 @@ USERS = {"alice": "agent", "bob": "agent", "sam": "supervisor", "dora": "dpo", "
 def site(root: Path, long_seconds: float = 600.0) -> Iterator[Site]:
     """Users of every role, three calls (alice's with a long recording, bob's, one of no
     agent on a French number), API tokens for sam and dora, and `callconsent web` serving."""
-    config = write_config(root)
+    with daemon_state(root) as state:
+        yield from _site(root, state, long_seconds)
+
+
+def _site(root: Path, state: Path, long_seconds: float) -> Iterator[Site]:
+    user = daemon_account.NAME if daemon_account.ROOT else None
+    config = write_config(root, state=state, daemon_user=user)
     app = App.open(config_mod.load(config))
     try:
         make_rig(app)  # the key store (PASSPHRASE), key epochs, the finalizer as sink
@@ -250,7 +288,12 @@ def site(root: Path, long_seconds: float = 600.0) -> Iterator[Site]:
         name: run_cli(config, "users", "token", name).strip().splitlines()[-1]
         for name in ("sam", "dora")
     }
+    give_to_the_daemon(state / "data")
     server = start_web(config, root / "web.log")
+    if daemon_account.ROOT:  # started as root, it serves as the daemon's account
+        status = Path(f"/proc/{server.process.pid}/status").read_text()
+        uid = next(int(x.split()[2]) for x in status.splitlines() if x.startswith("Uid:"))
+        assert uid == daemon_account.UID, f"callconsent web serves as uid {uid}"
     try:
         yield Site(server, config, calls, tokens)
     finally:

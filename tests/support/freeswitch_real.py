@@ -136,8 +136,13 @@ def endpoint() -> Real:
 
 
 def _install(conf: Path, app: App) -> None:
-    """Our files into the PBX config (idempotent), then the include lines once."""
-    rendered = render(app.config, app.config.data_dir / "fs")
+    install(conf, app.config, app.config.data_dir / "fs")
+
+
+def install(conf: Path, cfg: config_mod.Config, out: Path) -> None:
+    """Our files (rendered into ``out``) into the PBX config (idempotent), then the include
+    lines once."""
+    rendered = render(cfg, out)
     (conf / "callconsent" / "dialplan").mkdir(parents=True, exist_ok=True)
     (conf / "callconsent" / "directory").mkdir(parents=True, exist_ok=True)
     for path in rendered:

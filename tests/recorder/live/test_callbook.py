@@ -11,7 +11,9 @@ from fake_pbx import FakePbx, make_prompts
 
 import consent_ivr as c
 from recorder.live.callbook import CallBook
-from recorder.store.ledger import Ledger
+from recorder.live.port import RecordingFile
+from recorder.store import calljobs
+from recorder.store.ledger import Ledger, LedgerError
 from recorder.store.models import AuditEntry, ConsentRecord, Recording
 
 
@@ -47,6 +49,62 @@ def test_accept_stores_the_decision_before_the_pbx_records(book: CallBook, ledge
         assert decision.pbx_channel_id == "1.75" and decision.language == "de"
         assert rec.state == "recording" and rec.pbx_ref == "0x0002"  # the 2nd PBX call
         assert book.find("asterisk", "1.74") is live
+
+    asyncio.run(scenario())
+
+
+class CountingPbx(FakePbx):
+    """Notes, when asked to record, how many store commits there were and what is stored."""
+
+    def __init__(self, script: list[c.Event], ledger: Ledger) -> None:
+        super().__init__(script)
+        self.ledger = ledger
+        self.at_start: tuple[int, list[str]] | None = None
+
+    async def start_recording(self, recording_id: str, file: RecordingFile) -> str | None:
+        with self.ledger.db.read() as s:
+            actions = list(s.scalars(sa.select(AuditEntry.action).order_by(AuditEntry.seq)))
+        self.at_start = (self.ledger.writer.batches, actions)
+        return await super().start_recording(recording_id, file)
+
+
+def test_the_accept_keys_evidence_and_recording_are_one_commit_before_the_pbx_records(
+    book: CallBook, ledger: Ledger
+) -> None:
+    """Issue 14, point 1: each commit between the key and the PBX's record command costs the
+    caller's first words; the evidence and the registration go in one transaction."""
+
+    async def scenario() -> None:
+        pbx = CountingPbx([c.DigitReceived("1"), c.PromptFinished("thanks")], ledger)
+        live = await book.open(pbx="freeswitch", pbx_call_id="u-1", campaign="sales")
+        opened = ledger.writer.batches
+        assert await live.run_dialogue(pbx) is c.ConsentStatus.GRANTED
+        assert pbx.at_start is not None
+        commits, stored = pbx.at_start
+        assert commits - opened == 1, f"{commits - opened} commits before the PBX records"
+        assert stored == ["call.opened", "consent.decision", "recording.started"]
+
+    asyncio.run(scenario())
+
+
+def test_a_recording_that_cannot_be_registered_keeps_the_evidence_and_is_not_started(
+    book: CallBook, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*_args: object, **_kw: object) -> None:
+        raise LedgerError("the recordings table refused the row")
+
+    monkeypatch.setattr(calljobs, "recording_started", refuse)
+
+    async def scenario() -> None:
+        pbx = FakePbx([c.DigitReceived("1")])
+        live = await book.open(pbx="asterisk", pbx_call_id="5.1", campaign="default")
+        with pytest.raises(LedgerError, match="refused the row"):
+            await live.run_dialogue(pbx)
+        assert "start" not in [e[0] for e in pbx.calls]  # the PBX never heard of it
+        with ledger.db.read() as s:
+            decision = s.scalars(sa.select(ConsentRecord)).one()  # the decision is kept
+            assert s.scalars(sa.select(Recording)).all() == []
+        assert decision.status == "granted"
 
     asyncio.run(scenario())
 
