@@ -21,7 +21,7 @@ def me(ctx: Ctx) -> Response:
 def _calls(ctx: Ctx, f: queries.CallFilter) -> Response:
     limit = field_limit(ctx)
     page = queries.search_calls(ctx.services, ctx.person, f, limit)
-    return JSONResponse({"calls": page.rows, "next": page.next_cursor})
+    return JSONResponse({"calls": page.summaries(ctx.services), "next": page.next_cursor})
 
 
 def field_limit(ctx: Ctx) -> int:

@@ -101,7 +101,7 @@ def calls(ctx: Ctx) -> Response:
     return ctx.render(
         "calls.html",
         f=f,
-        rows=page.rows,
+        rows=page.rows(ctx.services),
         more=more,
         statuses=queries.STATUSES,
         directions=queries.DIRECTIONS,

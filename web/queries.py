@@ -102,8 +102,43 @@ def _uncursor(text: str) -> tuple[datetime, str]:
 
 @dataclass
 class CallPage:
-    rows: list[dict[str, Any]]
+    calls: list[Call]
+    counts: dict[str, int]  # call id -> its recordings
     next_cursor: str | None
+
+    def summaries(self, services: Services) -> list[dict[str, Any]]:
+        """The API's rows."""
+        return [call_summary(services, c, self.counts.get(c.id, 0)) for c in self.calls]
+
+    def rows(self, services: Services) -> list[CallRow]:
+        """The calls page's rows: only what it shows."""
+        return [
+            CallRow(
+                c.id,
+                c.started_at.isoformat(" ", "seconds")[:19],
+                c.campaign,
+                c.direction,
+                c.agent,
+                shown_number(services, c, full=False),
+                c.consent_status,
+                self.counts.get(c.id, 0),
+            )
+            for c in self.calls
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class CallRow:
+    """A row of the calls page (attributes: Jinja looks them up first, a dict key second)."""
+
+    id: str
+    started: str  # UTC, to the second
+    campaign: str | None
+    direction: str
+    agent: str | None
+    number: str  # masked
+    consent_status: str | None
+    recordings: int
 
 
 def search_calls(services: Services, person: Person, f: CallFilter, limit: int) -> CallPage:
@@ -128,8 +163,9 @@ def search_calls(services: Services, person: Person, f: CallFilter, limit: int) 
     with services.db.read() as s:
         calls = list(s.scalars(q))
         counts = _recording_counts(s, [c.id for c in calls[:limit]])
-    rows = [call_summary(services, c, counts.get(c.id, 0)) for c in calls[:limit]]
-    return CallPage(rows, _cursor(calls[limit - 1]) if len(calls) > limit else None)
+    return CallPage(
+        calls[:limit], counts, _cursor(calls[limit - 1]) if len(calls) > limit else None
+    )
 
 
 def _recording_counts(s: Session, ids: list[str]) -> dict[str, int]:
@@ -145,7 +181,10 @@ def shown_number(services: Services, call: Call, full: bool) -> str:
     if not call.number_enc:
         return "-"
     number = services.numbers.reveal(call.number_enc)
-    return number if full else mask(number)
+    if full:
+        return number
+    # E.164 is "+" and digits: its mask is its last two (mask() reads any notation, slower)
+    return "…" + number[-2:] if call.number_kind == "e164" else mask(number)
 
 
 def call_summary(services: Services, call: Call, recordings: int = 0) -> dict[str, Any]:
