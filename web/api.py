@@ -80,7 +80,12 @@ def recordings(ctx: Ctx) -> Response:
 def recording(ctx: Ctx) -> Response:
     rec, _ = actions.visible_recording(ctx, ctx.param("recording_id"))
     return JSONResponse(
-        {**queries.recording_dict(rec), "gone": queries.gone_why(ctx.services, rec)}
+        {
+            **queries.recording_dict(rec),
+            "gone": queries.gone_why(ctx.services, rec),
+            "marks": queries.waveform_marks(ctx.services, rec),
+            "paused": queries.paused_stretches(ctx.services, rec),
+        }
     )
 
 

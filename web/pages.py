@@ -144,6 +144,8 @@ def recording(ctx: Ctx) -> Response:
         new_link=None,
         style_nonce=nonce,
         markers=queries.waveform_marks(ctx.services, rec),
+        paused=queries.paused_stretches(ctx.services, rec),
+        clock=queries.clock,
     )
     response.headers["content-security-policy"] = content_security_policy(nonce)
     return response

@@ -347,8 +347,7 @@ def audit_rows(
 
 def waveform_marks(services: Services, rec: Recording) -> list[dict[str, Any]]:
     """Moments to mark on the player's waveform, in seconds from the recording's start: the
-    consent decision and any later change (a withdrawal), when they fall inside it. (Agent
-    pauses are not stored, so they cannot be marked.)"""
+    consent decision and any later change (a withdrawal), when they fall inside it."""
     with services.db.read() as s:
         rows = s.scalars(
             select(ConsentRecord)
@@ -361,6 +360,47 @@ def waveform_marks(services: Services, rec: Recording) -> list[dict[str, Any]]:
             if 0 <= at <= (rec.duration_ms or 0) / 1000:
                 marks.append({"at": round(at, 2), "label": f"{e.kind}: {e.status}"})
     return marks
+
+
+PAUSE_ACTIONS = ("recording.paused", "recording.resumed")
+
+
+def paused_stretches(services: Services, rec: Recording) -> list[dict[str, float]]:
+    """The stretches an agent paused the recording, in seconds from its start, from the audit
+    rows the call book writes once the PBX has muted or unmuted it (the paused stretch is
+    silence in the file, so the file's clock is the call's). A pause with no resume lasts to
+    the end; a repeated pause or resume is ignored. The recording's ``started_at`` is when we
+    asked the PBX to start, a few tens of ms before its first sample: the marks are that early.
+    """
+    end = (rec.duration_ms or 0) / 1000
+    with services.db.read() as s:
+        rows = s.execute(
+            select(AuditEntry.action, AuditEntry.at)
+            .where(
+                AuditEntry.subject_id == rec.id,
+                AuditEntry.subject_type == "recording",
+                AuditEntry.action.in_(PAUSE_ACTIONS),
+            )
+            .order_by(AuditEntry.seq)
+        ).all()
+    stretches: list[tuple[float, float]] = []
+    since: float | None = None
+    for action, at in rows:
+        offset = min(max((at - rec.started_at).total_seconds(), 0.0), end)
+        if action == "recording.paused":
+            since = offset if since is None else since
+        elif since is not None:
+            stretches.append((since, offset))
+            since = None
+    if since is not None:
+        stretches.append((since, end))
+    return [{"start": round(a, 2), "end": round(b, 2)} for a, b in stretches if b > a]
+
+
+def clock(seconds: float) -> str:
+    """``m:ss.s`` (the player's moments, written out for a page without JavaScript)."""
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}:{rest:04.1f}"
 
 
 RECORDING_STATES = ("recording", "closed", "encrypted", "discarded", "purged")

@@ -376,6 +376,52 @@ def test_player_page_draws_a_waveform_with_a_style_nonce_and_marks_a_withdrawal(
     assert world.client().get("/static/vendor/wavesurfer.js/wavesurfer.min.js").status_code == 200
 
 
+def test_player_marks_the_stretches_an_agent_paused(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From the call book's audit rows (recording.paused / .resumed), relative to the
+    recording's start: a pause before the start counts from 0, a repeated pause is ignored, a
+    pause never resumed lasts to the end (the recording is 15 s)."""
+    from recorder.store.models import Recording as Rec
+
+    rid, call_id = world.recordings["alice"], world.calls["alice"]
+    with world.services.db.read() as s:
+        started = s.get(Rec, rid).started_at
+    ledger = world.rig.app.ledger
+    for seconds, paused in (
+        (-1, True),
+        (1, False),
+        (3, True),
+        (4, True),  # repeated: the stretch still starts at 3
+        (5.5, False),
+        (12, True),
+    ):
+        moment = started + timedelta(seconds=seconds)
+        monkeypatch.setattr(ledger, "_clock", lambda m=moment: m)
+        ledger.recording_paused(rid, paused, "alice")
+    expected = [
+        {"start": 0.0, "end": 1.0},
+        {"start": 3.0, "end": 5.5},
+        {"start": 12.0, "end": 15.0},
+    ]
+    page = world.client("supervisor").get(f"/recordings/{rid}").text
+    shown = json.loads(re.search(r'id="player-paused">(.*?)</script>', page).group(1))
+    assert shown == expected
+    listed = re.findall(r'<li class="paused">([^<]*)</li>', page)  # the page without JavaScript
+    assert listed == [
+        "0:00.0 to 0:01.0 paused by the agent (silence)",
+        "0:03.0 to 0:05.5 paused by the agent (silence)",
+        "0:12.0 to 0:15.0 paused by the agent (silence)",
+    ]
+    api = world.client("supervisor").get(f"/api/v1/recordings/{rid}").json()
+    assert api["paused"] == expected
+    timeline = world.client("supervisor").get(f"/calls/{call_id}").text
+    assert timeline.count("recording.paused") == 4 and timeline.count("recording.resumed") == 2
+    other = world.recordings["bob"]  # paused nothing: nothing marked, nothing listed
+    page = world.client("supervisor").get(f"/recordings/{other}").text
+    assert 'id="player-paused">[]</script>' in page and 'class="paused"' not in page
+
+
 def test_api_searches_recordings_with_the_same_visibility(world: World) -> None:
     extra = [add_call(world.rig, "alice", campaign="service", seconds=0.05)[1] for _ in range(3)]
     world.services.custody.delete(extra[0], actor="dora", reason="r")
