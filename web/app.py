@@ -240,7 +240,6 @@ def build(services: Services) -> Starlette:
     routes.append(Mount("/static", StaticFiles(packages=[("web", "static")]), name="static"))
     app = Starlette(routes=routes, lifespan=_lifespan)
     app.state.services = services
-    app.state.throttle = AddressThrottle()
-    app.state.play_tickets = {}
+    app.state.throttle = AddressThrottle(services.db)
     app.add_middleware(SecurityHeaders)
     return app

@@ -2,29 +2,28 @@
 kept server-side as its hash, with idle and absolute expiry), a personal API token
 (``Authorization: Bearer``), or, from the configured proxy only, an SSO user name header.
 
-Logins are throttled per user (``login_max_failures`` then a lockout, kept in the store) and
-per client address (in memory); every login and failed login is an audit row.
+Logins are throttled per user (``login_max_failures`` then a lockout) and per client address
+(``address_max_failures`` within ``lockout_minutes``), both kept in the store so that several
+``callconsent web`` processes agree; every login and failed login is an audit row.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import threading
-import time
-from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import argon2
 import pyotp
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 
 from recorder.store import audit
-from recorder.store.models import User, WebSession
+from recorder.store.db import Database
+from recorder.store.models import LoginFailure, User, WebSession
 from web.accounts import PERSON_COLUMNS, Person, person_of_row
 from web.services import Services
 from web.tokens import new_token, token_hash
@@ -172,22 +171,30 @@ class Sessions:
 
 
 class AddressThrottle:
-    """Failed logins per client address within a window (in memory: one process serves)."""
+    """Failed logins per client address within a window, kept in the store
+    (``login_failures``), so every ``callconsent web`` process counts the same failures."""
 
-    def __init__(self) -> None:
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
-        self._lock = threading.Lock()
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     def blocked(self, address: str, limit: int, window_s: float) -> bool:
-        with self._lock:
-            q = self._failures[address]
-            while q and q[0] < time.monotonic() - window_s:
-                q.popleft()
-            return len(q) >= limit
+        since = datetime.now(UTC) - timedelta(seconds=window_s)
+        with self.db.read() as s:
+            failures = s.scalar(
+                select(func.count())
+                .select_from(LoginFailure)
+                .where(LoginFailure.address == address[:64], LoginFailure.at > since)
+            )
+        return (failures or 0) >= limit
 
-    def failed(self, address: str) -> None:
-        with self._lock:
-            self._failures[address].append(time.monotonic())
+    def failed(self, address: str, window_s: float) -> None:
+        """One more failure; those older than the window are dropped (they count no more)."""
+        now = datetime.now(UTC)
+        with self.db.write() as s:
+            s.execute(
+                delete(LoginFailure).where(LoginFailure.at <= now - timedelta(seconds=window_s))
+            )
+            s.add(LoginFailure(address=address[:64], at=now))
 
 
 def log_in(
@@ -239,7 +246,7 @@ def log_in(
             if user.failed_logins >= cfg.login_max_failures:
                 user.locked_until = now + timedelta(minutes=cfg.lockout_minutes)
                 why += "_locked"
-    throttle.failed(address)
+    throttle.failed(address, window)
     _audit_failure(services, name, address, why)
     log.info("web_login_failed", extra={"kv": {"reason": why}})
     if why.endswith("locked"):
