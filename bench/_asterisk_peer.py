@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import socket
 import struct
 import sys
 import time
 from pathlib import Path
 
-from _common import ROOT
+from _common import ROOT, connect_loopback
 
 sys.path.insert(0, str(ROOT / "tests" / "sim"))
 
@@ -94,13 +93,7 @@ class Peer:
         uid = f"{self.run}.{self.n}"
         loop = asyncio.get_running_loop()
         channel = _Channel(self, uid, loop.create_future())
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.connect(("127.0.0.1", self.agi_port))
-            sock.setblocking(False)
-            await loop.create_connection(lambda: channel, sock=sock)
-        except OSError:
-            sock.close()
+        if not await connect_loopback(self.agi_port, channel):
             self.failures += 1
             return
         self.active += 1

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -25,19 +23,12 @@ from pathlib import Path
 
 from _common import ROOT, free_port
 
+sys.path.insert(0, str(ROOT / "tests" / "support"))
+import daemon_cli
+
 PASSPHRASE = "bench passphrase, not for production"
 AMI_USER, AMI_SECRET = "callconsent", "bench-secret"
 ESL_PASSWORD = "ClueCon"
-
-
-def daemon_user() -> pwd.struct_passwd | None:
-    """As root, the daemon (and every CLI command) runs as ``callconsent``, as in production."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        return pwd.getpwnam("callconsent")
-    except KeyError:
-        sys.exit("bench: running as root needs the 'callconsent' account (make run creates it)")
 
 
 @dataclass
@@ -84,28 +75,14 @@ class Daemon:
 
 
 def _cli(cfg: Path, *args: str) -> None:
-    user = daemon_user()
-    done = subprocess.run(
-        [sys.executable, "-m", "callconsent", "--config", str(cfg), *args],
-        cwd=cfg.parent,
-        env={**os.environ, "CALLCONSENT_KEY_PASSPHRASE": PASSPHRASE},
-        user=user.pw_uid if user else None,
-        group=user.pw_gid if user else None,
-        extra_groups=[] if user else None,
-        capture_output=True,
-        text=True,
-    )
+    done = daemon_cli.run("bench", cfg, PASSPHRASE, *args, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"callconsent {' '.join(args)} failed: {done.stderr.strip()[-400:]}")
 
 
 @contextlib.contextmanager
 def workdir() -> Iterator[Path]:
-    base = Path(tempfile.mkdtemp(prefix="callconsent-bench-"))
-    base.chmod(0o755)
-    user = daemon_user()
-    if user is not None:
-        os.chown(base, user.pw_uid, user.pw_gid)
+    base = daemon_cli.workdir("bench")
     try:
         yield base
     finally:
@@ -115,7 +92,6 @@ def workdir() -> Iterator[Path]:
 @contextlib.contextmanager
 def postgres() -> Iterator[str]:
     """A fresh database on a private PostgreSQL server (``fsync=off``, as the tests run it)."""
-    sys.path.insert(0, str(ROOT / "tests" / "support"))
     import pg
 
     with pg.server() as admin, pg.fresh_database(admin) as url:

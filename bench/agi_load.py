@@ -41,12 +41,11 @@ import argparse
 import asyncio
 import base64
 import json
-import socket
 import sys
 import time
 from pathlib import Path
 
-from _common import cpu_seconds, free_port, raise_fd_limit, start_server
+from _common import connect_loopback, cpu_seconds, free_port, raise_fd_limit, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SESSION_LIMIT_S = 60.0
@@ -202,16 +201,7 @@ class Peer:
         loop = asyncio.get_running_loop()
         channel = _Channel(self, hangs_up, loop.create_future())
         start = time.perf_counter()
-        # connect() to loopback completes in the kernel at once (both servers listen with a
-        # 4,096 backlog): asyncio's non-blocking connect would cost the generator a writer
-        # registration and an extra loop turn per call, on the cores the servers share
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.connect(("127.0.0.1", self.port))
-            sock.setblocking(False)
-            await loop.create_connection(lambda: channel, sock=sock)
-        except OSError:
-            sock.close()
+        if not await connect_loopback(self.port, channel):
             self.failures += 1
             return
         self.active += 1

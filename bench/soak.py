@@ -23,13 +23,11 @@ import argparse
 import asyncio
 import json
 import os
-import pwd
 import random
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
@@ -39,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests" / "sim"), str(ROOT / "tests" / "support"), str(ROOT)]
 
+import daemon_cli  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 from _common import free_port  # noqa: E402
 from asterisk_harness import make_prompts  # noqa: E402
@@ -67,28 +66,8 @@ EXPECTED = {  # kind -> (decision status, final recording state or None)
 }
 
 
-def daemon_user() -> pwd.struct_passwd | None:
-    if os.geteuid() != 0:
-        return None
-    try:
-        return pwd.getpwnam("callconsent")
-    except KeyError:
-        sys.exit("soak: running as root needs the 'callconsent' account (make run creates it)")
-
-
 def cli(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    user = daemon_user()
-    return subprocess.run(
-        [sys.executable, "-m", "callconsent", "--config", str(cfg), *args],
-        cwd=cfg.parent,
-        env={**os.environ, "CALLCONSENT_KEY_PASSPHRASE": PASSPHRASE},
-        user=user.pw_uid if user else None,
-        group=user.pw_gid if user else None,
-        extra_groups=[] if user else None,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    return daemon_cli.run("soak", cfg, PASSPHRASE, *args)
 
 
 def write_config(base: Path, ports: dict[str, int]) -> Path:
@@ -190,9 +169,8 @@ def p99(values: list[float]) -> float:
 async def soak(
     minutes: float, rate: float, kills: int = 0, how: signal.Signals = signal.SIGKILL
 ) -> dict[str, object]:
-    base = Path(tempfile.mkdtemp(prefix="callconsent-soak-"))
-    os.chmod(base, 0o755)
-    user = daemon_user()
+    base = daemon_cli.workdir("soak")
+    user = daemon_cli.daemon_user("soak")
     sim = SimAsterisk(speed=10.0, ami_users={AMI_USER: AmiUser(AMI_SECRET, {"call"})})
     await sim.start()
     fs = FakeFreeSwitch(password=ESL_PASSWORD)

@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
-import pwd
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import wave
 from pathlib import Path
 
@@ -31,6 +28,7 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sim"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import daemon_cli
 from asterisk_sim import SimAsterisk, hangup, press
 from asterisk_sim_ami import AmiUser
 
@@ -54,29 +52,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def daemon_user() -> pwd.struct_passwd | None:
-    if os.geteuid() != 0:
-        return None
-    try:
-        return pwd.getpwnam("callconsent")
-    except KeyError:
-        sys.exit("demo: running as root needs the 'callconsent' account (make run creates it)")
-
-
 def callconsent(cfg: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """One CLI command, as the daemon's account when we are root."""
-    user = daemon_user()
-    return subprocess.run(
-        [sys.executable, "-m", "callconsent", "--config", str(cfg), *args],
-        cwd=cfg.parent,
-        env={**os.environ, "CALLCONSENT_KEY_PASSPHRASE": PASSPHRASE},
-        user=user.pw_uid if user else None,
-        group=user.pw_gid if user else None,
-        extra_groups=[] if user else None,
-        capture_output=True,
-        text=True,
-        check=check,
-    )
+    return daemon_cli.run("demo", cfg, PASSPHRASE, *args, check=check)
 
 
 def write_config(base: Path, agi_port: int, ami_port: int) -> Path:
@@ -190,11 +168,7 @@ def decrypt(cfg: Path, rec: Recording) -> None:
 
 
 async def demo() -> None:
-    base = Path(tempfile.mkdtemp(prefix="callconsent-demo-"))
-    os.chmod(base, 0o755)
-    user = daemon_user()
-    if user is not None:
-        os.chown(base, user.pw_uid, user.pw_gid)
+    base = daemon_cli.workdir("demo")
     if shutil.which("espeak-ng") is None:
         sys.exit("demo: espeak-ng is missing (make installs it as root; apt-get install espeak-ng)")
     sim = SimAsterisk(speed=20.0, ami_users={AMI_USER: AmiUser(AMI_SECRET, {"call"})})
