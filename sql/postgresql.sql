@@ -233,5 +233,32 @@ CREATE INDEX ix_calls_started_at_id ON calls (started_at, id);
 
 UPDATE alembic_version SET version_num='0005' WHERE alembic_version.version_num = '0004';
 
+-- Running upgrade 0005 -> 0006
+
+CREATE TABLE share_tickets (
+    ticket_hash VARCHAR(64) NOT NULL, 
+    link_id INTEGER NOT NULL, 
+    expires_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+    CONSTRAINT pk_share_tickets PRIMARY KEY (ticket_hash), 
+    CONSTRAINT fk_share_tickets_link_id_share_links FOREIGN KEY(link_id) REFERENCES share_links (id)
+);
+
+CREATE INDEX ix_share_tickets_link_id ON share_tickets (link_id);
+
+CREATE INDEX ix_share_tickets_expires_at ON share_tickets (expires_at);
+
+CREATE TABLE login_failures (
+    id SERIAL NOT NULL, 
+    address VARCHAR(64) NOT NULL, 
+    at TIMESTAMP WITH TIME ZONE NOT NULL, 
+    CONSTRAINT pk_login_failures PRIMARY KEY (id)
+);
+
+CREATE INDEX ix_login_failures_at ON login_failures (at);
+
+CREATE INDEX ix_login_failures_address_at ON login_failures (address, at);
+
+UPDATE alembic_version SET version_num='0006' WHERE alembic_version.version_num = '0005';
+
 COMMIT;
 

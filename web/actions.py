@@ -5,11 +5,9 @@ audit row naming the user."""
 
 from __future__ import annotations
 
-import io
 import itertools
-import tempfile
-import zipfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ from recorder.store.models import Call, Recording
 from recorder.store.numbers import NotAPhoneNumber
 from recorder.vault import envelope
 from recorder.vault import fileformat as ff
-from web import authz, queries
+from web import authz, queries, zipstream
 from web.audio import ClearAudio, RangeNotSatisfiable, parse_range
 from web.routing import Ctx, HttpError
 from web.sharing import ShareRefused
@@ -156,24 +154,24 @@ def revoke_share(ctx: Ctx, link_id: str) -> tuple[bool, str]:
 
 
 def subject_export(ctx: Ctx, number: str, reason: str) -> Response:
-    """The CLI's export (manifest.json and WAVs), zipped. The export is written into a private
-    temporary directory, as the CLI writes it, and removed once zipped."""
+    """The CLI's export (manifest.json and WAVs) as a zip streamed while it is written: the
+    recordings are checked (decrypted, nothing written) and the export audited first, so a
+    refusal is a clear 4xx and the manifest is known; then each WAV is decrypted again segment
+    by segment into the zip as it is sent. No decrypted audio touches the disk."""
     keys = ctx.services.keys
     if keys is None:
         raise HttpError(503, f"an export needs the private keys: {ctx.services.keys_problem}")
-    buf = io.BytesIO()
-    with tempfile.TemporaryDirectory(prefix="callconsent-export-") as tmp:
-        out = Path(tmp) / "export"
-        try:
-            ctx.services.subjects.export(number, out, keys, actor=ctx.person.name, reason=reason)
-        except (NotAPhoneNumber, SubjectError) as exc:
-            raise HttpError(400, str(exc)) from None
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
-            for path in sorted(out.rglob("*")):
-                if path.is_file():
-                    z.write(path, path.relative_to(out).as_posix())
-    return Response(
-        buf.getvalue(),
+    try:
+        prepared = ctx.services.subjects.prepare_export(
+            number, keys, actor=ctx.person.name, reason=reason
+        )
+    except (NotAPhoneNumber, SubjectError) as exc:
+        raise HttpError(400, str(exc)) from None
+    entries = [
+        zipstream.Entry("manifest.json", len(prepared.manifest_json), [prepared.manifest_json])
+    ] + [zipstream.Entry(f.path, f.size, prepared.plaintext(f)) for f in prepared.files]
+    return StreamingResponse(
+        zipstream.zip_chunks(entries, datetime.now(UTC)),
         headers={
             "Content-Disposition": 'attachment; filename="subject-export.zip"',
             "Cache-Control": "no-store",

@@ -21,7 +21,7 @@ def me(ctx: Ctx) -> Response:
 def _calls(ctx: Ctx, f: queries.CallFilter) -> Response:
     limit = field_limit(ctx)
     page = queries.search_calls(ctx.services, ctx.person, f, limit)
-    return JSONResponse({"calls": page.rows, "next": page.next_cursor})
+    return JSONResponse({"calls": page.summaries(ctx.services), "next": page.next_cursor})
 
 
 def field_limit(ctx: Ctx) -> int:
@@ -80,7 +80,12 @@ def recordings(ctx: Ctx) -> Response:
 def recording(ctx: Ctx) -> Response:
     rec, _ = actions.visible_recording(ctx, ctx.param("recording_id"))
     return JSONResponse(
-        {**queries.recording_dict(rec), "gone": queries.gone_why(ctx.services, rec)}
+        {
+            **queries.recording_dict(rec),
+            "gone": queries.gone_why(ctx.services, rec),
+            "marks": queries.waveform_marks(ctx.services, rec),
+            "paused": queries.paused_stretches(ctx.services, rec),
+        }
     )
 
 

@@ -2,28 +2,29 @@
 kept server-side as its hash, with idle and absolute expiry), a personal API token
 (``Authorization: Bearer``), or, from the configured proxy only, an SSO user name header.
 
-Logins are throttled per user (``login_max_failures`` then a lockout, kept in the store) and
-per client address (in memory); every login and failed login is an audit row.
+Logins are throttled per user (``login_max_failures`` then a lockout) and per client address
+(``address_max_failures`` within ``lockout_minutes``), both kept in the store so that several
+``callconsent web`` processes agree; every login and failed login is an audit row.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import threading
-import time
-from collections import defaultdict, deque
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import argon2
 import pyotp
-from sqlalchemy import select
+from sqlalchemy import bindparam, delete, func, select
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 
 from recorder.store import audit
-from recorder.store.models import User, WebSession
-from web.accounts import Person
+from recorder.store.db import Database
+from recorder.store.models import LoginFailure, User, WebSession
+from web.accounts import PERSON_COLUMNS, Person, person_of_row
 from web.services import Services
 from web.tokens import new_token, token_hash
 
@@ -38,6 +39,9 @@ class Identity:
     person: Person
     via: str  # session | token | proxy
     csrf: str | None = None  # the session's CSRF token (sessions only)
+    #: a write that is due (the session's idle expiry slides, a token's last use): run after
+    #: the response is sent, so the commit is never in a request's time
+    touch: Callable[[], None] | None = field(default=None, compare=False)
 
 
 class LoginRefused(Exception):
@@ -63,8 +67,11 @@ def identify(request: Request, services: Services) -> Identity | None:
     """The user behind this request, or None (anonymous, expired, revoked, disabled)."""
     auth = request.headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
-        person = services.accounts.token_owner(auth[7:].strip())
-        return Identity(person, "token") if person else None
+        found = services.accounts.token_user(auth[7:].strip())
+        if found is None:
+            return None
+        person, touch = found
+        return Identity(person, "token", touch=touch)
     header = services.settings.proxy_auth_header
     peer = request.client.host if request.client else ""
     if header and services.settings.is_trusted_proxy(peer) and request.headers.get(header):
@@ -72,6 +79,33 @@ def identify(request: Request, services: Services) -> Identity | None:
         return Identity(person, "proxy") if person and not person.disabled else None
     raw = request.cookies.get(SESSION_COOKIE)
     return Sessions(services).load(raw) if raw else None
+
+
+_SESSION_ROW = (
+    select(
+        WebSession.csrf_token,
+        WebSession.revoked_at,
+        WebSession.last_seen_at,
+        WebSession.idle_expires_at,
+        WebSession.absolute_expires_at,
+        *PERSON_COLUMNS,
+    )
+    .join(User, User.id == WebSession.user_id)
+    .where(WebSession.id_hash == bindparam("digest"))
+)
+
+
+def run_touch(identity: Identity | None) -> None:
+    """Run an Identity's due write (after its response); a failure is one log line, never
+    the request's: the next request tries again."""
+    if identity is None or identity.touch is None:
+        return
+    try:
+        identity.touch()
+    except SQLAlchemyError as exc:
+        log.warning(
+            "web_touch_failed", extra={"kv": {"via": identity.via, "error": type(exc).__name__}}
+        )
 
 
 class Sessions:
@@ -103,31 +137,31 @@ class Sessions:
         return raw, csrf
 
     def load(self, raw: str) -> Identity | None:
-        """Read in a read transaction; write only when the idle expiry is due to move (at
-        most every 15 s): a write transaction per request cost more than the calls query."""
+        """One read (the session and its user, joined, without the ORM: this runs on every
+        request and cost a fifth of the calls page). When the idle expiry is due to move (at
+        most every 15 s), the Identity carries that write as its ``touch``."""
         now = datetime.now(UTC)
         digest = token_hash(raw)
-        with self.s.db.read() as s:
+        with self.s.db.engine.connect() as conn:
+            row = conn.execute(_SESSION_ROW, {"digest": digest}).one_or_none()
+        if row is None or row.revoked_at is not None or row.disabled:
+            return None
+        if now >= row.idle_expires_at or now >= row.absolute_expires_at:
+            return None
+        stale = (now - row.last_seen_at).total_seconds() > 15
+        touch = (lambda: self._slide(digest)) if stale else None
+        return Identity(person_of_row(row), "session", row.csrf_token, touch)
+
+    def _slide(self, digest: str) -> None:
+        now = datetime.now(UTC)
+        with self.s.db.write() as s:
             row = s.get(WebSession, digest)
-            if row is None or row.revoked_at is not None:
-                return None
-            if now >= row.idle_expires_at or now >= row.absolute_expires_at:
-                return None
-            user = s.get(User, row.user_id)
-            if user is None or user.disabled:
-                return None
-            identity = Identity(Person.of(user), "session", row.csrf_token)
-            stale = (now - row.last_seen_at).total_seconds() > 15
-        if stale:
-            with self.s.db.write() as s:
-                row = s.get(WebSession, digest)
-                if row is not None:
-                    row.last_seen_at = now
-                    row.idle_expires_at = min(
-                        now + timedelta(minutes=self.s.settings.session_idle_minutes),
-                        row.absolute_expires_at,
-                    )
-        return identity
+            if row is not None:
+                row.last_seen_at = now
+                row.idle_expires_at = min(
+                    now + timedelta(minutes=self.s.settings.session_idle_minutes),
+                    row.absolute_expires_at,
+                )
 
     def revoke(self, raw: str) -> None:
         with self.s.db.write() as s:
@@ -137,22 +171,30 @@ class Sessions:
 
 
 class AddressThrottle:
-    """Failed logins per client address within a window (in memory: one process serves)."""
+    """Failed logins per client address within a window, kept in the store
+    (``login_failures``), so every ``callconsent web`` process counts the same failures."""
 
-    def __init__(self) -> None:
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
-        self._lock = threading.Lock()
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     def blocked(self, address: str, limit: int, window_s: float) -> bool:
-        with self._lock:
-            q = self._failures[address]
-            while q and q[0] < time.monotonic() - window_s:
-                q.popleft()
-            return len(q) >= limit
+        since = datetime.now(UTC) - timedelta(seconds=window_s)
+        with self.db.read() as s:
+            failures = s.scalar(
+                select(func.count())
+                .select_from(LoginFailure)
+                .where(LoginFailure.address == address[:64], LoginFailure.at > since)
+            )
+        return (failures or 0) >= limit
 
-    def failed(self, address: str) -> None:
-        with self._lock:
-            self._failures[address].append(time.monotonic())
+    def failed(self, address: str, window_s: float) -> None:
+        """One more failure; those older than the window are dropped (they count no more)."""
+        now = datetime.now(UTC)
+        with self.db.write() as s:
+            s.execute(
+                delete(LoginFailure).where(LoginFailure.at <= now - timedelta(seconds=window_s))
+            )
+            s.add(LoginFailure(address=address[:64], at=now))
 
 
 def log_in(
@@ -204,7 +246,7 @@ def log_in(
             if user.failed_logins >= cfg.login_max_failures:
                 user.locked_until = now + timedelta(minutes=cfg.lockout_minutes)
                 why += "_locked"
-    throttle.failed(address)
+    throttle.failed(address, window)
     _audit_failure(services, name, address, why)
     log.info("web_login_failed", extra={"kv": {"reason": why}})
     if why.endswith("locked"):

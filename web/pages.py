@@ -14,7 +14,7 @@ from web.accounts import ROLES, AccountError
 from web.auth import SESSION_COOKIE, LoginRefused, Sessions, log_in
 from web.csp import content_security_policy
 from web.routing import Ctx, HttpError, field_int, field_text
-from web.sharing import DEFAULT_HOURS, ShareRefused
+from web.sharing import DEFAULT_HOURS, TICKET_HOURS, ShareRefused
 from web.tokens import same
 
 LOGIN_COOKIE = "cc_login"
@@ -101,7 +101,7 @@ def calls(ctx: Ctx) -> Response:
     return ctx.render(
         "calls.html",
         f=f,
-        rows=page.rows,
+        rows=page.rows(ctx.services),
         more=more,
         statuses=queries.STATUSES,
         directions=queries.DIRECTIONS,
@@ -144,6 +144,8 @@ def recording(ctx: Ctx) -> Response:
         new_link=None,
         style_nonce=nonce,
         markers=queries.waveform_marks(ctx.services, rec),
+        paused=queries.paused_stretches(ctx.services, rec),
+        clock=queries.clock,
     )
     response.headers["content-security-policy"] = content_security_policy(nonce)
     return response
@@ -291,20 +293,14 @@ def share_page(ctx: Ctx) -> Response:
     it counts one play; the audio is served to the browser that opened it (a ticket cookie)."""
     token = ctx.param("token")
     try:
-        link = ctx.services.links.play(token, ctx.address)
+        link, ticket = ctx.services.links.play(token, ctx.address)
     except ShareRefused as exc:
         raise HttpError(410, str(exc)) from None
     found = queries.load_recording(ctx.services, link.recording_id)
     assert found is not None
     rec, c = found
-    ticket = secrets.token_urlsafe(24)
-    tickets = ctx.request.app.state.play_tickets
-    if len(tickets) > 10_000:  # in memory, one process: forget the oldest half
-        for old in list(tickets)[:5_000]:
-            del tickets[old]
-    tickets[ticket] = link.id
     response = ctx.render("share.html", rec=rec, campaign=c.campaign, token=token, link=link)
-    _cookie(ctx, response, PLAY_COOKIE, ticket, 6 * 3600, path=f"/s/{token}")
+    _cookie(ctx, response, PLAY_COOKIE, ticket, TICKET_HOURS * 3600, path=f"/s/{token}")
     return response
 
 
@@ -314,8 +310,7 @@ def share_audio(ctx: Ctx) -> Response:
         link = ctx.services.links.check(token)
     except ShareRefused as exc:
         raise HttpError(410, str(exc)) from None
-    ticket = ctx.request.cookies.get(PLAY_COOKIE, "")
-    if ctx.request.app.state.play_tickets.get(ticket) != link.id:
+    if not ctx.services.links.ticket_holds(link.id, ctx.request.cookies.get(PLAY_COOKIE, "")):
         raise HttpError(403, "open the link's page first")
     found = queries.load_recording(ctx.services, link.recording_id)
     assert found is not None

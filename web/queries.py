@@ -102,8 +102,43 @@ def _uncursor(text: str) -> tuple[datetime, str]:
 
 @dataclass
 class CallPage:
-    rows: list[dict[str, Any]]
+    calls: list[Call]
+    counts: dict[str, int]  # call id -> its recordings
     next_cursor: str | None
+
+    def summaries(self, services: Services) -> list[dict[str, Any]]:
+        """The API's rows."""
+        return [call_summary(services, c, self.counts.get(c.id, 0)) for c in self.calls]
+
+    def rows(self, services: Services) -> list[CallRow]:
+        """The calls page's rows: only what it shows."""
+        return [
+            CallRow(
+                c.id,
+                c.started_at.isoformat(" ", "seconds")[:19],
+                c.campaign,
+                c.direction,
+                c.agent,
+                shown_number(services, c, full=False),
+                c.consent_status,
+                self.counts.get(c.id, 0),
+            )
+            for c in self.calls
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class CallRow:
+    """A row of the calls page (attributes: Jinja looks them up first, a dict key second)."""
+
+    id: str
+    started: str  # UTC, to the second
+    campaign: str | None
+    direction: str
+    agent: str | None
+    number: str  # masked
+    consent_status: str | None
+    recordings: int
 
 
 def search_calls(services: Services, person: Person, f: CallFilter, limit: int) -> CallPage:
@@ -128,8 +163,9 @@ def search_calls(services: Services, person: Person, f: CallFilter, limit: int) 
     with services.db.read() as s:
         calls = list(s.scalars(q))
         counts = _recording_counts(s, [c.id for c in calls[:limit]])
-    rows = [call_summary(services, c, counts.get(c.id, 0)) for c in calls[:limit]]
-    return CallPage(rows, _cursor(calls[limit - 1]) if len(calls) > limit else None)
+    return CallPage(
+        calls[:limit], counts, _cursor(calls[limit - 1]) if len(calls) > limit else None
+    )
 
 
 def _recording_counts(s: Session, ids: list[str]) -> dict[str, int]:
@@ -145,7 +181,10 @@ def shown_number(services: Services, call: Call, full: bool) -> str:
     if not call.number_enc:
         return "-"
     number = services.numbers.reveal(call.number_enc)
-    return number if full else mask(number)
+    if full:
+        return number
+    # E.164 is "+" and digits: its mask is its last two (mask() reads any notation, slower)
+    return "…" + number[-2:] if call.number_kind == "e164" else mask(number)
 
 
 def call_summary(services: Services, call: Call, recordings: int = 0) -> dict[str, Any]:
@@ -308,8 +347,7 @@ def audit_rows(
 
 def waveform_marks(services: Services, rec: Recording) -> list[dict[str, Any]]:
     """Moments to mark on the player's waveform, in seconds from the recording's start: the
-    consent decision and any later change (a withdrawal), when they fall inside it. (Agent
-    pauses are not stored, so they cannot be marked.)"""
+    consent decision and any later change (a withdrawal), when they fall inside it."""
     with services.db.read() as s:
         rows = s.scalars(
             select(ConsentRecord)
@@ -322,6 +360,47 @@ def waveform_marks(services: Services, rec: Recording) -> list[dict[str, Any]]:
             if 0 <= at <= (rec.duration_ms or 0) / 1000:
                 marks.append({"at": round(at, 2), "label": f"{e.kind}: {e.status}"})
     return marks
+
+
+PAUSE_ACTIONS = ("recording.paused", "recording.resumed")
+
+
+def paused_stretches(services: Services, rec: Recording) -> list[dict[str, float]]:
+    """The stretches an agent paused the recording, in seconds from its start, from the audit
+    rows the call book writes once the PBX has muted or unmuted it (the paused stretch is
+    silence in the file, so the file's clock is the call's). A pause with no resume lasts to
+    the end; a repeated pause or resume is ignored. The recording's ``started_at`` is when we
+    asked the PBX to start, a few tens of ms before its first sample: the marks are that early.
+    """
+    end = (rec.duration_ms or 0) / 1000
+    with services.db.read() as s:
+        rows = s.execute(
+            select(AuditEntry.action, AuditEntry.at)
+            .where(
+                AuditEntry.subject_id == rec.id,
+                AuditEntry.subject_type == "recording",
+                AuditEntry.action.in_(PAUSE_ACTIONS),
+            )
+            .order_by(AuditEntry.seq)
+        ).all()
+    stretches: list[tuple[float, float]] = []
+    since: float | None = None
+    for action, at in rows:
+        offset = min(max((at - rec.started_at).total_seconds(), 0.0), end)
+        if action == "recording.paused":
+            since = offset if since is None else since
+        elif since is not None:
+            stretches.append((since, offset))
+            since = None
+    if since is not None:
+        stretches.append((since, end))
+    return [{"start": round(a, 2), "end": round(b, 2)} for a, b in stretches if b > a]
+
+
+def clock(seconds: float) -> str:
+    """``m:ss.s`` (the player's moments, written out for a page without JavaScript)."""
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}:{rest:04.1f}"
 
 
 RECORDING_STATES = ("recording", "closed", "encrypted", "discarded", "purged")

@@ -13,13 +13,14 @@ from typing import Any
 from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.background import BackgroundTask, BackgroundTasks
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from web import authz
 from web.accounts import Person
-from web.auth import Identity, client_address, identify, over_tls
+from web.auth import Identity, client_address, identify, over_tls, run_touch
 from web.services import Services
 from web.tokens import same
 
@@ -30,7 +31,9 @@ STATE_CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 templates = Environment(
-    loader=PackageLoader("web", "templates"), autoescape=select_autoescape(default=True)
+    loader=PackageLoader("web", "templates"),
+    autoescape=select_autoescape(default=True),
+    auto_reload=False,  # the package's templates do not change while it runs: no stat per page
 )
 
 
@@ -87,29 +90,51 @@ def guarded(permission: str, handler: Handler, *, api: bool = False) -> Callable
     if permission != authz.PUBLIC and permission not in authz.PERMISSIONS:
         raise ValueError(f"unknown permission {permission!r}")
 
+    def admit(request: Request, services: Services) -> Ctx | Response:
+        """Who asks and whether they may: a Ctx, or the redirect to the login page."""
+        identity = identify(request, services)
+        ctx = Ctx(request, services, identity, client_address(request, services), api)
+        if permission != authz.PUBLIC:
+            if identity is None:
+                if api:
+                    raise HttpError(401, "sign in or send 'Authorization: Bearer <token>'")
+                return RedirectResponse("/login?next=" + quote(request.url.path), 303)
+            if not authz.allowed(identity.person, permission):
+                raise HttpError(403, f"your role ({identity.person.role}) may not do this")
+        return ctx
+
+    def admit_and_handle(request: Request, services: Services) -> tuple[Response, Ctx | None]:
+        admitted = admit(request, services)
+        if isinstance(admitted, Response):
+            return admitted, None
+        return handler(admitted), admitted
+
     async def endpoint(request: Request) -> Response:
         services: Services = request.app.state.services
+        ctx: Ctx | None = None
         try:
             if len(request.url.query) > services.settings.max_query_bytes:
                 raise HttpError(414, "the query string is too long")
-            identity = await run_in_threadpool(identify, request, services)
-            ctx = Ctx(request, services, identity, client_address(request, services), api)
-            if permission != authz.PUBLIC:
-                if identity is None:
-                    if api:
-                        raise HttpError(401, "sign in or send 'Authorization: Bearer <token>'")
-                    return RedirectResponse("/login?next=" + quote(request.url.path), 303)
-                if not authz.allowed(identity.person, permission):
-                    raise HttpError(403, f"your role ({identity.person.role}) may not do this")
-            if request.method in STATE_CHANGES:
-                await _read_body(ctx)
-                if identity is not None and identity.via == "session":
-                    sent = ctx.form.get("csrf_token") or request.headers.get("x-csrf-token", "")
-                    if not identity.csrf or not same(sent, identity.csrf):
-                        raise HttpError(403, "the form is stale or forged (CSRF token): reload")
-            response = await run_in_threadpool(handler, ctx)
+            if request.method not in STATE_CHANGES:
+                # one trip to a worker thread for the whole request (each costs a switch)
+                response, ctx = await run_in_threadpool(admit_and_handle, request, services)
+            else:
+                admitted = await run_in_threadpool(admit, request, services)
+                if isinstance(admitted, Response):
+                    response = admitted
+                else:
+                    ctx = admitted
+                    await _read_body(ctx)
+                    identity = ctx.identity
+                    if identity is not None and identity.via == "session":
+                        sent = ctx.form.get("csrf_token") or request.headers.get("x-csrf-token", "")
+                        if not identity.csrf or not same(sent, identity.csrf):
+                            raise HttpError(403, "the form is stale or forged (CSRF token): reload")
+                    response = await run_in_threadpool(handler, ctx)
         except HttpError as exc:
             response = error_response(request, exc.status, exc.message, api)
+        if ctx is not None and ctx.identity is not None and ctx.identity.touch is not None:
+            _after(response, BackgroundTask(run_touch, ctx.identity))
         log.info(
             "http_request",
             extra={
@@ -125,6 +150,12 @@ def guarded(permission: str, handler: Handler, *, api: bool = False) -> Callable
     endpoint.permission = permission  # type: ignore[attr-defined]
     endpoint.__name__ = handler.__name__
     return endpoint
+
+
+def _after(response: Response, task: BackgroundTask) -> None:
+    """Run ``task`` once the response is sent (after any task the response has already)."""
+    before = response.background
+    response.background = BackgroundTasks([before, task]) if before is not None else task
 
 
 def _route(request: Request) -> str:

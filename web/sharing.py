@@ -1,21 +1,23 @@
 """Share links: a link to one recording's player for someone without an account, with an
 expiry (default 24 h, at most ``[web] share_link_max_hours``) and an optional number of plays.
 The token (256 random bits) is shown once; the store keeps its SHA-256. Every creation, use
-and revocation is an audit row."""
+and revocation is an audit row. Opening the link hands the browser a ticket for its audio
+(kept hashed in the store, so every ``callconsent web`` process serving the link knows it)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from recorder.store import audit
 from recorder.store.db import Database
-from recorder.store.models import Recording, RecordingState, ShareLink
+from recorder.store.models import Recording, RecordingState, ShareLink, ShareTicket
 from web.tokens import new_token, token_hash
 
 DEFAULT_HOURS = 24
+TICKET_HOURS = 6  # how long the browser that opened a link may fetch its audio
 
 
 class ShareRefused(Exception):
@@ -78,8 +80,12 @@ class ShareLinks:
             q = select(ShareLink).where(ShareLink.token_hash == token_hash(raw))
             return _usable(s.scalars(q).one_or_none())
 
-    def play(self, raw: str, address: str) -> OpenLink:
-        """Count one play (opening the page) and audit it with time and address."""
+    def play(self, raw: str, address: str) -> tuple[OpenLink, str]:
+        """Count one play (opening the page) and audit it with time and address; returns the
+        link and a ticket for the browser that opened it (its audio needs it), stored hashed
+        in the same transaction (expired tickets are dropped there too)."""
+        ticket, ticket_digest = new_token()
+        now = datetime.now(UTC)
         with self.db.write() as s:
             link = s.scalars(
                 select(ShareLink).where(ShareLink.token_hash == token_hash(raw))
@@ -89,6 +95,14 @@ class ShareLinks:
             if link.max_plays is not None and link.plays_used >= link.max_plays:
                 raise ShareRefused("this link has been played as often as it allows")
             link.plays_used += 1
+            s.execute(delete(ShareTicket).where(ShareTicket.expires_at <= now))
+            s.add(
+                ShareTicket(
+                    ticket_hash=ticket_digest,
+                    link_id=link.id,
+                    expires_at=min(now + timedelta(hours=TICKET_HOURS), link.expires_at),
+                )
+            )
             audit.append(
                 s,
                 self.ctx,
@@ -98,7 +112,15 @@ class ShareLinks:
                 subject_id=link.recording_id,
                 details={"link": link.id, "address": address, "play": link.plays_used},
             )
-            return opened
+            return opened, ticket
+
+    def ticket_holds(self, link_id: int, ticket: str) -> bool:
+        """Whether ``ticket`` was handed out by opening this link and has not expired."""
+        if not ticket:
+            return False
+        with self.db.read() as s:
+            row = s.get(ShareTicket, token_hash(ticket))
+            return row is not None and row.link_id == link_id and row.expires_at > datetime.now(UTC)
 
     def revoke(self, link_id: int, *, actor: str) -> bool:
         with self.db.write() as s:

@@ -5,8 +5,10 @@ it is never written to the audit log, which records only what was done and how m
 
 Export writes every call, consent decision and recording of the number into a new directory:
 ``recordings/<id>.wav`` (decrypted, verified against the stored SHA-256) and ``manifest.json``
-(machine-readable, with the SHA-256 of each file). Erasure deletes the recordings (held ones
-are kept and listed) and removes the number from every row.
+(machine-readable, with the SHA-256 of each file); or, prepared for a stream (the web
+console's zip), the same manifest and files decrypted as they are sent, never to disk.
+Erasure deletes the recordings (held ones are kept and listed) and removes the number from
+every row.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,22 +80,65 @@ class Subjects:
             raise SubjectError(f"{out} is not empty: export into a new directory")
         (out / "recordings").mkdir(parents=True, mode=0o700, exist_ok=True)
         os.chmod(out, 0o700)
+
+        def write(rec: Recording, rel: str) -> str:
+            _, digest = vault.decrypt_to(
+                Path(rec.ciphertext_path or ""), rec.id, private.private_key, out / rel
+            )
+            if digest != rec.plaintext_sha256:
+                (out / rel).unlink(missing_ok=True)
+                raise SubjectError("it does not match its stored hash")
+            return digest
+
+        manifest = self._manifest(number, e164, write)
+        data = manifest_bytes(manifest)
+        fd = os.open(out / "manifest.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        self._audit_export(manifest, data, actor, reason)
+        return manifest
+
+    def prepare_export(
+        self, number: str, private: PrivateKeys, *, actor: str, reason: str
+    ) -> PreparedExport:
+        """The same export for a caller that streams it (the web console's zip) instead of
+        writing a directory: every recording is decrypted and checked against its stored hash
+        now, writing nothing, so the manifest (and which recordings are unreadable) is known
+        before a byte is sent; :meth:`PreparedExport.plaintext` decrypts each again as it is
+        sent. The audit row is written now, as the CLI writes it."""
+        e164 = self.numbers.normalise(number)
+        files: list[ExportFile] = []
+
+        def check(rec: Recording, rel: str) -> str:
+            path = Path(rec.ciphertext_path or "")
+            _, digest, _, _ = vault.authenticate(path, rec.id, private.private_key)
+            if digest != rec.plaintext_sha256:
+                raise SubjectError("it does not match its stored hash")
+            files.append(ExportFile(rel, path, rec.id, digest, rec.plaintext_size or 0))
+            return digest
+
+        manifest = self._manifest(number, e164, check)
+        data = manifest_bytes(manifest)
+        self._audit_export(manifest, data, actor, reason)
+        return PreparedExport(manifest, data, files, private)
+
+    def _manifest(
+        self, number: str, e164: str, keep: Callable[[Recording, str], str]
+    ) -> dict[str, Any]:
         calls, files = [], []
         for call in self.calls_of(number):
-            entry, written = self._call_entry(call, out, private)
+            entry, kept = self._call_entry(call, keep)
             calls.append(entry)
-            files += written
-        manifest = {
+            files += kept
+        return {
             "format": MANIFEST_FORMAT,
             "generated_at": datetime.now(UTC).isoformat(),
             "subject": {"phone_number": e164},
             "calls": calls,
             "files": files,
         }
-        data = json.dumps(manifest, indent=2, ensure_ascii=False).encode()
-        fd = os.open(out / "manifest.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+
+    def _audit_export(self, manifest: dict[str, Any], data: bytes, actor: str, reason: str) -> None:
         with self.db.write() as s:
             audit.append(
                 s,
@@ -103,17 +149,18 @@ class Subjects:
                 subject_id=None,
                 details={
                     "reason": reason,
-                    "calls": len(calls),
-                    "recordings": len(files),
+                    "calls": len(manifest["calls"]),
+                    "recordings": len(manifest["files"]),
                     "unreadable": unreadable(manifest),
                     "manifest_sha256": hashlib.sha256(data).hexdigest(),
                 },
             )
-        return manifest
 
     def _call_entry(
-        self, call: Call, out: Path, private: PrivateKeys
+        self, call: Call, keep: Callable[[Recording, str], str]
     ) -> tuple[dict[str, Any], list[dict[str, str]]]:
+        """The call's manifest entry; ``keep(recording, path in the export)`` decrypts one
+        recording (to a file, or only to check it) and returns its SHA-256, or raises."""
         with self.db.read() as s:
             consent = list(
                 s.execute(
@@ -143,12 +190,7 @@ class Subjects:
             if rec.state == RecordingState.ENCRYPTED.value and rec.ciphertext_path:
                 rel = f"recordings/{rec.id}.wav"
                 try:
-                    _, digest = vault.decrypt_to(
-                        Path(rec.ciphertext_path), rec.id, private.private_key, out / rel
-                    )
-                    if digest != rec.plaintext_sha256:
-                        (out / rel).unlink(missing_ok=True)
-                        raise SubjectError("it does not match its stored hash")
+                    digest = keep(rec, rel)
                 except Exception as exc:  # one recording must not cost the subject the rest
                     # (its key destroyed at expiry, its file on another host, tampering)
                     item["unreadable"] = str(exc) or type(exc).__name__
@@ -237,6 +279,43 @@ class Subjects:
                 ),
             )
         return result
+
+
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    """``manifest.json`` as every export writes it."""
+    return json.dumps(manifest, indent=2, ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True)
+class ExportFile:
+    path: str  # in the export: recordings/<id>.wav
+    ciphertext: Path
+    recording_id: str
+    sha256: str  # of the plaintext, checked when the export was prepared
+    size: int
+
+
+@dataclass
+class PreparedExport:
+    """An export whose manifest is known and audited; its files are decrypted as they are
+    read (:meth:`plaintext`), never written anywhere."""
+
+    manifest: dict[str, Any]
+    manifest_json: bytes
+    files: list[ExportFile]
+    private: PrivateKeys
+
+    def plaintext(self, file: ExportFile) -> Iterator[bytes]:
+        """The recording's WAV, segment by segment; raises :class:`SubjectError` at the end
+        if it no longer matches what was checked (its file changed since)."""
+        h = hashlib.sha256()
+        for segment in vault.plaintext(
+            file.ciphertext, file.recording_id, self.private.private_key
+        ):
+            h.update(segment)
+            yield segment
+        if h.hexdigest() != file.sha256:
+            raise SubjectError(f"recording {file.recording_id} changed while it was exported")
 
 
 def unreadable(manifest: dict[str, Any]) -> list[str]:

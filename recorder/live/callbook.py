@@ -87,7 +87,9 @@ class LiveCall:
                             action = actions[joined]
                             follow = await self._decide_and_start(actions[i], action, port)
                         else:
-                            follow = await self._perform(action, port)
+                            follow = await self._perform(
+                                action, port, getattr(next_event, "agent", None)
+                            )
                     except CallGone:
                         gone, follow = True, None
                     except Exception:
@@ -158,7 +160,10 @@ class LiveCall:
             )
             return False
 
-    async def _perform(self, action: c.Action, port: CallControl | None) -> c.Event | None:
+    async def _perform(
+        self, action: c.Action, port: CallControl | None, actor: str | None = None
+    ) -> c.Event | None:
+        """Do one action; ``actor`` is the agent whose command led to it, if one did."""
         ledger = self.ledger
         match action:
             case c.LogConsent(evidence=evidence):
@@ -196,8 +201,11 @@ class LiveCall:
                 await self._start(rid, stereo, _need(port))
             case c.PauseRecording(recording_id=rid):
                 await _need(port).pause_recording(rid, self.pbx_refs.get(rid))
+                # once the PBX has muted it: the moment the player marks the stretch from
+                await ledger.recording_paused_async(rid, True, actor)
             case c.ResumeRecording(recording_id=rid):
                 await _need(port).resume_recording(rid, self.pbx_refs.get(rid))
+                await ledger.recording_paused_async(rid, False, actor)
             case c.StopRecording(recording_id=rid):
                 await _need(port).stop_recording(rid, self.pbx_refs.get(rid))
             case c.DiscardRecording(recording_id=rid, reason=reason):

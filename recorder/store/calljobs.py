@@ -251,6 +251,23 @@ def discard(b: Batch, recording_id: str, reason: str, actor: str | None, now: da
     return True
 
 
+def recording_paused(
+    b: Batch, recording_id: str, paused: bool, actor: str | None, now: datetime
+) -> None:
+    """The PBX muted (or unmuted) the recording at ``now``: an audit row, nothing in the
+    recording's row or the evidence. The paused stretch is silence in the file, so the row's
+    time, less the recording's start, places it on the player's waveform."""
+    _, call_id = _recording(b, recording_id)
+    b.audit(
+        actor=actor or SYSTEM_ACTOR,
+        action="recording.paused" if paused else "recording.resumed",
+        subject_type="recording",
+        subject_id=recording_id,
+        details={"call_id": call_id},
+        at=now,
+    )
+
+
 def call_ended(b: Batch, call_id: str, now: datetime) -> None:
     if b.conn.execute(_ENDED, {"b_id": call_id, "b_now": now}).rowcount == 0:
         _call_exists(b, call_id)  # unknown: raises; known: it had ended before

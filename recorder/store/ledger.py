@@ -386,6 +386,25 @@ class Ledger:
             jobs.discard, recording_id=recording_id, reason=reason, actor=actor, now=self._clock()
         )
 
+    def recording_paused(self, recording_id: str, paused: bool, actor: str | None = None) -> None:
+        """The PBX paused (muted) or resumed the recording just now: an audit row
+        (``recording.paused`` / ``recording.resumed``) the player marks the stretch from."""
+        self.writer.run(self._paused_job(recording_id, paused, actor))
+
+    async def recording_paused_async(
+        self, recording_id: str, paused: bool, actor: str | None = None
+    ) -> None:
+        await self._run(self._paused_job(recording_id, paused, actor))
+
+    def _paused_job(self, recording_id: str, paused: bool, actor: str | None) -> Job[None]:
+        return functools.partial(
+            jobs.recording_paused,
+            recording_id=recording_id,
+            paused=paused,
+            actor=actor,
+            now=self._clock(),
+        )
+
     def call_state(self, pbx: str, pbx_call_id: str) -> CallState | None:
         """The decided call with this PBX id on this node, or None (unknown or undecided)."""
         with self.db.read() as s:

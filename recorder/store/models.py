@@ -295,3 +295,29 @@ class ShareLink(Base):
     max_plays: Mapped[int | None] = mapped_column(Integer)  # None: unlimited until expiry
     plays_used: Mapped[int] = mapped_column(Integer, default=0)
     revoked_at: Mapped[datetime | None]
+
+
+class ShareTicket(Base):
+    """A browser that opened a share link's page may fetch its audio: the ticket is a random
+    cookie scoped to the link, kept as its SHA-256 here (not in one process's memory), so any
+    ``callconsent web`` process serving the link knows it."""
+
+    __tablename__ = "share_tickets"
+
+    ticket_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    link_id: Mapped[int] = mapped_column(ForeignKey("share_links.id"), index=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class LoginFailure(Base):
+    """A failed web login from a client address, kept while it counts towards the address's
+    throttle (``[web] address_max_failures`` within ``lockout_minutes``), in the store so that
+    every ``callconsent web`` process counts the same failures."""
+
+    __tablename__ = "login_failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    address: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(index=True)
+
+    __table_args__ = (Index("ix_login_failures_address_at", "address", "at"),)

@@ -15,7 +15,7 @@ import hashlib
 import os
 import secrets
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -206,6 +206,17 @@ def decrypt_to(
         os.close(fd)
     os.rename(tmp, out)
     return size, h.hexdigest()
+
+
+def plaintext(
+    path: Path, recording_id: str, private_key_for: Callable[[str], bytes]
+) -> Iterator[bytes]:
+    """The plaintext segment by segment, each authenticated before it is given, for a caller
+    that streams it on (never to disk). Untrusted until the iterator ends without an error:
+    only the last segment proves nothing was cut off."""
+    with open_ciphertext(path) as f:
+        key = data_key(f, recording_id, private_key_for)
+        yield from ff.decrypt_segments(f, key, ff.read_header(f))
 
 
 def authenticate(

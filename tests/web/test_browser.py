@@ -123,6 +123,27 @@ def ui(chromium: tuple[Any, Any], web: Site, tmp_path: Path) -> Iterator[Ui]:
     helper.close()
 
 
+def pause(web: Site, recording_id: str, start_s: float, end_s: float) -> tuple[float, float]:
+    """An agent's pause and resume of a recording, written as the call book writes them
+    (the ledger's audit rows), at these seconds into it."""
+    from datetime import timedelta
+
+    from callconsent import config as config_mod
+    from callconsent.app import App
+    from recorder.store.models import Recording
+
+    app = App.open(config_mod.load(web.config))
+    try:
+        with app.db.read() as s:
+            started = s.get(Recording, recording_id).started_at
+        for seconds, paused in ((start_s, True), (end_s, False)):
+            app.ledger._clock = lambda at=started + timedelta(seconds=seconds): at  # type: ignore[method-assign]
+            app.ledger.recording_paused(recording_id, paused, "alice")
+    finally:
+        app.close()
+    return start_s, end_s
+
+
 def table_rows(page: Any) -> list[str]:
     return [r.inner_text() for r in page.locator("#calls tbody tr").all()]
 
@@ -182,6 +203,7 @@ def test_a_recording_plays_and_seeks_with_a_range_request(ui: Ui) -> None:
             )
 
     page.on("response", seen)
+    paused = pause(ui.site, call.recording_id, call.seconds * 0.3, call.seconds * 0.4)
     ui.goto(page, f"/recordings/{call.recording_id}", "player")
     play(page, 1.0)
     state = player_state(page)
@@ -195,6 +217,17 @@ def test_a_recording_plays_and_seeks_with_a_range_request(ui: Ui) -> None:
     drawn = page.locator("#waveform[data-ready='1']")
     drawn.wait_for(state="attached")  # wavesurfer.js decoded the audio and drew it
     ui.check(drawn.count() == 1, "the waveform is drawn over the player")
+    # wavesurfer.js draws in a shadow DOM: a region is [part="region <id>"], its label inside
+    stretch = page.locator("#waveform [part^='region ']").filter(has_text="paused")
+    ui.check(stretch.count() == 1, f"the paused stretch {paused} is shaded on the waveform")
+    box, wave = stretch.bounding_box(), page.locator("#waveform").bounding_box()
+    ui.check(
+        box is not None
+        and wave is not None
+        and abs((box["x"] - wave["x"]) / wave["width"] - 0.3) < 0.02
+        and abs(box["width"] / wave["width"] - 0.1) < 0.02,
+        f"the shaded stretch spans 30% to 40% of the waveform: {box} of {wave}",
+    )
     ui.shots.take(page, "waveform", doc="player.png")
 
     middle = call.seconds / 2

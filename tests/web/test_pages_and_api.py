@@ -3,12 +3,20 @@ the DPO's actions through the CLI's own code, the audit page, the dashboard, use
 
 from __future__ import annotations
 
+import builtins
 import io
 import json
+import os
 import re
+import shutil
+import subprocess
+import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -214,46 +222,104 @@ def test_dpo_hold_blocks_delete_then_unhold_and_delete_as_the_cli_does(world: Wo
     ]
 
 
-def test_subject_export_zip_holds_what_the_cli_writes(
+@contextmanager
+def files_created() -> Iterator[list[str]]:
+    """Every file this process opens for writing while the block runs (``open``, ``os.open``),
+    and any temporary file or directory asked of ``tempfile`` (refused)."""
+    created: list[str] = []
+    real_os_open, real_open = os.open, builtins.open
+    writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT
+
+    def os_open(path: Any, flags: int, *args: Any, **kw: Any) -> int:
+        if flags & writing:
+            created.append(str(path))
+        return real_os_open(path, flags, *args, **kw)
+
+    def open_(file: Any, mode: str = "r", *args: Any, **kw: Any) -> Any:
+        if any(ch in mode for ch in "wax+") and not isinstance(file, int):
+            created.append(str(file))
+        return real_open(file, mode, *args, **kw)
+
+    def no_temp(*args: Any, **kw: Any) -> Any:
+        created.append("tempfile")
+        raise AssertionError("an export asked for a temporary file")
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(os, "open", os_open)
+        m.setattr(builtins, "open", open_)
+        for name in ("mkstemp", "mkdtemp", "TemporaryDirectory", "NamedTemporaryFile"):
+            m.setattr(tempfile, name, no_temp)
+        yield created
+
+
+def cli_export(
+    config_file: Path, out: Path, monkeypatch: pytest.MonkeyPatch, code: int = 0
+) -> dict[str, Any]:
+    monkeypatch.setenv("CALLCONSENT_KEY_PASSPHRASE", PASSPHRASE.decode())
+    args = ["--config", str(config_file), "subject", "export", "--number", NUMBER]
+    args += ["--out", str(out), "--actor", "dora", "--reason", "r"]
+    assert cli.main(args) == code  # 1: a recording was unreadable
+    return json.loads((out / "manifest.json").read_text())
+
+
+def test_subject_export_zip_is_streamed_and_holds_what_the_cli_writes(
     world: World, config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The zip is written as it is sent (several pieces, none bigger than a few segments),
+    no file is created on the way (no decrypted audio on disk), and it holds the CLI's
+    export: the same files, the same bytes, the same manifest but its time."""
+    c = world.client("dpo")
+    form = {"csrf_token": c.csrf, "number": "0151 12345678", "reason": "req 4"}
+    with files_created() as created, c.stream("POST", "/subjects/export", data=form) as r:
+        assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
+        assert "content-length" not in r.headers and r.headers["cache-control"] == "no-store"
+        pieces = list(r.iter_raw())
+    assert created == []
+    assert len(pieces) > 4 and max(len(p) for p in pieces) <= 4 * 65536 + 4096
+    body = b"".join(pieces)
+    z = zipfile.ZipFile(io.BytesIO(body))
+    assert z.testzip() is None
+    manifest = json.loads(z.read("manifest.json"))
+    out = tmp_path / "cli-export"
+    cli_manifest = cli_export(config_file, out, monkeypatch)
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert set(z.namelist()) == on_disk and len(on_disk) == 3
+    for name in on_disk - {"manifest.json"}:
+        assert z.read(name) == (out / name).read_bytes()
+    assert manifest.pop("generated_at") and cli_manifest.pop("generated_at")
+    assert manifest == cli_manifest
+    assert actions_of(world, "subject.exported")[0].actor == "dora"
+    if shutil.which("unzip"):  # a reader other than Python's takes the streamed form
+        (tmp_path / "web.zip").write_bytes(body)
+        check = subprocess.run(["unzip", "-t", str(tmp_path / "web.zip")], capture_output=True)
+        assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+
+
+def test_subject_export_zip_lists_an_unreadable_recording_as_the_cli_does(
+    world: World, config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checked before the first byte is sent: a recording that cannot be decrypted is in the
+    manifest with the reason and not in the zip; the rest is."""
+    lost, kept = world.recordings["bob"], world.recordings["alice"]
+    with world.services.db.read() as s:
+        Path(s.get(Recording, lost).ciphertext_path).unlink()
     c = world.client("dpo")
     r = c.post(
         "/subjects/export",
-        data={"csrf_token": c.csrf, "number": "0151 12345678", "reason": "req 4"},
+        data={"csrf_token": c.csrf, "number": "0151 12345678", "reason": "req 5"},
     )
-    assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
     z = zipfile.ZipFile(io.BytesIO(r.content))
-    manifest = json.loads(z.read("manifest.json"))
-    monkeypatch.setenv("CALLCONSENT_KEY_PASSPHRASE", PASSPHRASE.decode())
-    out = tmp_path / "cli-export"
-    assert (
-        cli.main(
-            [
-                "--config",
-                str(config_file),
-                "subject",
-                "export",
-                "--number",
-                NUMBER,
-                "--out",
-                str(out),
-                "--actor",
-                "dora",
-                "--reason",
-                "r",
-            ]
-        )
-        == 0
-    )
-    cli_manifest = json.loads((out / "manifest.json").read_text())
-    assert [x["call_id"] for x in manifest["calls"]] == [
-        x["call_id"] for x in cli_manifest["calls"]
-    ]
-    assert manifest["files"] == cli_manifest["files"] and len(manifest["files"]) == 2
-    for f in cli_manifest["files"]:
-        assert z.read(f["path"]) == (out / f["path"]).read_bytes()
-    assert actions_of(world, "subject.exported")[0].actor == "dora"
+    assert sorted(z.namelist()) == ["manifest.json", f"recordings/{kept}.wav"]
+    recs = {
+        x["id"]: x
+        for call in json.loads(z.read("manifest.json"))["calls"]
+        for x in call["recordings"]
+    }
+    assert "unreadable" in recs[lost] and "file" not in recs[lost]
+    assert z.read(f"recordings/{kept}.wav") == world.wavs[kept]
+    cli_manifest = cli_export(config_file, tmp_path / "cli-export", monkeypatch, code=1)
+    cli_recs = {x["id"]: x for call in cli_manifest["calls"] for x in call["recordings"]}
+    assert recs == cli_recs
 
 
 def test_subject_erase_keeps_held_recordings(world: World) -> None:
@@ -374,6 +440,52 @@ def test_player_page_draws_a_waveform_with_a_style_nonce_and_marks_a_withdrawal(
     other = world.client("supervisor").get("/calls").headers["content-security-policy"]
     assert "nonce" not in other
     assert world.client().get("/static/vendor/wavesurfer.js/wavesurfer.min.js").status_code == 200
+
+
+def test_player_marks_the_stretches_an_agent_paused(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From the call book's audit rows (recording.paused / .resumed), relative to the
+    recording's start: a pause before the start counts from 0, a repeated pause is ignored, a
+    pause never resumed lasts to the end (the recording is 15 s)."""
+    from recorder.store.models import Recording as Rec
+
+    rid, call_id = world.recordings["alice"], world.calls["alice"]
+    with world.services.db.read() as s:
+        started = s.get(Rec, rid).started_at
+    ledger = world.rig.app.ledger
+    for seconds, paused in (
+        (-1, True),
+        (1, False),
+        (3, True),
+        (4, True),  # repeated: the stretch still starts at 3
+        (5.5, False),
+        (12, True),
+    ):
+        moment = started + timedelta(seconds=seconds)
+        monkeypatch.setattr(ledger, "_clock", lambda m=moment: m)
+        ledger.recording_paused(rid, paused, "alice")
+    expected = [
+        {"start": 0.0, "end": 1.0},
+        {"start": 3.0, "end": 5.5},
+        {"start": 12.0, "end": 15.0},
+    ]
+    page = world.client("supervisor").get(f"/recordings/{rid}").text
+    shown = json.loads(re.search(r'id="player-paused">(.*?)</script>', page).group(1))
+    assert shown == expected
+    listed = re.findall(r'<li class="paused">([^<]*)</li>', page)  # the page without JavaScript
+    assert listed == [
+        "0:00.0 to 0:01.0 paused by the agent (silence)",
+        "0:03.0 to 0:05.5 paused by the agent (silence)",
+        "0:12.0 to 0:15.0 paused by the agent (silence)",
+    ]
+    api = world.client("supervisor").get(f"/api/v1/recordings/{rid}").json()
+    assert api["paused"] == expected
+    timeline = world.client("supervisor").get(f"/calls/{call_id}").text
+    assert timeline.count("recording.paused") == 4 and timeline.count("recording.resumed") == 2
+    other = world.recordings["bob"]  # paused nothing: nothing marked, nothing listed
+    page = world.client("supervisor").get(f"/recordings/{other}").text
+    assert 'id="player-paused">[]</script>' in page and 'class="paused"' not in page
 
 
 def test_api_searches_recordings_with_the_same_visibility(world: World) -> None:

@@ -4,14 +4,19 @@ than the calls query itself, bench/web.py)."""
 
 from __future__ import annotations
 
+import gc
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 from conftest import World
+from starlette.testclient import TestClient
 
 from recorder.store.models import ApiToken, WebSession
+from web.auth import Sessions
 
 
 @contextmanager
@@ -77,3 +82,76 @@ def test_a_tokens_last_use_is_kept_at_most_once_a_minute(world: World) -> None:
     assert c.get("/api/v1/me", headers=bearer).status_code == 200
     latest = last_used()
     assert latest is not None and latest >= first
+
+
+@contextmanager
+def statements(world: World) -> Iterator[list[str]]:
+    """The SQL statements the store runs while the block runs (not BEGIN: SQLite's)."""
+    seen: list[str] = []
+    engine = world.services.db.engine
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if not statement.startswith("BEGIN"):
+            seen.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+
+
+def test_a_session_or_token_is_read_with_one_statement(world: World) -> None:
+    """Who asks costs one statement per request (the session or token joined with its user):
+    it runs before every page and was a fifth of the calls page (bench/web.py)."""
+    c = world.client("supervisor")
+    _, raw = world.services.accounts.create_token("sam", "crm", 30, actor="adam")
+    bearer = {"Authorization": f"Bearer {raw}"}
+    assert c.get("/api/v1/me").status_code == 200
+    assert world.client().get("/api/v1/me", headers=bearer).status_code == 200  # last use kept
+    with statements(world) as seen:
+        assert c.get("/api/v1/me").json()["via"] == "session"
+        assert world.client().get("/api/v1/me", headers=bearer).json()["via"] == "token"
+    assert len(seen) == 2, seen
+
+
+def test_a_failed_slide_of_the_idle_expiry_is_one_log_line_not_a_failed_request(
+    world: World, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write runs after the response (off the request's time); when the store refuses it
+    the page was served all the same, and the next request tries again."""
+    caplog.set_level(logging.INFO)
+    c = world.client("supervisor")
+    earlier = datetime.now(UTC) - timedelta(seconds=20)
+    with world.services.db.write() as s:
+        s.execute(
+            sa.update(WebSession).values(
+                last_seen_at=earlier, idle_expires_at=earlier + timedelta(minutes=30)
+            )
+        )
+
+    def locked(self: Sessions, digest: str) -> None:
+        raise sa.exc.OperationalError("UPDATE web_sessions", {}, Exception("database is locked"))
+
+    with monkeypatch.context() as m:
+        m.setattr(Sessions, "_slide", locked)
+        assert c.get("/calls").status_code == 200
+    assert _session(world).last_seen_at == earlier
+    failed = [r for r in caplog.records if r.getMessage() == "web_touch_failed"]
+    assert len(failed) == 1 and failed[0].kv == {  # type: ignore[attr-defined]
+        "via": "session",
+        "error": "OperationalError",
+    }
+    assert c.get("/calls").status_code == 200
+    assert _session(world).last_seen_at > earlier + timedelta(seconds=15)
+
+
+def test_the_objects_made_at_start_are_kept_out_of_full_collections(world: World) -> None:
+    """A full collection walked every object the process made at start (~100,000: modules,
+    the engine, phone number metadata) and stalled a request 50-120 ms (bench/web.py)."""
+    gc.unfreeze()
+    try:
+        with TestClient(world.app):  # runs the app's lifespan, as uvicorn does at start
+            assert gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()

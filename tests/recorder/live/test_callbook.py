@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,42 @@ def test_agent_commands_in_another_session_reach_the_same_call(
             assert s.get(Recording, rid).state == "discarded"
         refused = await found.agent("start", "7001")
         assert isinstance(refused[-1], c.RejectCommand)
+
+    asyncio.run(scenario())
+
+
+def test_pauses_and_resumes_are_audited_once_the_pbx_has_muted(
+    book: CallBook, ledger: Ledger
+) -> None:
+    """The player marks paused stretches from these rows: one per pause and per resume the
+    PBX carried out, naming the agent, at the moment it did; none for a refused command or a
+    mute the PBX refused."""
+
+    async def scenario() -> None:
+        dialogue = FakePbx([c.DigitReceived("1"), c.PromptFinished("thanks")])
+        live = await book.open(pbx="asterisk", pbx_call_id="3.1", campaign="default")
+        await live.run_dialogue(dialogue)
+        rid = next(e[1] for e in dialogue.calls if e[0] == "start")
+        live.control = FakePbx([])
+        await live.agent("pause", "7001")
+        await live.agent("pause", "7001")  # refused: already paused
+        await live.agent("resume", "7002")
+        with pytest.raises(RuntimeError, match="refused pause"):
+            await live.agent("pause", "7001", FakePbx([], fail_on="pause"))
+        with ledger.db.read() as s:
+            rows = list(
+                s.scalars(
+                    sa.select(AuditEntry)
+                    .where(AuditEntry.action.in_(["recording.paused", "recording.resumed"]))
+                    .order_by(AuditEntry.seq)
+                )
+            )
+        assert [(r.action, r.actor, r.subject_type, r.subject_id) for r in rows] == [
+            ("recording.paused", "7001", "recording", rid),
+            ("recording.resumed", "7002", "recording", rid),
+        ]
+        assert json.loads(rows[0].details) == {"call_id": live.ref.id}
+        assert rows[0].at <= rows[1].at
 
     asyncio.run(scenario())
 
