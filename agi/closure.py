@@ -29,7 +29,6 @@ __all__ = ["Closer", "header_final", "wait_closed"]
 
 log = logging.getLogger("callconsent.agi")
 PBX = "asterisk"
-RETRY_S = (0.5, 1.0, 2.0, 5.0)  # a call's ending, while the store is out of reach
 
 
 class _StoreAway(Exception):
@@ -112,18 +111,19 @@ class Closer:
 
     async def _end_call(self, key: str) -> None:
         try:
-            for attempt in range(1_000_000):  # while the store is out of reach
-                if attempt:
-                    await asyncio.sleep(RETRY_S[min(attempt, len(RETRY_S)) - 1])
+            retry = 0
+            while True:  # until the store can be written (ends at once when it can)
                 try:
                     await self._end_once(key)
                     break
                 except _StoreAway:
-                    continue
+                    pass
                 except Exception as exc:
                     if not outage.is_unavailable(exc):
                         raise
                     outage.OUTAGE.report(exc, f"call {key}")
+                await asyncio.sleep(outage.retry_delay(retry))
+                retry += 1
         except Exception:
             log.exception("call_end_failed", extra={"kv": {"call": key}})
         finally:

@@ -34,7 +34,6 @@ from recorder import metrics
 from recorder.store import outage
 
 log = logging.getLogger("callconsent.esl.inbound")
-RETRY_S = (0.5, 1.0, 2.0, 5.0)  # a call's events, while the store is out of reach
 
 #: One ``event plain`` command each, so a user missing one permission still gets the others
 #: (FreeSWITCH stops at the first refused name and says ``-ERR permission denied``).
@@ -244,7 +243,7 @@ class InboundClient:
                     # wait, in order, and are handled once it is back (a hangup is not lost)
                     outage.OUTAGE.report(exc, f"ESL {event.name}")
                     queue.appendleft(event)
-                    await asyncio.sleep(RETRY_S[min(retry, len(RETRY_S) - 1)])
+                    await asyncio.sleep(outage.retry_delay(retry))
                     retry += 1
         finally:
             if self._queues.get(key) is queue:

@@ -194,7 +194,7 @@ class Finalizer:
         """The PBX writes into the spool: its file system filling up cuts recordings short."""
         while True:
             try:
-                self.alarms.check_spool()
+                await asyncio.to_thread(self.alarms.check_spool)  # statvfs may block (NFS)
             except OSError as exc:
                 log.warning("spool_watch_failed", extra={"kv": {"error": str(exc)}})
             await asyncio.sleep(self.settings.spool_watch_s)

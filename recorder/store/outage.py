@@ -19,6 +19,15 @@ from recorder import metrics
 
 log = logging.getLogger("callconsent.store")
 
+#: how long a call's pending work (its ending, its PBX events) waits before it tries the store
+#: again, by attempt; the last one repeats until the store is back
+RETRY_S = (0.5, 1.0, 2.0, 5.0)
+
+
+def retry_delay(attempt: int) -> float:
+    """The wait before retry number ``attempt`` (0 is the first retry)."""
+    return RETRY_S[min(attempt, len(RETRY_S) - 1)]
+
 
 def is_unavailable(exc: BaseException) -> bool:
     """The database could not be reached or used at all (as opposed to a bad statement or a

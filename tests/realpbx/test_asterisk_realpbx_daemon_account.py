@@ -18,6 +18,7 @@ from asterisk_real import Lab
 from asterisk_real_harness import lab_or_skip, write_prompts
 from cli_host import free_port
 from daemon_process import (
+    MARKS,
     USER,
     daemon_home,
     keys_init,
@@ -31,16 +32,7 @@ from panoramisk.message import Message
 
 from agi.ami import AmiClient
 
-pytestmark = [
-    pytest.mark.realpbx,
-    pytest.mark.slow,
-    pytest.mark.skipif(not daemon_account.ROOT, reason="installs the daemon's account as root"),
-    pytest.mark.skipif(USER != "callconsent", reason="needs the callconsent account"),
-    pytest.mark.skipif(
-        not daemon_account.interpreter_readable(),
-        reason="the daemon's account cannot read this interpreter",
-    ),
-]
+pytestmark = MARKS
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import daemon_account
 import pytest
 from cli_host import free_port
 from daemon_process import (
+    MARKS,
     USER,
     daemon_home,
     keys_init,
@@ -31,16 +32,7 @@ from pbx_account import hand_over, pbx_dir, require_unprivileged
 from callconsent import config as config_mod
 from esl_listener.connection import open_inbound
 
-pytestmark = [
-    pytest.mark.realpbx,
-    pytest.mark.slow,
-    pytest.mark.skipif(not daemon_account.ROOT, reason="installs the daemon's account as root"),
-    pytest.mark.skipif(USER != "callconsent", reason="needs the callconsent account"),
-    pytest.mark.skipif(
-        not daemon_account.interpreter_readable(),
-        reason="the daemon's account cannot read this interpreter",
-    ),
-]
+pytestmark = MARKS
 
 PHONE = "'m:^:sleep:1200^send_dtmf:1^playback:tone_stream://L=1;%(1000,0,440)^sleep:300^hangup'"
 

@@ -17,9 +17,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import daemon_account
+import pytest
 from cli_host import PASSPHRASE
 
 USER = daemon_account.NAME
+
+#: the marks of a realpbx test that runs the daemon this way
+MARKS = [
+    pytest.mark.realpbx,
+    pytest.mark.slow,
+    pytest.mark.skipif(not daemon_account.ROOT, reason="installs the daemon's account as root"),
+    pytest.mark.skipif(USER != "callconsent", reason="needs the callconsent account"),
+    pytest.mark.skipif(
+        not daemon_account.interpreter_readable(),
+        reason="the daemon's account cannot read this interpreter",
+    ),
+]
 
 
 @contextlib.contextmanager

@@ -6,13 +6,13 @@ import asyncio
 import errno
 import logging
 import os
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import diskfull
 import pytest
 import sqlalchemy as sa
 from recstore import Rig, make_rig, write_wav
@@ -255,21 +255,8 @@ def test_as_a_component_it_encrypts_in_worker_threads(rig: Rig) -> None:
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 256 KiB tmpfs, where mounting is allowed (root with CAP_SYS_ADMIN); else skip."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0750", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with diskfull.tmpfs(tmp_path / "tiny", "256k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
 
 
 def test_a_really_full_file_system_leaves_everything_pending(rig: Rig, tiny_tmpfs: Path) -> None:
