@@ -1,0 +1,149 @@
+"""Faults on the real Asterisk while real calls record (issue 17, point 3), `callconsent serve`
+as its own account in its own process (:mod:`realpbx_faults`):
+
+- Asterisk closes our AMI session (``manager kick session``) and refuses our login for a while
+  (our user's secret changed, ``manager reload``), two calls hang up meanwhile, then it takes
+  us back: the daemon logs in again, the calls that ended in the window are closed out and
+  their recordings finalised (reconciliation), none lost or duplicated, the chain verifies.
+- Asterisk restarts (``core stop now``, started again as its own account) with three calls
+  recording: the calls it forgot are closed out, each recording is encrypted with a header
+  that matches its audio, no plaintext is left, no error line; the next call records.
+
+The restart test is last in this module: it leaves Asterisk running again for the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from asterisk_real import Lab
+from asterisk_real_harness import lab_or_skip
+from daemon_process import MARKS
+from realpbx_faults import (
+    AsteriskPhones,
+    Daemon,
+    ami_sessions,
+    asterisk_cli,
+    asterisk_dirs,
+    asterisk_section,
+    daemon,
+    restart_asterisk,
+    start_asterisk,
+    until,
+    wav_frames,
+)
+
+from recorder.store.models import Call, Recording
+
+pytestmark = MARKS
+LIMIT_S = 240  # the whole scenario, hung up rather than left on the shared PBX
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    yield from lab_or_skip()
+
+
+def go(lab: Lab, calls: int, scenario, errors: frozenset[str] = frozenset()) -> None:  # type: ignore[no-untyped-def]
+    with asterisk_dirs(lab) as (spool, prompts), daemon(asterisk_section(lab), spool, prompts) as d:
+
+        async def main() -> None:
+            phones = AsteriskPhones(lab)
+            await phones.start()
+            try:
+                await asyncio.wait_for(scenario(d, phones), LIMIT_S)
+            finally:
+                await phones.stop()
+
+        asyncio.run(main())
+        check_evidence(d, calls, set(errors))
+
+
+async def recording(d: Daemon, phones: AsteriskPhones, n: int) -> list[str]:
+    tokens = [await phones.accepting() for _ in range(n)]
+    await until(lambda: all(phones.decided(t) for t in tokens), "every call decided", 60)
+    assert [phones.decided(t) for t in tokens] == ["granted"] * n
+    await until(lambda: d.states().count("recording") == n, f"{n} recordings open", 30)
+    return tokens
+
+
+def check_evidence(d: Daemon, calls: int, errors: set[str]) -> None:
+    """Every call ended, one encrypted recording each, none left as plaintext, each decrypting
+    to a WAV whose header matches its audio; the chain verifies; no traceback, no error line
+    but ``errors`` (the fault's own)."""
+    recs = d.rows(Recording)
+    ended = d.rows(Call)
+    assert len(ended) == calls and all(c.ended_at is not None for c in ended), ended
+    assert sorted(r.call_id for r in recs) == sorted(c.id for c in ended)  # one each
+    assert [r.state for r in recs] == ["encrypted"] * calls
+    assert list(d.spool.rglob("*.wav")) == []  # no plaintext left
+    for r in recs:
+        assert wav_frames(d.decrypted(r.id)) > 8000, r.id  # more than a second of audio
+    verified = d.cli("audit", "verify")
+    assert "chain intact" in verified.stdout, verified.stdout
+    assert d.cli("recordings", "verify", "--all").returncode == 0
+    text = d.log.read_text()
+    assert "Traceback" not in text
+    assert {e for lvl, e in d.said() if lvl in ("error", "critical")} == errors, text
+
+
+def test_ami_closed_and_refused_while_calls_end_then_back(lab: Lab) -> None:
+    manager = lab.target.conf / "manager_callconsent.conf"
+    shipped = manager.read_text()
+
+    async def scenario(d: Daemon, phones: AsteriskPhones) -> None:
+        tokens = await recording(d, phones, 3)
+        assert len(ami_sessions(lab.ami_user)) == 1
+        try:
+            # Asterisk no longer takes our login, and closes the session we have
+            assert f"secret = {lab.ami_secret}" in shipped
+            manager.write_text(shipped.replace(f"secret = {lab.ami_secret}", "secret = nope"))
+            asterisk_cli("manager reload")
+            for fd in ami_sessions(lab.ami_user):
+                asterisk_cli(f"manager kick session {fd}")
+            await until(lambda: d.lines("ami_login_failed"), "a refused login", 30)
+            await phones.hang_up(*tokens[:2])  # two calls end while we are away
+            await until(lambda: all(phones.ended(t) for t in tokens[:2]), "two ended", 30)
+            await asyncio.sleep(1.0)
+            assert len(d.lines("ami_logged_in")) == 1  # still away
+        finally:
+            manager.write_text(shipped)
+            asterisk_cli("manager reload")
+        await until(lambda: len(d.lines("ami_logged_in")) == 2, "logged in again", 60)
+        await until(
+            lambda: d.states() == ["encrypted", "encrypted", "recording"],
+            "the two calls of the window finalised",
+            60,
+        )
+        await phones.hang_up(tokens[2])
+        await until(lambda: d.states() == ["encrypted"] * 3, "the third finalised", 60)
+
+    go(lab, 3, scenario, errors=frozenset({"ami_login_failed"}))  # the refused logins
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["core-stop-now", "sigkill"])
+def test_asterisk_restart_with_calls_recording(lab: Lab, crash: bool) -> None:
+    """``core stop now`` hangs the calls up (their Hangup events reach us before AMI closes);
+    SIGKILL forgets them: no event, the MixMonitor headers left at 0 and repaired."""
+
+    async def scenario(d: Daemon, phones: AsteriskPhones) -> None:
+        await recording(d, phones, 3)
+        await asyncio.sleep(2.5)  # the callers speak: audio the PBX has written out
+        try:
+            await asyncio.to_thread(restart_asterisk, crash)
+        finally:
+            await asyncio.to_thread(start_asterisk)  # running again, whatever happened
+        await until(lambda: d.states() == ["encrypted"] * 3, "the forgotten three finalised", 90)
+        await until(lambda: len(d.lines("ami_logged_in")) >= 2, "logged in again", 60)
+        await until(lambda: phones.ami.connected, "our phones' AMI back", 60)
+        [after] = await recording(d, phones, 1)
+        await asyncio.sleep(2.0)  # the caller speaks
+        await phones.hang_up(after)
+        await until(lambda: d.states() == ["encrypted"] * 4, "the next call finalised", 60)
+        repaired = d.audited("recording.header_repaired")
+        forgotten = {r.id for r in d.rows(Recording)} - {d.rows(Recording)[-1].id}
+        assert (set(repaired) == forgotten) if crash else repaired == [], repaired
+
+    go(lab, 4, scenario)
