@@ -28,14 +28,14 @@ from realpbx_faults import (
     asterisk_cli,
     asterisk_dirs,
     asterisk_section,
+    check_evidence,
     daemon,
     restart_asterisk,
     start_asterisk,
     until,
-    wav_frames,
 )
 
-from recorder.store.models import Call, Recording
+from recorder.store.models import Recording
 
 pytestmark = MARKS
 LIMIT_S = 240  # the whole scenario, hung up rather than left on the shared PBX
@@ -57,7 +57,8 @@ def go(lab: Lab, calls: int, scenario, errors: frozenset[str] = frozenset()) -> 
             finally:
                 await phones.stop()
 
-        asyncio.run(main())
+        with d.shown():
+            asyncio.run(main())
         check_evidence(d, calls, set(errors))
 
 
@@ -67,26 +68,6 @@ async def recording(d: Daemon, phones: AsteriskPhones, n: int) -> list[str]:
     assert [phones.decided(t) for t in tokens] == ["granted"] * n
     await until(lambda: d.states().count("recording") == n, f"{n} recordings open", 30)
     return tokens
-
-
-def check_evidence(d: Daemon, calls: int, errors: set[str]) -> None:
-    """Every call ended, one encrypted recording each, none left as plaintext, each decrypting
-    to a WAV whose header matches its audio; the chain verifies; no traceback, no error line
-    but ``errors`` (the fault's own)."""
-    recs = d.rows(Recording)
-    ended = d.rows(Call)
-    assert len(ended) == calls and all(c.ended_at is not None for c in ended), ended
-    assert sorted(r.call_id for r in recs) == sorted(c.id for c in ended)  # one each
-    assert [r.state for r in recs] == ["encrypted"] * calls
-    assert list(d.spool.rglob("*.wav")) == []  # no plaintext left
-    for r in recs:
-        assert wav_frames(d.decrypted(r.id)) > 8000, r.id  # more than a second of audio
-    verified = d.cli("audit", "verify")
-    assert "chain intact" in verified.stdout, verified.stdout
-    assert d.cli("recordings", "verify", "--all").returncode == 0
-    text = d.log.read_text()
-    assert "Traceback" not in text
-    assert {e for lvl, e in d.said() if lvl in ("error", "critical")} == errors, text
 
 
 def test_ami_closed_and_refused_while_calls_end_then_back(lab: Lab) -> None:

@@ -55,6 +55,13 @@ TEST_DIALPLAN = """<include>
         <action application="hangup"/>
       </condition>
     </extension>
+    <extension name="cc_agent_hold">
+      <condition field="destination_number" expression="^cc_agent_hold$">
+        <action application="answer"/>
+        <action application="playback" data="tone_stream://L=120;%(1000,0,880)"/>
+        <action application="hangup"/>
+      </condition>
+    </extension>
     <extension name="cc_agent_codes">
       <condition field="destination_number" expression="^cc_agent_codes$">
         <action application="set" data="playback_terminators=none"/>

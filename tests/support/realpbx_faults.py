@@ -19,6 +19,7 @@ import secrets
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import time
 import wave
@@ -32,10 +33,14 @@ from asterisk_real_harness import write_prompts
 from cli_host import PASSPHRASE, free_port
 from daemon_cli import run as cli
 from daemon_process import USER, daemon_home, keys_init, serving, write_config
+from fake_pbx import make_prompts
+from freeswitch_real import CALLER, Real, install
 from panoramisk.message import Message
+from pbx_account import hand_over, pbx_dir, require_unprivileged
 
 from agi.ami import AmiClient, AmiError, AmiUnavailable
-from recorder.store.models import AuditEntry, Recording
+from callconsent import config as config_mod
+from recorder.store.models import AuditEntry, Call, Recording
 
 ASTERISK = "/usr/sbin/asterisk"
 ASTERISK_PID = Path("/var/run/asterisk/asterisk.pid")
@@ -111,6 +116,15 @@ class Daemon:
         self.cli("recordings", "decrypt", recording_id, "-o", str(out), "--reason", "test")
         return out
 
+    @contextlib.contextmanager
+    def shown(self) -> Iterator[None]:
+        """The daemon's log on the test's output if the block fails (pytest shows it)."""
+        try:
+            yield
+        except BaseException:
+            print(self.log.read_text()[-20000:])
+            raise
+
     def close(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
@@ -123,13 +137,23 @@ def _uid() -> int:
 
 
 def wav_frames(path: Path) -> int:
-    """The frames a WAV's header announces; asserts the header matches the file's size (a
-    header left at 0 by a crashed PBX and not repaired would not)."""
+    """The frames a WAV's header announces; asserts the header matches the file (RIFF size and
+    the data chunk's size both what the file holds: a header left at 0 by a crashed PBX and
+    not repaired would not). Walks the chunks: FreeSWITCH's files carry more than ``fmt ``."""
+    raw = path.read_bytes()
+    assert raw[:4] == b"RIFF" and raw[8:12] == b"WAVE", raw[:12]
+    assert struct.unpack_from("<I", raw, 4)[0] == len(raw) - 8, (path, "RIFF size")
+    at = 12
+    while at + 8 <= len(raw):
+        name, size = raw[at : at + 4], struct.unpack_from("<I", raw, at + 4)[0]
+        if name == b"data":
+            assert at + 8 + size == len(raw), (path, "data size", size, len(raw) - at - 8)
+            break
+        at += 8 + size + (size & 1)
+    else:
+        raise AssertionError(f"{path}: no data chunk")
     with wave.open(str(path)) as w:
-        frames = w.getnframes()
-        width, channels = w.getsampwidth(), w.getnchannels()
-    assert 44 + frames * width * channels == path.stat().st_size, (path, frames)
-    return frames
+        return w.getnframes()
 
 
 @contextlib.contextmanager
@@ -140,10 +164,11 @@ def daemon(
     *,
     extra: str = "",
     url: str = "",
+    before: Callable[[Path], None] | None = None,
 ) -> Iterator[Daemon]:
     """`callconsent serve` as its account with ``section`` (its PBX's), the spool and prompts
     given; SQLite in its data dir unless ``url`` names another store (then already
-    upgraded)."""
+    upgraded); ``before`` is given the config file before the daemon starts."""
     with daemon_home() as home:
         config = home / "callconsent.toml"
         store = f'[database]\nurl = "{url}"\n' if url else ""
@@ -154,6 +179,8 @@ def daemon(
             f"[metrics]\nport = {free_port()}\n{RECORDER}{store}{section}{extra}",
         )
         keys_init(config)
+        if before is not None:
+            before(config)
         d = Daemon(
             home, config, home / "serve.log", spool, url or f"sqlite:///{home}/data/callconsent.db"
         )
@@ -163,6 +190,28 @@ def daemon(
                 yield d
         finally:
             d.close()
+
+
+def check_evidence(d: Daemon, calls: int, errors: set[str], audio: bool = True) -> None:
+    """Every call ended, one encrypted recording each, none left as plaintext, each decrypting
+    to a WAV whose header matches its audio; the chain verifies; no traceback, no error line
+    but ``errors`` (the fault's own). ``audio``: each holds some (a PBX killed with SIGKILL
+    may not have written its buffered audio out yet: then only the header is checked)."""
+    recs = d.rows(Recording)
+    ended = d.rows(Call)
+    assert len(ended) == calls and all(c.ended_at is not None for c in ended), ended
+    assert sorted(r.call_id for r in recs) == sorted(c.id for c in ended)  # one each
+    assert [r.state for r in recs] == ["encrypted"] * calls
+    assert list(d.spool.rglob("*.wav")) == []  # no plaintext left
+    for r in recs:
+        frames = wav_frames(d.decrypted(r.id))
+        assert frames > 0 or not audio, (r.id, frames)  # audio, in a header that matches it
+    verified = d.cli("audit", "verify")
+    assert "chain intact" in verified.stdout, verified.stdout
+    assert d.cli("recordings", "verify", "--all").returncode == 0
+    text = d.log.read_text()
+    assert "Traceback" not in text
+    assert {e for lvl, e in d.said() if lvl in ("error", "critical")} == errors, text
 
 
 # -- Asterisk ------------------------------------------------------------------------------
@@ -305,6 +354,85 @@ def _listening(port: int) -> bool:
 # -- FreeSWITCH ----------------------------------------------------------------------------
 
 
+FS_ESL_USER = "callconsent@127.0.0.1"
+
+
+def freeswitch_section(real: Real) -> str:
+    return (
+        f'[freeswitch]\nenabled = true\nesl_user = "{FS_ESL_USER}"\n'
+        f'esl_password = "rt-{secrets.token_hex(8)}"\nesl_port = {real[1]}\n'
+        "[policies.default]\ndigit_timeout_ms = 2500\n"
+    )
+
+
+@contextlib.contextmanager
+def freeswitch_dirs(real: Real) -> Iterator[tuple[Path, Path]]:
+    """A spool and prompts FreeSWITCH's own account can reach (2770, its shared group)."""
+    account = require_unprivileged(real[1], "freeswitch")
+    with pbx_dir(account, "fs-spool") as spool, pbx_dir(account, "fs-prompts") as prompts:
+        make_prompts(prompts, ("en",))
+        hand_over(prompts, account)
+        yield spool, prompts
+
+
+def freeswitch_install(real: Real) -> Callable[[Path], None]:
+    """What the daemon's FreeSWITCH needs before it starts: our dialplan and ESL user in the
+    PBX's config, loaded (``reloadxml``)."""
+
+    def before(config: Path) -> None:
+        cfg = config_mod.load(config)
+        install(real[3], cfg, config.parent / "rendered")
+        assert "+OK" in fs_cli("reloadxml"), "reloadxml failed"
+
+    return before
+
+
+def esl_user_file(real: Real) -> Path:
+    return real[3] / "callconsent" / "directory" / "callconsent.xml"
+
+
+class FreeswitchPhones:
+    """Loopback calls through the shipped inbound dialplan (caller presses 1, then the agent
+    leg stays up ``hold`` seconds), placed and hung up with fs_cli."""
+
+    def __init__(self) -> None:
+        self.legs: list[str] = []
+
+    def accepting(self, hold_s: int = 120) -> str:
+        phone = f"'m:^:sleep:1200^send_dtmf:1^sleep:{hold_s * 1000}^hangup'"
+        out = fs_cli(
+            f"originate {CALLER}loopback/cc_in_default_hold/callconsent_test {phone} inline"
+        )
+        assert out.startswith("+OK "), out
+        leg = out.split()[1]
+        self.legs.append(leg)
+        return leg
+
+    def hang_up(self, *legs: str) -> None:
+        for leg in legs:
+            fs_cli(f"uuid_kill {leg}")
+
+    def alive(self, leg: str) -> bool:
+        return fs_cli(f"uuid_exists {leg}").strip() == "true"
+
+    def stop(self) -> None:
+        self.hang_up(*[leg for leg in self.legs if self.alive(leg)])
+
+
+def esl_ports(pid: int) -> list[int]:
+    """The local ports of ``pid``'s TCP connections to the event socket (8021)."""
+    out = subprocess.run(["ss", "-tnpH", "state", "established", "dport", "= :8021"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return [int(ln.split()[2].rsplit(":", 1)[1]) for ln in out.splitlines() if f"pid={pid}," in ln]
+
+
+def cut(port: int) -> None:
+    """Kill one TCP connection to the event socket from here (``ss -K``): both ends see it
+    close at once, as when FreeSWITCH drops it."""
+    subprocess.run(["ss", "-K", "-tn", "dport", "= :8021", "sport", f"= :{port}"],
+                   check=True, capture_output=True)  # fmt: skip
+
+
 def fs_cli(command: str, timeout: float = 30) -> str:
     done = subprocess.run([FS_CLI, "-x", command], capture_output=True, text=True, timeout=timeout)
     return done.stdout + done.stderr
@@ -314,11 +442,14 @@ def freeswitch_up() -> bool:
     return "is ready" in fs_cli("status", 10)
 
 
-def restart_freeswitch() -> None:
-    """`fs_cli -x shutdown`, then started again as its own account (README: ``-u freeswitch
-    -nc -nonat`` from /, never ``-g``)."""
+def restart_freeswitch(crash: bool = False) -> None:
+    """`fs_cli -x shutdown` (or, ``crash``, SIGKILL), then started again as its own account
+    (README: ``-u freeswitch -nc -nonat`` from /, never ``-g``)."""
     pid = int(FREESWITCH_PID.read_text().strip())
-    fs_cli("shutdown")
+    if crash:
+        os.kill(pid, signal.SIGKILL)
+    else:
+        fs_cli("shutdown")
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"), "FreeSWITCH stopped", 60)
     start_freeswitch()
 

@@ -1,0 +1,137 @@
+"""Faults on the real FreeSWITCH while real calls record (issue 17, point 3), `callconsent serve`
+as its own account in its own process (:mod:`realpbx_faults`):
+
+- our inbound event socket connection is cut (``ss -K``) and our ESL user refused for a while
+  (its password changed, ``reloadxml``), two calls hang up meanwhile (their RECORD_STOP and
+  CHANNEL_HANGUP_COMPLETE go nowhere), then it takes us back: the daemon reconnects, asks
+  ``uuid_exists`` for what it holds, ends those calls and their recordings are finalised;
+  none lost or duplicated, the chain verifies.
+- FreeSWITCH restarts (``fs_cli -x shutdown``, or SIGKILL; started again as its own account)
+  with three calls recording: the calls it forgot are closed out, each recording encrypted
+  with a header that matches its audio, no plaintext left, no error line; the next call records.
+
+The restart test is last in this module and leaves FreeSWITCH running again for the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from daemon_process import MARKS
+from freeswitch_real import Real, endpoint
+from realpbx_faults import (
+    Daemon,
+    FreeswitchPhones,
+    check_evidence,
+    cut,
+    daemon,
+    esl_ports,
+    esl_user_file,
+    freeswitch_dirs,
+    freeswitch_install,
+    freeswitch_section,
+    fs_cli,
+    restart_freeswitch,
+    start_freeswitch,
+    until,
+)
+
+from recorder.store.models import Recording
+
+pytestmark = MARKS
+LIMIT_S = 240
+
+
+@pytest.fixture(scope="module")
+def real() -> Iterator[Real]:
+    yield endpoint()
+
+
+def go(
+    real: Real, calls: int, scenario, errors: frozenset[str] = frozenset(), audio: bool = True
+) -> None:  # type: ignore[no-untyped-def]
+    with (
+        freeswitch_dirs(real) as (spool, prompts),
+        daemon(freeswitch_section(real), spool, prompts, before=freeswitch_install(real)) as d,
+    ):
+        phones = FreeswitchPhones()
+
+        async def main() -> None:
+            await until(lambda: d.lines("esl_connected"), "the ESL login", 30)
+            await asyncio.wait_for(scenario(d, phones), LIMIT_S)
+
+        try:
+            with d.shown():
+                asyncio.run(main())
+        finally:
+            phones.stop()
+        check_evidence(d, calls, set(errors), audio)
+
+
+async def recording(d: Daemon, phones: FreeswitchPhones, n: int) -> list[str]:
+    legs = [phones.accepting() for _ in range(n)]
+    await until(lambda: d.states().count("recording") == n, f"{n} recordings open", 60)
+    return legs
+
+
+def test_esl_cut_and_refused_while_calls_end_then_back(real: Real) -> None:
+    user = esl_user_file(real)
+
+    async def scenario(d: Daemon, phones: FreeswitchPhones) -> None:
+        shipped = user.read_text()  # the daemon's ESL user, as installed for it
+        assert 'name="esl-password" value="rt-' in shipped
+        legs = await recording(d, phones, 3)
+        [port] = esl_ports(d.proc.pid)  # type: ignore[union-attr]
+        try:
+            # FreeSWITCH no longer takes our login, and our connection is gone
+            user.write_text(
+                shipped.replace('"esl-password" value="rt-', '"esl-password" value="x-')
+            )
+            assert "+OK" in fs_cli("reloadxml")
+            cut(port)
+            await until(lambda: d.lines("esl_disconnected"), "the disconnection seen", 30)
+            await until(lambda: d.lines("esl_auth_failed"), "a refused login", 30)
+            phones.hang_up(*legs[:2])  # two calls end while we are away
+            await until(lambda: not any(map(phones.alive, legs[:2])), "two ended", 30)
+            await asyncio.sleep(1.0)
+            assert len(d.lines("esl_connected")) == 1  # still away
+            assert d.states() == ["recording"] * 3  # nothing could tell the daemon yet
+        finally:
+            user.write_text(shipped)
+            fs_cli("reloadxml")
+        # after a refused login the client waits its longest backoff (30 s)
+        await until(lambda: len(d.lines("esl_connected")) == 2, "connected again", 60)
+        await until(
+            lambda: d.states() == ["encrypted", "encrypted", "recording"],
+            "the two calls of the window finalised",
+            60,
+        )
+        phones.hang_up(legs[2])
+        await until(lambda: d.states() == ["encrypted"] * 3, "the third finalised", 60)
+
+    go(real, 3, scenario, errors=frozenset({"esl_auth_failed"}))  # the refused logins
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["shutdown", "sigkill"])
+def test_freeswitch_restart_with_calls_recording(real: Real, crash: bool) -> None:
+    async def scenario(d: Daemon, phones: FreeswitchPhones) -> None:
+        await recording(d, phones, 3)
+        await asyncio.sleep(2.5)  # audio the PBX has written out
+        try:
+            await asyncio.to_thread(restart_freeswitch, crash)
+        finally:
+            await asyncio.to_thread(start_freeswitch)  # running again, whatever happened
+        await until(lambda: d.states() == ["encrypted"] * 3, "the forgotten three finalised", 90)
+        await until(lambda: len(d.lines("esl_connected")) >= 2, "connected again", 60)
+        [after] = await recording(d, phones, 1)
+        await asyncio.sleep(2.0)
+        phones.hang_up(after)
+        await until(lambda: d.states() == ["encrypted"] * 4, "the next call finalised", 60)
+        repaired = d.audited("recording.header_repaired")
+        forgotten = {r.id for r in d.rows(Recording)} - {d.rows(Recording)[-1].id}
+        assert (set(repaired) == forgotten) if crash else repaired == [], repaired
+
+    # killed, FreeSWITCH had not written its buffered audio 2.5 s in: headers only, repaired
+    go(real, 4, scenario, audio=not crash)
