@@ -44,7 +44,7 @@ from recorder.finalize import wavcheck
 from recorder.finalize.alarms import Alarms
 from recorder.finalize.spool import Spool, SpoolError
 from recorder.finalize.workqueue import RecordingQueue
-from recorder.store import audit, rowseal
+from recorder.store import audit, outage, rowseal
 from recorder.store.ledger import SYSTEM_ACTOR, Ledger
 from recorder.store.models import Call, Recording, RecordingState
 from recorder.store.writer import Batch
@@ -187,8 +187,11 @@ class Finalizer:
             await asyncio.sleep(self.settings.reconcile_interval_s)
             try:
                 await asyncio.to_thread(self.reconcile)
-            except Exception:
-                log.exception("reconcile_failed")
+            except Exception as exc:
+                if not outage.is_unavailable(exc):
+                    log.exception("reconcile_failed")
+                else:  # the store is away: said once with the calls, not a traceback a pass
+                    outage.OUTAGE.report(exc, "reconcile")
 
     async def _watch_spool(self) -> None:
         """The PBX writes into the spool: its file system filling up cuts recordings short."""

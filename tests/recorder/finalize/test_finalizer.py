@@ -309,3 +309,47 @@ def test_a_discard_during_encryption_wins_over_the_commit(rig: Rig) -> None:
     assert rec.state == "discarded" and rec.ciphertext_path is None
     assert not path.exists() and not rig.finalizer.vault.path_for(rid).exists()
     assert "recording.encrypted" not in actions(rig.app, rid)
+
+
+def test_the_periodic_reconciliation_says_a_store_outage_once_without_a_traceback(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found on the real Asterisk with PostgreSQL stopped: each pass of the reconciliation
+    logged ``reconcile_failed`` with a traceback at error level. The store being away is the
+    outage the calls already report once (``store_unavailable``); a real bug still says
+    ``reconcile_failed`` with its traceback."""
+    from sqlalchemy.exc import OperationalError
+
+    from recorder.store import outage
+
+    rig = make_rig(app, settings=FinalizerSettings(reconcile_interval_s=0.02))
+    failures = [OperationalError("SELECT 1", {}, Exception("connection refused"))] * 5
+    failures.append(ValueError("a bug"))
+
+    def reconcile() -> None:
+        raise failures.pop(0) if failures else RuntimeError("done")
+
+    rig.finalizer.reconcile = reconcile  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        task = asyncio.get_running_loop().create_task(rig.finalizer._reconcile_periodically())
+        for _ in range(200):
+            if not failures:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)
+        task.cancel()
+
+    with caplog.at_level(logging.DEBUG):
+        try:
+            asyncio.run(scenario())
+        finally:
+            outage.OUTAGE.clear()
+    said = [(r.levelname, r.getMessage(), bool(r.exc_info)) for r in caplog.records]
+    errors = [s for s in said if s[0] == "ERROR"]
+    assert errors[0] == ("ERROR", "store_unavailable", False), said
+    assert [m for _, m, _ in errors].count("store_unavailable") == 1
+    assert ("ERROR", "reconcile_failed", True) in errors  # the bug keeps its traceback
+    assert [s for s in said if s[1] == "store_unavailable_again"][:4] == [
+        ("DEBUG", "store_unavailable_again", False)
+    ] * 4
