@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
+import pg
 import pytest
 from asterisk_real import Lab
 from asterisk_real_harness import lab_or_skip
@@ -35,7 +36,9 @@ from realpbx_faults import (
     until,
 )
 
-from recorder.store.models import Recording
+from recorder.store import migrate
+from recorder.store.db import Database
+from recorder.store.models import ConsentRecord, Recording
 
 pytestmark = MARKS
 LIMIT_S = 240  # the whole scenario, hung up rather than left on the shared PBX
@@ -46,8 +49,11 @@ def lab() -> Iterator[Lab]:
     yield from lab_or_skip()
 
 
-def go(lab: Lab, calls: int, scenario, errors: frozenset[str] = frozenset()) -> None:  # type: ignore[no-untyped-def]
-    with asterisk_dirs(lab) as (spool, prompts), daemon(asterisk_section(lab), spool, prompts) as d:
+def go(lab: Lab, calls: int, scenario, errors: frozenset[str] = frozenset(), url: str = "") -> None:  # type: ignore[no-untyped-def]
+    with (
+        asterisk_dirs(lab) as (spool, prompts),
+        daemon(asterisk_section(lab), spool, prompts, url=url) as d,
+    ):
 
         async def main() -> None:
             phones = AsteriskPhones(lab)
@@ -64,7 +70,7 @@ def go(lab: Lab, calls: int, scenario, errors: frozenset[str] = frozenset()) -> 
 
 async def recording(d: Daemon, phones: AsteriskPhones, n: int) -> list[str]:
     tokens = [await phones.accepting() for _ in range(n)]
-    await until(lambda: all(phones.decided(t) for t in tokens), "every call decided", 60)
+    await until(lambda: all(phones.decided(t) is not None for t in tokens), "all decided", 60)
     assert [phones.decided(t) for t in tokens] == ["granted"] * n
     await until(lambda: d.states().count("recording") == n, f"{n} recordings open", 30)
     return tokens
@@ -102,6 +108,58 @@ def test_ami_closed_and_refused_while_calls_end_then_back(lab: Lab) -> None:
         await until(lambda: d.states() == ["encrypted"] * 3, "the third finalised", 60)
 
     go(lab, 3, scenario, errors=frozenset({"ami_login_failed"}))  # the refused logins
+
+
+@pytest.fixture
+def cluster() -> Iterator[pg.Cluster]:
+    try:
+        with pg.cluster() as found:
+            yield found
+    except pg.PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.mark.postgres
+def test_postgres_outage_with_real_calls_fails_closed_says_once_and_recovers(
+    lab: Lab, cluster: pg.Cluster
+) -> None:
+    """PostgreSQL stopped (``pg_ctl -m immediate``) with two calls recording: two calls that
+    arrive meanwhile cannot have their evidence written, so they are not recorded (the
+    dialplan's fallback) and leave no row; the two recording hang up meanwhile, their ends
+    retried; ``store_unavailable`` said once. Started again: ``store_back`` once, the two
+    ends written and finalised, the next call decided and recorded."""
+
+    async def scenario(d: Daemon, phones: AsteriskPhones) -> None:
+        tokens = await recording(d, phones, 2)
+        await asyncio.to_thread(cluster.stop)
+        during = [await phones.accepting(hold_s=3) for _ in range(2)]
+        await until(lambda: all(phones.ended(t) for t in during), "the outage's calls over", 60)
+        await phones.hang_up(*tokens)
+        await until(lambda: all(phones.ended(t) for t in tokens), "the two hung up", 30)
+        await asyncio.sleep(2.0)  # a few retries of their ends
+        assert len(d.lines("store_unavailable")) == 1, d.said()
+        await asyncio.to_thread(cluster.start)
+        await until(lambda: d.lines("store_back"), "store_back", 60)
+        await until(lambda: d.states() == ["encrypted"] * 2, "the two ends finalised", 60)
+        [after] = await recording(d, phones, 1)
+        await asyncio.sleep(2.0)
+        await phones.hang_up(after)
+        await until(lambda: d.states() == ["encrypted"] * 3, "the next call finalised", 60)
+        for t in during:  # fail closed: not recorded, the dialplan's fallback
+            report = phones.report(t)
+            assert report is not None
+            assert report.get("Status") in ("", "unavailable"), dict(report)
+            assert not report.get("Rec") and not report.get("Mixmon"), dict(report)
+        assert [phones.decided(t) for t in [*tokens, after]] == ["granted"] * 3
+        evidence = d.rows(ConsentRecord)
+        assert len(evidence) == 3 and {e.status for e in evidence} == {"granted"}  # none invented
+        assert len(d.lines("store_unavailable")) == 1 and len(d.lines("store_back")) == 1
+
+    with pg.fresh_database(cluster.url) as url:
+        db = Database(url)
+        migrate.upgrade(db)  # PostgreSQL: `callconsent db upgrade`, never at start-up
+        db.dispose()
+        go(lab, 3, scenario, errors=frozenset({"store_unavailable"}), url=url)
 
 
 @pytest.mark.parametrize("crash", [False, True], ids=["core-stop-now", "sigkill"])

@@ -210,7 +210,7 @@ def check_evidence(d: Daemon, calls: int, errors: set[str], audio: bool = True) 
     assert "chain intact" in verified.stdout, verified.stdout
     assert d.cli("recordings", "verify", "--all").returncode == 0
     text = d.log.read_text()
-    assert "Traceback" not in text
+    assert "Traceback" not in text, text[max(0, text.find("Traceback") - 2000) :][:6000]
     assert {e for lvl, e in d.said() if lvl in ("error", "critical")} == errors, text
 
 
@@ -283,10 +283,14 @@ class AsteriskPhones:
         return token
 
     def decided(self, token: str) -> str | None:
-        for m in self.events:
-            if m.get("UserEvent") == "CCTest" and m.get("Token") == token:
-                return str(m.get("Status") or "")
-        return None
+        """The call's CONSENT_STATUS once the dialplan is past our subroutine ('' if none)."""
+        found = self.report(token)
+        return None if found is None else str(found.get("Status") or "")
+
+    def report(self, token: str) -> Message | None:
+        """The call's CCTest event (its status, recording id, MixMonitor id)."""
+        found = [m for m in self.events if m.get("UserEvent") == "CCTest"]
+        return next((m for m in found if m.get("Token") == token), None)
 
     def ended(self, token: str) -> bool:
         return any(m.get("UserEvent") == "CCTestEnd" and m.get("Token") == token
