@@ -15,8 +15,14 @@ The restart test is last in this module: it leaves Asterisk running again for th
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
+import daemon_account
+import diskfull
 import pg
 import pytest
 from asterisk_real import Lab
@@ -39,6 +45,7 @@ from realpbx_faults import (
 from recorder.store import migrate
 from recorder.store.db import Database
 from recorder.store.models import ConsentRecord, Recording
+from recorder.vault.directory import MARKER
 
 pytestmark = MARKS
 LIMIT_S = 240  # the whole scenario, hung up rather than left on the shared PBX
@@ -49,10 +56,11 @@ def lab() -> Iterator[Lab]:
     yield from lab_or_skip()
 
 
-def go(lab: Lab, calls: int, scenario, errors: frozenset[str] = frozenset(), url: str = "") -> None:  # type: ignore[no-untyped-def]
+def go(lab: Lab, calls: int, scenario, errors: frozenset[str] = frozenset(), url: str = "",
+       spool_size: str = "", recorder: str = "") -> None:  # type: ignore[no-untyped-def]  # fmt: skip
     with (
-        asterisk_dirs(lab) as (spool, prompts),
-        daemon(asterisk_section(lab), spool, prompts, url=url) as d,
+        asterisk_dirs(lab, spool_size) as (spool, prompts),
+        daemon(asterisk_section(lab), spool, prompts, url=url, recorder=recorder) as d,
     ):
 
         async def main() -> None:
@@ -108,6 +116,82 @@ def test_ami_closed_and_refused_while_calls_end_then_back(lab: Lab) -> None:
         await until(lambda: d.states() == ["encrypted"] * 3, "the third finalised", 60)
 
     go(lab, 3, scenario, errors=frozenset({"ami_login_failed"}))  # the refused logins
+
+
+def test_the_spool_full_during_real_recordings_is_said_and_marks_them(lab: Lab) -> None:
+    """The spool (a 1 MiB tmpfs here) fills up while Asterisk records two calls: its
+    MixMonitor loses what it cannot write, the daemon says ``spool_full`` once, and each
+    recording open meanwhile is encrypted but marked ``possibly_truncated`` (audit row, log
+    line); space back: ``spool_space_back`` once, and the next call is whole."""
+
+    async def scenario(d: Daemon, phones: AsteriskPhones) -> None:
+        tokens = await recording(d, phones, 2)
+        await asyncio.sleep(1.0)
+        filler = await asyncio.to_thread(diskfull.fill, d.spool, ".filler")
+        await until(lambda: d.lines("spool_full"), "spool_full said", 30)
+        await asyncio.sleep(1.0)  # the callers go on speaking into a full disk
+        await phones.hang_up(*tokens)
+        await until(lambda: d.states() == ["encrypted"] * 2, "the two encrypted", 60)
+        filler.unlink()
+        await until(lambda: d.lines("spool_space_back"), "spool_space_back said", 30)
+        [after] = await recording(d, phones, 1)
+        await asyncio.sleep(2.0)
+        await phones.hang_up(after)
+        await until(lambda: d.states() == ["encrypted"] * 3, "the next call finalised", 60)
+        recs = d.rows(Recording)
+        cut = {r.id for r in recs if r.call_id != recs[-1].call_id}
+        whole = (set(r.id for r in recs) - cut).pop()
+        details = d.details("recording.encrypted")
+        for rid in cut:
+            assert "spool's file system was full" in details[rid]["possibly_truncated"]
+        assert "possibly_truncated" not in details[whole]
+        marked = [ln for ln in d.lines("recording_encrypted") if "possibly_truncated=" in ln]
+        assert len(marked) == 2 and all(any(r in ln for ln in marked) for r in cut)
+        assert len(d.lines("spool_full")) == 1 and len(d.lines("spool_space_back")) == 1
+        assert [p.name for p in d.spool.iterdir()] == []  # no plaintext, no half-written file
+
+    go(lab, 3, scenario, errors=frozenset({"spool_full"}), spool_size="1m",
+       recorder="spool_full_bytes = 65536\n")  # fmt: skip
+
+
+def test_the_vault_full_during_real_finalization_keeps_the_plaintext_then_resumes(
+    lab: Lab,
+) -> None:
+    """The vault (a 1 MiB tmpfs) is full when two real calls end: nothing half-written is left
+    in it, each WAV stays in the spool byte for byte, ``finalize_failed`` said once; space
+    back: the reconciliation encrypts both, each decrypting to the WAV Asterisk wrote."""
+    vault = Path(tempfile.mkdtemp(prefix="cct-vault-", dir="/var/tmp"))
+    vault.chmod(0o755)
+
+    async def scenario(d: Daemon, phones: AsteriskPhones) -> None:
+        filler = await asyncio.to_thread(diskfull.fill, mount, "filler")
+        tokens = await recording(d, phones, 2)
+        await asyncio.sleep(2.0)
+        await phones.hang_up(*tokens)
+        await until(lambda: d.lines("finalize_failed"), "finalize_failed said", 60)
+        await asyncio.sleep(3.0)  # a few reconciliation passes on a full disk
+        assert d.states() == ["closed"] * 2
+        assert sorted(p.name for p in mount.iterdir()) == [MARKER, "filler"]
+        written = await asyncio.to_thread(plaintexts, d)
+        filler.unlink()
+        await until(lambda: d.states() == ["encrypted"] * 2, "both encrypted", 60)
+        for rid, wav in written.items():
+            assert d.decrypted(rid).read_bytes() == wav  # the very WAV Asterisk wrote
+        assert len(d.lines("finalize_failed")) == 1
+        assert "disk full writing to the vault" in d.lines("finalize_failed")[0]
+
+    mount = vault / "vault"
+    try:
+        with diskfull.tmpfs(mount, "1m", mode="0700"):
+            os.chown(mount, daemon_account.UID, daemon_account.GID)
+            go(lab, 2, scenario, errors=frozenset({"finalize_failed"}),
+               recorder=f'vault_dir = "{mount}"\n')  # fmt: skip
+    finally:
+        shutil.rmtree(vault, ignore_errors=True)
+
+
+def plaintexts(d: Daemon) -> dict[str, bytes]:
+    return {r.id: Path(r.spool_path).read_bytes() for r in d.rows(Recording)}
 
 
 @pytest.fixture

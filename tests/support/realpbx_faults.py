@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -27,6 +28,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import daemon_account
+import diskfull
 import sqlalchemy as sa
 from asterisk_real import Lab
 from asterisk_real_harness import write_prompts
@@ -104,6 +107,11 @@ class Daemon:
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return cli("realpbx-faults", self.config, PASSPHRASE, *args, check=check)
 
+    def details(self, action: str) -> dict[str, dict]:  # type: ignore[type-arg]
+        """Each subject's audit details for ``action`` (the last row's)."""
+        return {r.subject_id: json.loads(r.details) for r in self.rows(AuditEntry)
+                if r.action == action}  # fmt: skip
+
     def audited(self, action: str) -> list[str]:
         return [r.subject_id for r in self.rows(AuditEntry) if r.action == action]
 
@@ -131,8 +139,6 @@ class Daemon:
 
 
 def _uid() -> int:
-    import daemon_account
-
     return daemon_account.UID
 
 
@@ -165,10 +171,12 @@ def daemon(
     extra: str = "",
     url: str = "",
     before: Callable[[Path], None] | None = None,
+    recorder: str = "",
 ) -> Iterator[Daemon]:
     """`callconsent serve` as its account with ``section`` (its PBX's), the spool and prompts
     given; SQLite in its data dir unless ``url`` names another store (then already
-    upgraded); ``before`` is given the config file before the daemon starts."""
+    upgraded); ``before`` is given the config file before the daemon starts; ``recorder``:
+    more ``[recorder]`` keys."""
     with daemon_home() as home:
         config = home / "callconsent.toml"
         store = f'[database]\nurl = "{url}"\n' if url else ""
@@ -176,7 +184,7 @@ def daemon(
             config,
             f'[daemon]\ndata_dir = "{home / "data"}"\nnode = "pbx-faults"\nuser = "{USER}"\n'
             f'[spool]\ndir = "{spool}"\n[prompts]\ndir = "{prompts}"\n'
-            f"[metrics]\nport = {free_port()}\n{RECORDER}{store}{section}{extra}",
+            f"[metrics]\nport = {free_port()}\n{RECORDER}{recorder}{store}{section}{extra}",
         )
         keys_init(config)
         if before is not None:
@@ -227,8 +235,9 @@ def asterisk_section(lab: Lab) -> str:
 
 
 @contextlib.contextmanager
-def asterisk_dirs(lab: Lab) -> Iterator[tuple[Path, Path]]:
-    """A spool and prompts beside the PBX's spool (2770: its account's and ours)."""
+def asterisk_dirs(lab: Lab, spool_size: str = "") -> Iterator[tuple[Path, Path]]:
+    """A spool and prompts beside the PBX's spool (2770: its account's and ours); the spool a
+    tmpfs of ``spool_size`` if given (to fill up)."""
     spool = lab.target.spool / f"cct-{secrets.token_hex(4)}"
     prompts = Path(f"{spool}-prompts")
     for made in (spool, prompts):
@@ -236,7 +245,11 @@ def asterisk_dirs(lab: Lab) -> Iterator[tuple[Path, Path]]:
         made.chmod(0o2770)
     write_prompts(prompts)
     try:
-        yield spool, prompts
+        with contextlib.ExitStack() as stack:
+            if spool_size:
+                stack.enter_context(diskfull.tmpfs(spool, spool_size, mode="2770"))
+                os.chown(spool, 0, daemon_account.GID)  # as the directory it covers
+            yield spool, prompts
     finally:
         for made in (spool, prompts):
             shutil.rmtree(made, ignore_errors=True)
