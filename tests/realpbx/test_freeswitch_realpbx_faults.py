@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
+import pg
 import pytest
 from daemon_process import MARKS
 from freeswitch_real import Real, endpoint
@@ -38,7 +39,9 @@ from realpbx_faults import (
     until,
 )
 
-from recorder.store.models import Recording
+from recorder.store import migrate
+from recorder.store.db import Database
+from recorder.store.models import ConsentRecord, Recording
 
 pytestmark = MARKS
 LIMIT_S = 240
@@ -49,12 +52,12 @@ def real() -> Iterator[Real]:
     yield endpoint()
 
 
-def go(
-    real: Real, calls: int, scenario, errors: frozenset[str] = frozenset(), audio: bool = True
-) -> None:  # type: ignore[no-untyped-def]
+def go(real: Real, calls: int, scenario, errors: frozenset[str] = frozenset(), audio: bool = True,
+       url: str = "") -> None:  # type: ignore[no-untyped-def]  # fmt: skip
+    before = freeswitch_install(real)
     with (
         freeswitch_dirs(real) as (spool, prompts),
-        daemon(freeswitch_section(real), spool, prompts, before=freeswitch_install(real)) as d,
+        daemon(freeswitch_section(real), spool, prompts, before=before, url=url) as d,
     ):
         phones = FreeswitchPhones()
 
@@ -112,6 +115,50 @@ def test_esl_cut_and_refused_while_calls_end_then_back(real: Real) -> None:
         await until(lambda: d.states() == ["encrypted"] * 3, "the third finalised", 60)
 
     go(real, 3, scenario, errors=frozenset({"esl_auth_failed"}))  # the refused logins
+
+
+@pytest.fixture
+def cluster() -> Iterator[pg.Cluster]:
+    try:
+        with pg.cluster() as found:
+            yield found
+    except pg.PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.mark.postgres
+def test_postgres_outage_with_real_freeswitch_calls(real: Real, cluster: pg.Cluster) -> None:
+    """PostgreSQL stopped with two calls recording: a call arriving meanwhile is not recorded
+    and leaves no row, the two hang up meanwhile; ``store_unavailable`` once. Started again:
+    ``store_back`` once, both ended and finalised, the next call recorded."""
+
+    async def scenario(d: Daemon, phones: FreeswitchPhones) -> None:
+        legs = await recording(d, phones, 2)
+        await asyncio.to_thread(cluster.stop)
+        during = phones.accepting(hold_s=3)
+        await until(lambda: not phones.alive(during), "the outage's call over", 60)
+        phones.hang_up(*legs)
+        await until(lambda: not any(map(phones.alive, legs)), "the two hung up", 30)
+        await asyncio.sleep(2.0)
+        assert len(d.lines("store_unavailable")) == 1, d.said()
+        unrecorded = sorted(p.name for p in d.spool.iterdir())  # the two's files, no third
+        await asyncio.to_thread(cluster.start)
+        await until(lambda: d.lines("store_back"), "store_back", 60)
+        await until(lambda: d.states() == ["encrypted"] * 2, "the two ends finalised", 60)
+        [after] = await recording(d, phones, 1)
+        await asyncio.sleep(2.0)
+        phones.hang_up(after)
+        await until(lambda: d.states() == ["encrypted"] * 3, "the next call finalised", 60)
+        assert len(unrecorded) == 2, unrecorded
+        evidence = d.rows(ConsentRecord)
+        assert len(evidence) == 3 and {e.status for e in evidence} == {"granted"}  # none invented
+        assert len(d.lines("store_unavailable")) == 1 and len(d.lines("store_back")) == 1
+
+    with pg.fresh_database(cluster.url) as url:
+        db = Database(url)
+        migrate.upgrade(db)
+        db.dispose()
+        go(real, 3, scenario, errors=frozenset({"store_unavailable"}), url=url)
 
 
 @pytest.mark.parametrize("crash", [False, True], ids=["shutdown", "sigkill"])
