@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
+import diskfull
 import pg
 import pytest
 from daemon_process import MARKS
@@ -53,12 +54,13 @@ def real() -> Iterator[Real]:
 
 
 def go(real: Real, calls: int, scenario, errors: frozenset[str] = frozenset(), audio: bool = True,
-       url: str = "") -> None:  # type: ignore[no-untyped-def]  # fmt: skip
+       url: str = "", spool_size: str = "", recorder: str = "") -> None:  # type: ignore[no-untyped-def]  # fmt: skip
     before = freeswitch_install(real)
     with (
-        freeswitch_dirs(real) as (spool, prompts),
-        daemon(freeswitch_section(real), spool, prompts, before=before, url=url) as d,
-    ):
+        freeswitch_dirs(real, spool_size) as (spool, prompts),
+        daemon(freeswitch_section(real), spool, prompts, before=before, url=url,
+               recorder=recorder) as d,
+    ):  # fmt: skip
         phones = FreeswitchPhones()
 
         async def main() -> None:
@@ -115,6 +117,41 @@ def test_esl_cut_and_refused_while_calls_end_then_back(real: Real) -> None:
         await until(lambda: d.states() == ["encrypted"] * 3, "the third finalised", 60)
 
     go(real, 3, scenario, errors=frozenset({"esl_auth_failed"}))  # the refused logins
+
+
+def test_the_spool_full_during_real_freeswitch_recordings_is_said_and_marks_them(
+    real: Real,
+) -> None:
+    """The spool (a 1 MiB tmpfs) fills up while FreeSWITCH records two calls: ``spool_full``
+    once, both encrypted and marked ``possibly_truncated``; space back: ``spool_space_back``
+    once, the next call whole."""
+
+    async def scenario(d: Daemon, phones: FreeswitchPhones) -> None:
+        legs = await recording(d, phones, 2)
+        await asyncio.sleep(1.0)
+        filler = await asyncio.to_thread(diskfull.fill, d.spool, ".filler")
+        await until(lambda: d.lines("spool_full"), "spool_full said", 30)
+        await asyncio.sleep(1.0)
+        phones.hang_up(*legs)
+        await until(lambda: d.states() == ["encrypted"] * 2, "the two encrypted", 60)
+        filler.unlink()
+        await until(lambda: d.lines("spool_space_back"), "spool_space_back said", 30)
+        [after] = await recording(d, phones, 1)
+        await asyncio.sleep(2.0)
+        phones.hang_up(after)
+        await until(lambda: d.states() == ["encrypted"] * 3, "the next call finalised", 60)
+        recs = d.rows(Recording)
+        cut = {r.id for r in recs if r.call_id != recs[-1].call_id}
+        whole = ({r.id for r in recs} - cut).pop()
+        details = d.details("recording.encrypted")
+        for rid in cut:
+            assert "spool's file system was full" in details[rid]["possibly_truncated"]
+        assert "possibly_truncated" not in details[whole]
+        assert len(d.lines("spool_full")) == 1 and len(d.lines("spool_space_back")) == 1
+        assert [p.name for p in d.spool.iterdir()] == []
+
+    go(real, 3, scenario, errors=frozenset({"spool_full"}), spool_size="1m",
+       recorder="spool_full_bytes = 65536\n")  # fmt: skip
 
 
 @pytest.fixture

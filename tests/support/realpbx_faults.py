@@ -383,10 +383,18 @@ def freeswitch_section(real: Real) -> str:
 
 
 @contextlib.contextmanager
-def freeswitch_dirs(real: Real) -> Iterator[tuple[Path, Path]]:
-    """A spool and prompts FreeSWITCH's own account can reach (2770, its shared group)."""
+def freeswitch_dirs(real: Real, spool_size: str = "") -> Iterator[tuple[Path, Path]]:
+    """A spool and prompts FreeSWITCH's own account can reach (2770, its shared group); the
+    spool a tmpfs of ``spool_size`` if given (to fill up)."""
     account = require_unprivileged(real[1], "freeswitch")
-    with pbx_dir(account, "fs-spool") as spool, pbx_dir(account, "fs-prompts") as prompts:
+    with (
+        pbx_dir(account, "fs-spool") as spool,
+        pbx_dir(account, "fs-prompts") as prompts,
+        contextlib.ExitStack() as stack,
+    ):
+        if spool_size:
+            stack.enter_context(diskfull.tmpfs(spool, spool_size, mode="2770"))
+            os.chown(spool, -1, account.shared_gid)  # as the directory it covers
         make_prompts(prompts, ("en",))
         hand_over(prompts, account)
         yield spool, prompts
