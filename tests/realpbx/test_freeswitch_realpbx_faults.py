@@ -16,8 +16,13 @@ The restart test is last in this module and leaves FreeSWITCH running again for 
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
+import daemon_account
 import diskfull
 import pg
 import pytest
@@ -43,6 +48,7 @@ from realpbx_faults import (
 from recorder.store import migrate
 from recorder.store.db import Database
 from recorder.store.models import ConsentRecord, Recording
+from recorder.vault.directory import MARKER
 
 pytestmark = MARKS
 LIMIT_S = 240
@@ -152,6 +158,46 @@ def test_the_spool_full_during_real_freeswitch_recordings_is_said_and_marks_them
 
     go(real, 3, scenario, errors=frozenset({"spool_full"}), spool_size="1m",
        recorder="spool_full_bytes = 65536\n")  # fmt: skip
+
+
+def test_the_vault_full_during_real_freeswitch_finalization_keeps_the_plaintext(
+    real: Real,
+) -> None:
+    """The vault (a 1 MiB tmpfs) is full when two FreeSWITCH calls end: nothing half-written
+    in it, both WAVs kept in the spool byte for byte, ``finalize_failed`` once; space back:
+    both encrypted, each decrypting to the very WAV FreeSWITCH wrote."""
+    vault = Path(tempfile.mkdtemp(prefix="cct-vault-", dir="/var/tmp"))
+    vault.chmod(0o755)
+    mount = vault / "vault"
+
+    async def scenario(d: Daemon, phones: FreeswitchPhones) -> None:
+        filler = await asyncio.to_thread(diskfull.fill, mount, "filler")
+        legs = await recording(d, phones, 2)
+        await asyncio.sleep(2.0)
+        phones.hang_up(*legs)
+        await until(lambda: d.lines("finalize_failed"), "finalize_failed said", 60)
+        await asyncio.sleep(3.0)  # a few reconciliation passes on a full disk
+        assert d.states() == ["closed"] * 2
+        assert sorted(p.name for p in mount.iterdir()) == [MARKER, "filler"]
+        written = await asyncio.to_thread(plaintexts, d)
+        filler.unlink()
+        await until(lambda: d.states() == ["encrypted"] * 2, "both encrypted", 60)
+        for rid, wav in written.items():
+            assert d.decrypted(rid).read_bytes() == wav  # the very WAV FreeSWITCH wrote
+        assert len(d.lines("finalize_failed")) == 1
+        assert "disk full writing to the vault" in d.lines("finalize_failed")[0]
+
+    try:
+        with diskfull.tmpfs(mount, "1m", mode="0700"):
+            os.chown(mount, daemon_account.UID, daemon_account.GID)
+            go(real, 2, scenario, errors=frozenset({"finalize_failed"}),
+               recorder=f'vault_dir = "{mount}"\n')  # fmt: skip
+    finally:
+        shutil.rmtree(vault, ignore_errors=True)
+
+
+def plaintexts(d: Daemon) -> dict[str, bytes]:
+    return {r.id: Path(r.spool_path).read_bytes() for r in d.rows(Recording)}
 
 
 @pytest.fixture
