@@ -5,11 +5,15 @@ as its own account in its own process (:mod:`realpbx_faults`):
   (our user's secret changed, ``manager reload``), two calls hang up meanwhile, then it takes
   us back: the daemon logs in again, the calls that ended in the window are closed out and
   their recordings finalised (reconciliation), none lost or duplicated, the chain verifies.
-- Asterisk restarts (``core stop now``, started again as its own account) with three calls
-  recording: the calls it forgot are closed out, each recording is encrypted with a header
-  that matches its audio, no plaintext is left, no error line; the next call records.
+- the spool fills up during two recordings, and the vault during their finalization (a small
+  tmpfs each): said once, marked or kept, resumed when space is back;
+- PostgreSQL stops with calls recording and arriving: fail closed, said once, recovered;
+- Asterisk restarts (``core stop now``, or SIGKILL; started again as its own account) with
+  three calls recording: the calls it forgot are closed out, each recording is encrypted with
+  a header that matches its audio, no plaintext is left, no error line; the next call records.
 
-The restart test is last in this module: it leaves Asterisk running again for the others.
+The restart tests are last in this module: they leave Asterisk running again for the others.
+docs/reliability.md, section 5c, has the figures and the deliberate breaks.
 """
 
 from __future__ import annotations

@@ -6,11 +6,14 @@ as its own account in its own process (:mod:`realpbx_faults`):
   CHANNEL_HANGUP_COMPLETE go nowhere), then it takes us back: the daemon reconnects, asks
   ``uuid_exists`` for what it holds, ends those calls and their recordings are finalised;
   none lost or duplicated, the chain verifies.
+- the spool fills up during two recordings, and the vault during their finalization;
+- PostgreSQL stops with calls recording and one arriving: fail closed, said once, recovered;
 - FreeSWITCH restarts (``fs_cli -x shutdown``, or SIGKILL; started again as its own account)
   with three calls recording: the calls it forgot are closed out, each recording encrypted
   with a header that matches its audio, no plaintext left, no error line; the next call records.
 
-The restart test is last in this module and leaves FreeSWITCH running again for the others.
+The restart tests are last in this module and leave FreeSWITCH running again for the others.
+docs/reliability.md, section 5c, has the figures and the deliberate breaks.
 """
 
 from __future__ import annotations
