@@ -13,6 +13,8 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from recorder.store.writer import name_os_thread
+
 
 class RecordingQueue:
     def __init__(self, work: Callable[[str], object], log: logging.Logger) -> None:
@@ -25,7 +27,9 @@ class RecordingQueue:
         self.errors = 0
 
     def start(self, workers: int, name: str) -> None:
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix=name)
+        self._pool = ThreadPoolExecutor(
+            workers, thread_name_prefix=name, initializer=name_os_thread, initargs=(f"cc-{name}",)
+        )
 
     def stop(self) -> None:
         """Work in progress completes; what is still queued is dropped (it stays pending in
