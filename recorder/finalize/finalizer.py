@@ -409,7 +409,7 @@ class Finalizer:
             )  # fmt: skip
             return True
 
-        committed = self.ledger.writer.run(commit)
+        committed = self.ledger.writer.run(commit, lazy=True)  # shares a call's commit
         if committed and repair is not None:
             self.stats["repaired"] += 1
         return committed

@@ -137,8 +137,9 @@ class Ledger:
             raise LedgerError(f"call {pbx}/{pbx_call_id} could not be stored nor found")
         return found
 
-    async def _run(self, job: Job[_T]) -> _T:
-        return await asyncio.wrap_future(self.writer.submit(job))
+    async def _run(self, job: Job[_T], *, lazy: bool = False) -> _T:
+        """``lazy``: a change no caller is waiting on in a hurry (see ``StoreWriter.submit``)."""
+        return await asyncio.wrap_future(self.writer.submit(job, lazy=lazy))
 
     def _by_pbx_id(self, pbx: str, pbx_call_id: str) -> Select[tuple[Call]]:
         """This node's call with that PBX call id (unique per node and PBX)."""
@@ -155,7 +156,8 @@ class Ledger:
         self.writer.run(functools.partial(jobs.call_ended, call_id=call_id, now=self._clock()))
 
     async def call_ended_async(self, call_id: str) -> None:
-        await self._run(functools.partial(jobs.call_ended, call_id=call_id, now=self._clock()))
+        job = functools.partial(jobs.call_ended, call_id=call_id, now=self._clock())
+        await self._run(job, lazy=True)
 
     # -- consent -------------------------------------------------------------------------------
 
@@ -210,8 +212,8 @@ class Ledger:
         start = self._recording_job(call_id, recording_id, **recording)
 
         def both(b: Batch) -> None:
-            decision(b)
-            start(b)
+            decision(b)  # raises if there is no such call
+            start(b, call_known=True)
 
         try:
             await self._run(both)
@@ -343,9 +345,8 @@ class Ledger:
         )
 
     async def set_pbx_ref_async(self, recording_id: str, pbx_ref: str) -> None:
-        await self._run(
-            functools.partial(jobs.set_pbx_ref, recording_id=recording_id, pbx_ref=pbx_ref)
-        )
+        job = functools.partial(jobs.set_pbx_ref, recording_id=recording_id, pbx_ref=pbx_ref)
+        await self._run(job, lazy=True)
 
     def recording_closed(self, recording_id: str) -> bool:
         """The PBX closed the file (its header is final). Returns False if it was already
@@ -359,7 +360,7 @@ class Ledger:
 
     async def recording_closed_async(self, recording_id: str) -> bool:
         job = functools.partial(jobs.recording_closed, recording_id=recording_id, now=self._clock())
-        if not await self._run(job):
+        if not await self._run(job, lazy=True):
             return False
         if self.sink is not None:  # the finalizer's queue (it may work in the caller's thread)
             await asyncio.to_thread(self.sink.recording_closed, recording_id)
