@@ -104,7 +104,9 @@ class Ledger:
             pbx, pbx_call_id, campaign, direction, number, number_withheld, agent
         )
         try:
-            return await self._run(job)
+            # lazy: the call's row only has to be durable with (or before) its evidence,
+            # which is urgent and queued after it; the prompt starts at most LINGER_S later
+            return await self._run(job, lazy=True)
         except IntegrityError:
             return await asyncio.to_thread(self._raced, pbx, pbx_call_id)
 
