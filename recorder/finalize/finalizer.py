@@ -181,6 +181,11 @@ class Finalizer:
                     await task
         await asyncio.to_thread(self.queue.stop)
 
+    @property
+    def hands_off(self) -> bool:
+        """The ledger may tell us from the event loop: we only queue (workers run)."""
+        return self.queue.running
+
     def recording_closed(self, recording_id: str) -> None:
         self.submit(recording_id)
 

@@ -38,6 +38,11 @@ class RecordingQueue:
             pool, self._pool = self._pool, None
             pool.shutdown(wait=True, cancel_futures=True)
 
+    @property
+    def running(self) -> bool:
+        """Worker threads run: :meth:`submit` only queues (it never blocks the caller)."""
+        return self._pool is not None
+
     def submit(self, recording_id: str) -> None:
         pool = self._pool
         if pool is None:

@@ -364,8 +364,8 @@ class Ledger:
         job = functools.partial(jobs.recording_closed, recording_id=recording_id, now=self._clock())
         if not await self._run(job, lazy=True):
             return False
-        if self.sink is not None:  # the finalizer's queue (it may work in the caller's thread)
-            await asyncio.to_thread(self.sink.recording_closed, recording_id)
+        if self.sink is not None:
+            await self._tell_sink(self.sink.recording_closed, recording_id)
         return True
 
     def discard(self, recording_id: str, reason: str, actor: str | None = None) -> bool:
@@ -381,8 +381,16 @@ class Ledger:
         if not await self._run(self._discard_job(recording_id, reason, actor)):
             return False
         if self.sink is not None:
-            await asyncio.to_thread(self.sink.recording_discarded, recording_id)
+            await self._tell_sink(self.sink.recording_discarded, recording_id)
         return True
+
+    async def _tell_sink(self, tell: Callable[[str], None], recording_id: str) -> None:
+        """The finalizer's queue: at once if it only queues (``hands_off``: its worker threads
+        run), else in a worker thread (without them it works in the caller's thread)."""
+        if getattr(self.sink, "hands_off", False):
+            tell(recording_id)
+        else:
+            await asyncio.to_thread(tell, recording_id)
 
     def _discard_job(self, recording_id: str, reason: str, actor: str | None) -> Job[bool]:
         return functools.partial(

@@ -58,8 +58,11 @@ def name_os_thread(name: str) -> None:
 
 MAX_BATCH = 512
 IDLE_EXIT_S = 2.0
-#: how long lazy jobs wait for an urgent one to share its commit (PostgreSQL's commit_delay)
+#: how long lazy jobs wait for an urgent one to share its commit (PostgreSQL's commit_delay),
+#: if one came within URGENT_RECENT_S (calls are in progress); else they are committed at once
+#: (a burst of encryptions with no call around would only wait)
 LINGER_S = 0.01
+URGENT_RECENT_S = 0.1
 _T = TypeVar("_T")
 Job = Callable[["Batch"], _T]
 
@@ -117,18 +120,21 @@ class StoreWriter:
         self._thread: threading.Thread | None = None
         self._conn: Connection | None = None  # the writer thread's (see _connection)
         self._urgent = 0  # jobs queued that someone waits on (not lazy)
+        self._urgent_at = -URGENT_RECENT_S  # when the last one was queued
         self.batches = 0  # transactions committed (for tests and the benchmark)
 
     def submit(self, job: Job[_T], *, lazy: bool = False) -> Future[_T]:
         """Queue ``job``; its future resolves once it is committed. ``lazy``: nobody is
         waiting on it in a hurry (a call's end, a recording's close, an encryption's record):
-        the writer waits up to :data:`LINGER_S` for a job that someone is waiting on, and
-        commits the lazy ones with it, so a call's five changes do not cost five commits."""
+        while calls are in progress, the writer waits up to :data:`LINGER_S` for a job that
+        someone is waiting on and commits the lazy ones with it, so a call's five changes do
+        not cost five commits."""
         future: Future[_T] = Future()
         with self._cond:
             self._queue.append((job, future))
             if not lazy:
                 self._urgent += 1
+                self._urgent_at = time.monotonic()
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="callconsent-store-writer", daemon=True
@@ -152,7 +158,7 @@ class StoreWriter:
                     self._drop_connection()  # before a next thread may start and keep its own
                     self._thread = None
                     return
-                if not self._urgent:
+                if not self._urgent and time.monotonic() - self._urgent_at < URGENT_RECENT_S:
                     self._linger()
                 jobs = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
                 self._urgent = max(0, self._urgent - len(jobs))
