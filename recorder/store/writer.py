@@ -178,6 +178,8 @@ class StoreWriter:
     def _connection(self) -> Connection:
         """The writer thread's connection, kept while it runs: a pool checkout, its reset and
         check-in per batch cost about as much as a statement."""
+        if self._conn is not None and self._conn.engine is not self.db.engine:
+            self._drop_connection()  # the engine was replaced (tests simulate an outage so)
         if self._conn is None:
             conn = self.db.engine.connect()
             if self.db.dialect == "sqlite":
