@@ -354,12 +354,15 @@ def print_table(title: str, results: dict[str, dict[str, object]]) -> None:
             )
 
 
-def long_figures(long: dict[str, object] | None, call_s: float) -> tuple[float, float]:
-    """Throughput ratio last/first full window after warm-up (one call length), and RSS
-    growth from the end of that first window to the end of the round."""
+def long_figures(
+    long: dict[str, object] | None, call_s: float, window_s: float
+) -> tuple[float, float]:
+    """Throughput ratio last/first full window after warm-up (a window that starts once the
+    first calls can have ended, one call length in), and RSS growth from the end of that first
+    window to the end of the round."""
     if not long or not long.get("windows"):
         return float("nan"), float("nan")
-    windows = [w for w in long["windows"] if w["t_s"] > call_s]  # type: ignore[union-attr]
+    windows = [w for w in long["windows"] if w["t_s"] - window_s >= call_s]  # type: ignore[union-attr]
     if len(windows) < 2:
         return float("nan"), float("nan")
     first, last = windows[0], windows[-1]
@@ -409,7 +412,8 @@ def main() -> int:
     print(f"  FastAGI server alone (agi_load consent script, no store): {fa}")
     print(f"  bare SQLAlchemy Core insert of one call's rows, one transaction per call: {sf}")
     print(f"load average before {' '.join(load0)}, after {' '.join(load1)} (2 shared cores)")
-    ratio, growth = long_figures(all_results["sqlite"].get("long"), call_s)  # type: ignore[arg-type]
+    window_s = plan(args)["long"]["window_s"]
+    ratio, growth = long_figures(all_results["sqlite"].get("long"), call_s, window_s)  # type: ignore[arg-type]
     figures = {
         "bench": "daemon_load",
         "quick": args.quick,
