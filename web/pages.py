@@ -101,7 +101,7 @@ def calls(ctx: Ctx) -> Response:
     return ctx.render(
         "calls.html",
         f=f,
-        rows=page.rows(ctx.services),
+        rows=page.rows_html(ctx.services),
         more=more,
         statuses=queries.STATUSES,
         directions=queries.DIRECTIONS,

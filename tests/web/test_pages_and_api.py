@@ -45,6 +45,17 @@ def test_calls_page_masks_numbers_and_an_agent_sees_only_their_calls(world: Worl
     assert world.calls["alice"] in agent and world.calls["bob"] not in agent
 
 
+def test_calls_page_escapes_every_cell(world: World) -> None:
+    """The rows are rendered in Python (web.queries.CallPage.rows_html), not by Jinja's
+    autoescape: markup in a campaign or an agent's name is shown as text."""
+    evil = "<script>alert(1)</script>\"'&"
+    call = add_call(world.rig, "x<b>y", campaign=evil, seconds=0.05)[0]
+    page = world.client("supervisor").get("/calls").text
+    row = next(line for line in page.split("<tr>") if call in line)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&#34;&#39;&amp;" in row
+    assert "x&lt;b&gt;y" in row and "<script>" not in page and "<b>" not in page
+
+
 def test_search_by_number_in_national_notation_keeps_it_out_of_the_url(world: World) -> None:
     other = add_call(world.rig, "alice", number="+4930123456", seconds=0.1)[0]
     c = world.client("supervisor")
