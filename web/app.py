@@ -93,6 +93,10 @@ ROUTES: list[Entry] = [
     Entry("POST", "/subjects/erase", "subject.erase", pages.subjects_erase, "subject erasure"),
     Entry("GET", "/audit", "audit.view", pages.audit_page, "the audit log and its verification"),
     Entry("GET", "/dashboard", "dashboard.view", pages.dashboard_page, "dashboard"),
+    Entry("GET", "/account", SIGNED_IN, pages.account, "my account: the TOTP second factor"),
+    Entry(
+        "POST", "/account/totp", SIGNED_IN, pages.account_totp, "turn my TOTP second factor on/off"
+    ),
     Entry("GET", "/admin/users", "users.manage", pages.users, "users and tokens"),
     Entry("POST", "/admin/users", "users.manage", pages.users_change, "change users and tokens"),
     Entry("GET", "/s/{token}", PUBLIC, pages.share_page, "a share link's player"),
