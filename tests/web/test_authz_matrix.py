@@ -13,7 +13,7 @@ import httpx
 import pyotp
 import pytest
 import sqlalchemy as sa
-from conftest import NUMBER, PASSWORD, ROLE_USERS, World, add_call
+from conftest import NUMBER, ON_BOTH_STORES, PASSWORD, ROLE_USERS, World, add_call
 from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
@@ -288,6 +288,7 @@ def expected(case: Case, path: str, principal: str) -> int:
     return 303  # pages send the anonymous to the login form
 
 
+@ON_BOTH_STORES
 @pytest.mark.parametrize("key", sorted(TABLE), ids=lambda k: f"{k[0]} {k[1]}")
 def test_route_answers_each_principal_as_the_table_says(world: World, key: tuple[str, str]) -> None:
     case = TABLE[key]
@@ -304,6 +305,7 @@ def test_route_answers_each_principal_as_the_table_says(world: World, key: tuple
 OBJECT_ROUTES = sorted(k for k in TABLE if "{call_id}" in k[1] or "{recording_id}" in k[1])
 
 
+@ON_BOTH_STORES
 @pytest.mark.parametrize("key", OBJECT_ROUTES, ids=lambda k: f"{k[0]} {k[1]}")
 def test_an_agent_cannot_reach_another_agents_call_by_its_id(
     world: World, key: tuple[str, str]

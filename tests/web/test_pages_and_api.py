@@ -20,12 +20,14 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import NUMBER, World, add_call
+from conftest import NUMBER, ON_BOTH_STORES, World, add_call
 from recstore import PASSPHRASE
 
 from callconsent import cli
 from recorder.store.models import AuditEntry, Call, Recording, ShareLink
 from web.app import ROUTES
+
+pytestmark = ON_BOTH_STORES  # every test here on SQLite and on PostgreSQL
 
 
 def actions_of(w: World, action: str) -> list[AuditEntry]:
