@@ -10,11 +10,13 @@ from urllib.parse import parse_qs, urlparse
 
 import pyotp
 import sqlalchemy as sa
-from conftest import PASSWORD, World
+from conftest import ON_BOTH_STORES, PASSWORD, World
 from starlette.testclient import TestClient
 from test_login_and_security import audit_actions, login
 
 from recorder.store.models import User
+
+pytestmark = ON_BOTH_STORES  # every test here on SQLite and on PostgreSQL
 
 
 def shown_secret(page: str) -> str:
