@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from recorder.store import audit
 from recorder.store.models import User
+from web.accounts import AccountError
 from web.services import Services
 
 ISSUER = "callconsent"
@@ -77,13 +78,10 @@ def disable(services: Services, name: str, password: str, code: str, address: st
 
 def reset(services: Services, name: str, *, actor: str, address: str) -> bool:
     """An admin turns a user's second factor off (a lost device); False if none was on."""
-    with services.db.write() as s:
-        user = _user(s, name)
-        if not user.totp_secret:
-            return False
-        user.totp_secret = None
-        _audit(services, s, actor, name, "user.totp_reset", address)
-        return True
+    try:
+        return services.accounts.reset_totp(name, actor=actor, address=address)
+    except AccountError as exc:
+        raise TotpRefused(404, str(exc)) from None
 
 
 def _user(s: Session, name: str) -> User:
