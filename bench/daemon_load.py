@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -49,6 +50,60 @@ GOALS = {
     "long_throughput_ratio": 0.95,
     "rss_growth_mib": 5.0,
 }
+
+
+#: the daemon's threads by kernel name (``recorder.store.writer.name_os_thread``); the event
+#: loop is the main thread (its id is the process id); "other": asyncio's executor threads,
+#: the metrics server, and threads that ended between two samples.
+THREADS = ("event_loop", "store_writer", "finalizer", "other")
+_CLK = os.sysconf("SC_CLK_TCK")
+
+
+def thread_kind(pid: int, tid: int, comm: str) -> str:
+    if tid == pid:
+        return "event_loop"
+    if comm.startswith("cc-store-writer"):
+        return "store_writer"
+    if comm.startswith("cc-finalizer"):
+        return "finalizer"
+    return "other"
+
+
+class ThreadCpu:
+    """The daemon's CPU by thread (``/proc/<pid>/task/*/stat``), sampled often enough that a
+    thread ending (the store writer stops after 2 s idle) loses at most one interval, which
+    ``other`` then holds (the process total is exact)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.seen: dict[int, tuple[str, float]] = {}  # tid -> (kind, cpu seconds)
+        self.sample()
+
+    def sample(self) -> None:
+        for tid_s in os.listdir(f"/proc/{self.pid}/task"):
+            try:
+                with open(f"/proc/{self.pid}/task/{tid_s}/stat") as f:
+                    head, _, rest = f.read().rpartition(")")
+            except OSError:  # ended meanwhile
+                continue
+            fields = rest.split()
+            tid = int(tid_s)
+            comm = head.split("(", 1)[1]
+            self.seen[tid] = (
+                thread_kind(self.pid, tid, comm),
+                (int(fields[11]) + int(fields[12])) / _CLK,
+            )
+
+    def totals(self) -> dict[str, float]:
+        out = dict.fromkeys(THREADS, 0.0)
+        for kind, cpu in self.seen.values():
+            out[kind] += cpu
+        return out
+
+    async def follow(self, every_s: float = 0.25) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            self.sample()
 
 
 def loadavg() -> list[str]:
@@ -101,6 +156,9 @@ async def run_round(
 ) -> dict[str, object]:
     peer = make_peer(f"{name}{int(time.time())}", prompt_s, talk_s)
     rss0, tx0, cpu0 = daemon.rss_mib(), daemon.transactions(), cpu_seconds(daemon.pid)
+    threads = ThreadCpu(daemon.pid)
+    by_thread0 = threads.totals()
+    follower = asyncio.ensure_future(threads.follow())
     start = time.monotonic()
     windows: list[dict[str, float]] = []
     watcher = None
@@ -114,6 +172,12 @@ async def run_round(
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
     cpu = await idle_cpu(daemon.pid) - cpu0
+    follower.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await follower
+    threads.sample()
+    by_thread = {k: v - by_thread0[k] for k, v in threads.totals().items()}
+    by_thread["other"] += cpu - sum(by_thread.values())  # threads that ended unsampled
     tx = daemon.transactions()
     done = len(peer.done_at)
     out: dict[str, object] = {
@@ -127,6 +191,9 @@ async def run_round(
         "digit_to_record_p99_ms": pct(peer.digit_to_record, 0.99),
         "digit_to_record_max_ms": pct(peer.digit_to_record, 1.0),
         "cpu_ms_per_call": round(cpu * 1000 / max(done, 1), 2),
+        "cpu_ms_per_call_by_thread": {
+            k: round(v * 1000 / max(done, 1), 2) for k, v in by_thread.items()
+        },
         "tx_per_call": round((tx["commit"] - tx0["commit"]) / max(done, 1), 2),
         "reads_per_call": round((tx["rollback"] - tx0["rollback"]) / max(done, 1), 2),
         "rss_start_mib": round(rss0, 1),
@@ -273,6 +340,10 @@ def print_table(title: str, results: dict[str, dict[str, object]]) -> None:
             f" {r['cpu_ms_per_call']:>11} {r['tx_per_call']:>7} {r['reads_per_call']:>10}"
             f" {str(r['rss_start_mib']) + '->' + str(r['rss_end_mib']):>13}"
         )
+    print("daemon CPU ms per call by thread: " + " ".join(f"{k:>12}" for k in THREADS))
+    for name, r in results.items():
+        by = r["cpu_ms_per_call_by_thread"]
+        print(f"  {name:<31}" + " ".join(f"{by[k]:>12}" for k in THREADS))  # type: ignore[index]
     long = results.get("long")
     if long and long.get("windows"):
         print("long round by window: t_s completed p99_ms cpu_ms/call rss_MiB")
@@ -283,12 +354,15 @@ def print_table(title: str, results: dict[str, dict[str, object]]) -> None:
             )
 
 
-def long_figures(long: dict[str, object] | None, call_s: float) -> tuple[float, float]:
-    """Throughput ratio last/first full window after warm-up (one call length), and RSS
-    growth from the end of that first window to the end of the round."""
+def long_figures(
+    long: dict[str, object] | None, call_s: float, window_s: float
+) -> tuple[float, float]:
+    """Throughput ratio last/first full window after warm-up (a window that starts once the
+    first calls can have ended, one call length in), and RSS growth from the end of that first
+    window to the end of the round."""
     if not long or not long.get("windows"):
         return float("nan"), float("nan")
-    windows = [w for w in long["windows"] if w["t_s"] > call_s]  # type: ignore[union-attr]
+    windows = [w for w in long["windows"] if w["t_s"] - window_s >= call_s]  # type: ignore[union-attr]
     if len(windows) < 2:
         return float("nan"), float("nan")
     first, last = windows[0], windows[-1]
@@ -338,7 +412,8 @@ def main() -> int:
     print(f"  FastAGI server alone (agi_load consent script, no store): {fa}")
     print(f"  bare SQLAlchemy Core insert of one call's rows, one transaction per call: {sf}")
     print(f"load average before {' '.join(load0)}, after {' '.join(load1)} (2 shared cores)")
-    ratio, growth = long_figures(all_results["sqlite"].get("long"), call_s)  # type: ignore[arg-type]
+    window_s = plan(args)["long"]["window_s"]
+    ratio, growth = long_figures(all_results["sqlite"].get("long"), call_s, window_s)  # type: ignore[arg-type]
     figures = {
         "bench": "daemon_load",
         "quick": args.quick,
@@ -346,6 +421,7 @@ def main() -> int:
         "steady_max_ms": steady["turnaround_max_ms"],
         "digit_to_record_p99_ms": steady["digit_to_record_p99_ms"],
         "cpu_ms_per_call": steady["cpu_ms_per_call"],
+        "cpu_ms_per_call_by_thread": steady["cpu_ms_per_call_by_thread"],
         "calls_per_s": steady["calls_per_s"],
         "tx_per_call": steady["tx_per_call"],
         "long_throughput_ratio": ratio,

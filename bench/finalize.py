@@ -94,7 +94,7 @@ async def ours(app: App, fin: TimedFinalizer, audio: bytes, interval: float) -> 
     async def close(i: int, rid: str) -> None:  # each close event, as an adapter hands it over
         await asyncio.sleep(i * interval)
         closed[rid] = time.perf_counter()
-        await asyncio.to_thread(app.ledger.recording_closed, rid)
+        await app.ledger.recording_closed_async(rid)  # what agi/closure and esl_listener call
 
     await asyncio.gather(*(close(i, r) for i, r in enumerate(rids)))
     while len(fin.done) < len(rids):  # noqa: ASYNC110 - filled by worker threads

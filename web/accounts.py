@@ -198,6 +198,17 @@ class Accounts:
             before, u.role = u.role, role
             self._audit(s, actor, "user.role_changed", name, before=before, after=role)
 
+    def reset_totp(self, name: str, *, actor: str, **details: object) -> bool:
+        """Turn a user's TOTP second factor off (a lost device: the admin's Users page,
+        ``callconsent users totp-reset``); False when none was on."""
+        with self.db.write() as s:
+            u = self._user(s, name)
+            if not u.totp_secret:
+                return False
+            u.totp_secret = None
+            self._audit(s, actor, "user.totp_reset", name, **details)
+            return True
+
     def create_token(self, name: str, label: str, days: int, *, actor: str) -> tuple[int, str]:
         """A personal API token; returns (its id, the token), shown once."""
         if not 1 <= days <= 366:

@@ -21,7 +21,7 @@ from web.auth import AddressThrottle
 from web.authz import PUBLIC, SIGNED_IN
 from web.csp import content_security_policy
 from web.openapi import document
-from web.routing import Ctx, guarded
+from web.routing import Ctx, guarded, watch_short_reads
 from web.services import Services
 
 SECURITY_HEADERS = {
@@ -41,6 +41,7 @@ class Entry:
     handler: Callable[[Ctx], Response]
     summary: str
     api: bool = False
+    short_read: bool = False  # see web.routing.guarded
 
 
 def _openapi(ctx: Ctx) -> Response:
@@ -52,7 +53,9 @@ ROUTES: list[Entry] = [
     Entry("GET", "/login", PUBLIC, pages.login_form, "the login form"),
     Entry("POST", "/login", PUBLIC, pages.login, "log in"),
     Entry("POST", "/logout", SIGNED_IN, pages.logout, "log out"),
-    Entry("GET", "/calls", "calls.list", pages.calls, "calls, filtered, newest first"),
+    Entry(
+        "GET", "/calls", "calls.list", pages.calls, "calls, filtered, newest first", short_read=True
+    ),
     Entry("POST", "/calls", "calls.list", pages.calls_search, "filter calls (by number too)"),
     Entry("GET", "/calls/{call_id}", "calls.view", pages.call, "a call's evidence"),
     Entry("GET", "/recordings/{recording_id}", "recording.play", pages.recording, "player"),
@@ -93,6 +96,10 @@ ROUTES: list[Entry] = [
     Entry("POST", "/subjects/erase", "subject.erase", pages.subjects_erase, "subject erasure"),
     Entry("GET", "/audit", "audit.view", pages.audit_page, "the audit log and its verification"),
     Entry("GET", "/dashboard", "dashboard.view", pages.dashboard_page, "dashboard"),
+    Entry("GET", "/account", SIGNED_IN, pages.account, "my account: the TOTP second factor"),
+    Entry(
+        "POST", "/account/totp", SIGNED_IN, pages.account_totp, "turn my TOTP second factor on/off"
+    ),
     Entry("GET", "/admin/users", "users.manage", pages.users, "users and tokens"),
     Entry("POST", "/admin/users", "users.manage", pages.users_change, "change users and tokens"),
     Entry("GET", "/s/{token}", PUBLIC, pages.share_page, "a share link's player"),
@@ -100,7 +107,7 @@ ROUTES: list[Entry] = [
     # -- API ------------------------------------------------------------------------------
     Entry("GET", "/api/v1/openapi.json", PUBLIC, _openapi, "this document", True),
     Entry("GET", "/api/v1/me", SIGNED_IN, api.me, "who the token or session is", True),
-    Entry("GET", "/api/v1/calls", "calls.list", api.calls, "search calls", True),
+    Entry("GET", "/api/v1/calls", "calls.list", api.calls, "search calls", True, short_read=True),
     Entry(
         "POST",
         "/api/v1/calls/search",
@@ -234,12 +241,17 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
 
 def build(services: Services) -> Starlette:
     routes: list[Any] = [
-        Route(e.path, guarded(e.permission, e.handler, api=e.api), methods=[e.method])
+        Route(
+            e.path,
+            guarded(e.permission, e.handler, api=e.api, short_read=e.short_read),
+            methods=[e.method],
+        )
         for e in ROUTES
     ]
     routes.append(Mount("/static", StaticFiles(packages=[("web", "static")]), name="static"))
     app = Starlette(routes=routes, lifespan=_lifespan)
     app.state.services = services
+    watch_short_reads(services.db)
     app.state.throttle = AddressThrottle(services.db)
     app.add_middleware(SecurityHeaders)
     return app

@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 from starlette.responses import RedirectResponse, Response
 
 from recorder.store import audit
-from web import actions, dashboard, queries
+from web import actions, dashboard, queries, totp
 from web.accounts import ROLES, AccountError
 from web.auth import SESSION_COOKIE, LoginRefused, Sessions, log_in
 from web.csp import content_security_policy
@@ -101,7 +101,7 @@ def calls(ctx: Ctx) -> Response:
     return ctx.render(
         "calls.html",
         f=f,
-        rows=page.rows(ctx.services),
+        rows=page.rows_html(ctx.services),
         more=more,
         statuses=queries.STATUSES,
         directions=queries.DIRECTIONS,
@@ -246,7 +246,8 @@ def users(ctx: Ctx) -> Response:
 
 
 def users_change(ctx: Ctx) -> Response:
-    """One form per user action: add, disable, enable, role, token, revoke_token."""
+    """One form per user action: add, disable, enable, role, token, revoke_token,
+    reset_totp."""
     accounts, me = ctx.services.accounts, ctx.person.name
     verb = field_text(ctx, "action", limit=20)
     new_token = None
@@ -275,10 +276,18 @@ def users_change(ctx: Ctx) -> Response:
             )
         elif verb == "revoke_token":
             accounts.revoke_token(field_int(ctx, "token_id", 0, 1, 10**12) or 0, actor=me)
+        elif verb == "reset_totp":
+            name = field_text(ctx, "name", limit=64)
+            if not totp.reset(ctx.services, name, actor=me, address=ctx.address):
+                raise HttpError(409, f"{name} has no second factor")
         else:
-            raise HttpError(400, "action: add, disable, enable, role, token or revoke_token")
+            raise HttpError(
+                400, "action: add, disable, enable, role, token, revoke_token or reset_totp"
+            )
     except AccountError as exc:
         raise HttpError(409, str(exc)) from None
+    except totp.TotpRefused as exc:
+        raise HttpError(exc.status, str(exc)) from None
     return ctx.render(
         "users.html",
         people=accounts.all(),
@@ -286,6 +295,47 @@ def users_change(ctx: Ctx) -> Response:
         tokens=accounts.tokens(),
         new_token=new_token,
     )
+
+
+def account(ctx: Ctx, notice: str | None = None, status: int = 200) -> Response:
+    """Who I am, and my TOTP second factor: a new secret to enrol (its URI and QR code), or
+    the form that turns it off."""
+    me = ctx.services.accounts.get(ctx.person.name)  # now, not as the session read it
+    assert me is not None
+    secret = None if me.has_totp else totp.new_secret()
+    uri = totp.uri(secret, me.name) if secret else None
+    return ctx.render(
+        "account.html",
+        status,
+        person=me,
+        secret=secret,
+        uri=uri,
+        qr=totp.qr_svg(uri) if uri else None,
+        notice=notice,
+    )
+
+
+def account_totp(ctx: Ctx) -> Response:
+    """``action=enrol`` (the secret the page showed, a current code, the password) or
+    ``action=disable`` (the password and a current code)."""
+    verb = field_text(ctx, "action", limit=10)
+    password = field_text(ctx, "password", limit=1024)
+    code = field_text(ctx, "code", limit=10)
+    name = ctx.person.name
+    try:
+        if verb == "enrol":
+            totp.enrol(
+                ctx.services, name, field_text(ctx, "secret", limit=64), password, code, ctx.address
+            )
+            notice = "The second factor is on: log in with a code from now on."
+        elif verb == "disable":
+            totp.disable(ctx.services, name, password, code, ctx.address)
+            notice = "The second factor is off."
+        else:
+            raise HttpError(400, "action: enrol or disable")
+    except totp.TotpRefused as exc:
+        raise HttpError(exc.status, str(exc)) from None
+    return account(ctx, notice)
 
 
 def share_page(ctx: Ctx) -> Response:

@@ -1,4 +1,5 @@
-"""``callconsent users add | list | disable | enable | passwd | role | token | import-actors``:
+"""``callconsent users add | list | disable | enable | passwd | role | token | totp-reset |
+import-actors``:
 the people who may act on recordings, in the web console, its API and the CLI's ``--actor``.
 
 Passwords come from ``--password-file PATH``, ``$CALLCONSENT_USER_PASSWORD`` or a prompt.
@@ -46,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         c = cmds.add_parser(verb, help=helptext)
         c.add_argument("name")
         c.set_defaults(func=globals()[f"_{verb}"])
+    tr = cmds.add_parser("totp-reset", help="turn a user's TOTP second factor off (a lost device)")
+    tr.add_argument("name")
+    tr.set_defaults(func=totp_reset)
     r = cmds.add_parser("role", help="change a user's role")
     r.add_argument("name")
     r.add_argument("role", choices=ROLES)
@@ -164,6 +168,17 @@ def _enable(args: argparse.Namespace) -> int:
 def _passwd(args: argparse.Namespace) -> int:
     password = read_password(args)
     return _run(args, lambda a, actor: a.set_password(args.name, password, actor=actor))
+
+
+def totp_reset(args: argparse.Namespace) -> int:
+    def act(accounts: Accounts, actor: str) -> int:
+        if accounts.reset_totp(args.name, actor=actor):
+            print(f"{args.name}: TOTP off (they log in with the password; /account turns it on)")
+            return 0
+        print(f"{args.name} has no TOTP second factor", file=sys.stderr)
+        return 1
+
+    return _run(args, act)
 
 
 def role(args: argparse.Namespace) -> int:

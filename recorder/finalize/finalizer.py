@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from recorder import metrics
 from recorder.finalize import reconcile as reconcile_mod
@@ -51,7 +51,7 @@ from recorder.store.writer import Batch
 from recorder.vault import envelope
 from recorder.vault.directory import Sealed, Step, Vault, fsync_dir, unused_temp
 from recorder.vault.expiry import RetentionRule
-from recorder.vault.keystore import KeyStore, NoEpoch
+from recorder.vault.keystore import Epoch, KeyStore, NoEpoch
 
 log = logging.getLogger("callconsent.finalizer")
 S = RecordingState
@@ -60,6 +60,15 @@ _BLOCK = 1 << 20
 
 
 _RECORDINGS = Recording.__table__
+_CALLS = Call.__table__
+# Core reads, built once (the ORM's identity map and instances cost more than the reads):
+# the recording's row and its call's end, in one statement
+_LOOK = (
+    select(_RECORDINGS, _CALLS.c.ended_at.label("call_ended_at"))
+    .outerjoin(_CALLS, _CALLS.c.id == _RECORDINGS.c.call_id)
+    .where(_RECORDINGS.c.id == bindparam("b_id"))
+)
+_STATE = select(_RECORDINGS.c.state).where(_RECORDINGS.c.id == bindparam("b_id"))
 # closed -> encrypted, only if still closed (a discard during encryption wins)
 _ENCRYPTED = (
     update(_RECORDINGS)
@@ -172,6 +181,11 @@ class Finalizer:
                     await task
         await asyncio.to_thread(self.queue.stop)
 
+    @property
+    def hands_off(self) -> bool:
+        """The ledger may tell us from the event loop: we only queue (workers run)."""
+        return self.queue.running
+
     def recording_closed(self, recording_id: str) -> None:
         self.submit(recording_id)
 
@@ -207,11 +221,11 @@ class Finalizer:
     def process(self, recording_id: str) -> Outcome:
         """Bring one recording to where its row says it should be."""
         for _ in range(3):
-            with self.db.read() as s:
-                rec = s.get(Recording, recording_id)
-                ended = s.get(Call, rec.call_id).ended_at if rec else None
+            with self.db.engine.connect() as conn:
+                rec = conn.execute(_LOOK, {"b_id": recording_id}).first()
             if rec is None:
                 return Outcome.SKIPPED
+            ended = rec.call_ended_at
             if rec.state in (S.DISCARDED, S.PURGED):
                 outcome = self.destroy(rec)
             elif rec.state == S.ENCRYPTED:
@@ -243,10 +257,14 @@ class Finalizer:
             with self._locked(rec) as fd:
                 if fd is None:
                     return Outcome.BUSY
-                with self.db.read() as s:  # another process may have finished it meanwhile
-                    if s.get(Recording, rec.id).state != S.CLOSED:
+                # one read: another process may have finished it meanwhile; and its key epoch
+                # (looked at only once the WAV is known final, as before)
+                with self.db.engine.connect() as conn:
+                    if conn.execute(_STATE, {"b_id": rec.id}).scalar() != S.CLOSED:
                         return Outcome.RECHECK
-                return self._seal(rec, fd, ended)
+                    expires = self.retention.expires_at(rec.retention_category, rec.started_at)
+                    epoch = self._epoch(expires, conn)
+                return self._seal(rec, fd, ended, expires, epoch)
         except FileNotFoundError:
             return self._pending(rec, "the spool file is missing", error=True)
         except (SpoolError, wavcheck.AudioError) as exc:
@@ -276,15 +294,22 @@ class Finalizer:
         """The call is over and the file has not changed for ``settle_s``."""
         return ended is not None and time.time() - os.fstat(fd).st_mtime >= self.settings.settle_s
 
-    def _seal(self, rec: Recording, fd: int, ended: datetime | None) -> Outcome:
+    def _epoch(self, expires: datetime, conn: Connection) -> Epoch | NoEpoch:
+        try:
+            return self.keys.epoch_for(expires, conn)
+        except NoEpoch as exc:
+            return exc
+
+    def _seal(
+        self, rec: Recording, fd: int, ended: datetime | None, expires: datetime,
+        epoch: Epoch | NoEpoch,
+    ) -> Outcome:  # fmt: skip
         found = self._inspect(rec, fd, ended)
         if found is None:
             return self._pending(rec, "the WAV header is not final yet")
         info, repair = found
-        expires = self.retention.expires_at(rec.retention_category, rec.started_at)
-        try:
-            epoch = self.keys.epoch_for(expires)
-        except NoEpoch as exc:
+        if isinstance(epoch, NoEpoch):
+            exc = epoch
             self.alarms.failed(
                 "no_key_epoch",
                 "recording_pending_no_key_epoch",
@@ -392,7 +417,7 @@ class Finalizer:
             )  # fmt: skip
             return True
 
-        committed = self.ledger.writer.run(commit)
+        committed = self.ledger.writer.run(commit, lazy=True)  # shares a call's commit
         if committed and repair is not None:
             self.stats["repaired"] += 1
         return committed

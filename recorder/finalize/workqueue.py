@@ -13,6 +13,8 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from recorder.store.writer import name_os_thread
+
 
 class RecordingQueue:
     def __init__(self, work: Callable[[str], object], log: logging.Logger) -> None:
@@ -25,7 +27,9 @@ class RecordingQueue:
         self.errors = 0
 
     def start(self, workers: int, name: str) -> None:
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix=name)
+        self._pool = ThreadPoolExecutor(
+            workers, thread_name_prefix=name, initializer=name_os_thread, initargs=(f"cc-{name}",)
+        )
 
     def stop(self) -> None:
         """Work in progress completes; what is still queued is dropped (it stays pending in
@@ -33,6 +37,11 @@ class RecordingQueue:
         if self._pool is not None:
             pool, self._pool = self._pool, None
             pool.shutdown(wait=True, cancel_futures=True)
+
+    @property
+    def running(self) -> bool:
+        """Worker threads run: :meth:`submit` only queues (it never blocks the caller)."""
+        return self._pool is not None
 
     def submit(self, recording_id: str) -> None:
         pool = self._pool

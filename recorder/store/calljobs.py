@@ -179,9 +179,13 @@ def log_consent(b: Batch, call_id: str, row: dict[str, Any]) -> None:
     )
 
 
-def recording_started(b: Batch, row: dict[str, Any], actor: str | None) -> None:
-    """Register a recording (``row``) before the PBX writes a byte of it."""
-    _call_exists(b, row["call_id"])
+def recording_started(
+    b: Batch, row: dict[str, Any], actor: str | None, *, call_known: bool = False
+) -> None:
+    """Register a recording (``row``) before the PBX writes a byte of it. ``call_known``: the
+    same transaction has just found the call (the accept key's decision updated its row)."""
+    if not call_known:
+        _call_exists(b, row["call_id"])
     b.conn.execute(_INSERT_RECORDING, row)
     b.audit(
         actor=actor or SYSTEM_ACTOR,

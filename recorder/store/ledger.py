@@ -104,7 +104,9 @@ class Ledger:
             pbx, pbx_call_id, campaign, direction, number, number_withheld, agent
         )
         try:
-            return await self._run(job)
+            # lazy: the call's row only has to be durable with (or before) its evidence,
+            # which is urgent and queued after it; the prompt starts at most LINGER_S later
+            return await self._run(job, lazy=True)
         except IntegrityError:
             return await asyncio.to_thread(self._raced, pbx, pbx_call_id)
 
@@ -137,8 +139,9 @@ class Ledger:
             raise LedgerError(f"call {pbx}/{pbx_call_id} could not be stored nor found")
         return found
 
-    async def _run(self, job: Job[_T]) -> _T:
-        return await asyncio.wrap_future(self.writer.submit(job))
+    async def _run(self, job: Job[_T], *, lazy: bool = False) -> _T:
+        """``lazy``: a change no caller is waiting on in a hurry (see ``StoreWriter.submit``)."""
+        return await asyncio.wrap_future(self.writer.submit(job, lazy=lazy))
 
     def _by_pbx_id(self, pbx: str, pbx_call_id: str) -> Select[tuple[Call]]:
         """This node's call with that PBX call id (unique per node and PBX)."""
@@ -155,7 +158,8 @@ class Ledger:
         self.writer.run(functools.partial(jobs.call_ended, call_id=call_id, now=self._clock()))
 
     async def call_ended_async(self, call_id: str) -> None:
-        await self._run(functools.partial(jobs.call_ended, call_id=call_id, now=self._clock()))
+        job = functools.partial(jobs.call_ended, call_id=call_id, now=self._clock())
+        await self._run(job, lazy=True)
 
     # -- consent -------------------------------------------------------------------------------
 
@@ -210,8 +214,8 @@ class Ledger:
         start = self._recording_job(call_id, recording_id, **recording)
 
         def both(b: Batch) -> None:
-            decision(b)
-            start(b)
+            decision(b)  # raises if there is no such call
+            start(b, call_known=True)
 
         try:
             await self._run(both)
@@ -343,9 +347,8 @@ class Ledger:
         )
 
     async def set_pbx_ref_async(self, recording_id: str, pbx_ref: str) -> None:
-        await self._run(
-            functools.partial(jobs.set_pbx_ref, recording_id=recording_id, pbx_ref=pbx_ref)
-        )
+        job = functools.partial(jobs.set_pbx_ref, recording_id=recording_id, pbx_ref=pbx_ref)
+        await self._run(job, lazy=True)
 
     def recording_closed(self, recording_id: str) -> bool:
         """The PBX closed the file (its header is final). Returns False if it was already
@@ -359,10 +362,10 @@ class Ledger:
 
     async def recording_closed_async(self, recording_id: str) -> bool:
         job = functools.partial(jobs.recording_closed, recording_id=recording_id, now=self._clock())
-        if not await self._run(job):
+        if not await self._run(job, lazy=True):
             return False
-        if self.sink is not None:  # the finalizer's queue (it may work in the caller's thread)
-            await asyncio.to_thread(self.sink.recording_closed, recording_id)
+        if self.sink is not None:
+            await self._tell_sink(self.sink.recording_closed, recording_id)
         return True
 
     def discard(self, recording_id: str, reason: str, actor: str | None = None) -> bool:
@@ -378,8 +381,16 @@ class Ledger:
         if not await self._run(self._discard_job(recording_id, reason, actor)):
             return False
         if self.sink is not None:
-            await asyncio.to_thread(self.sink.recording_discarded, recording_id)
+            await self._tell_sink(self.sink.recording_discarded, recording_id)
         return True
+
+    async def _tell_sink(self, tell: Callable[[str], None], recording_id: str) -> None:
+        """The finalizer's queue: at once if it only queues (``hands_off``: its worker threads
+        run), else in a worker thread (without them it works in the caller's thread)."""
+        if getattr(self.sink, "hands_off", False):
+            tell(recording_id)
+        else:
+            await asyncio.to_thread(tell, recording_id)
 
     def _discard_job(self, recording_id: str, reason: str, actor: str | None) -> Job[bool]:
         return functools.partial(

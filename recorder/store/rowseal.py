@@ -29,6 +29,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from sqlalchemy import select
@@ -54,6 +55,7 @@ SEALED: dict[str, tuple[str, ...]] = {
         "purge_reason",
     ),
 }  # fmt: skip
+_NAMES_JSON = {table: [json.dumps(n) for n in names] for table, names in SEALED.items()}
 _MODELS: dict[str, type[ConsentRecord] | type[Recording]] = {
     "consent_evidence": ConsentRecord,
     "recordings": Recording,
@@ -79,10 +81,28 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _encode(value: Any) -> str:
+def _encode_json(value: Any) -> str:
+    """A column's value as the seal writes it: canonical JSON (what :func:`_encode` gives)."""
     return json.dumps(
         _plain(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
     )
+
+
+def _encode(value: Any) -> str:
+    """:func:`_encode_json`, without building a JSON encoder for the common scalars (a call
+    seals about a hundred columns on the hot path): a string is what ``json.dumps`` writes
+    for it (the same C escaper), an int its ``repr``, a datetime its string; anything else
+    (bool, float, lists, dicts) goes through ``json.dumps`` itself. A test keeps them equal."""
+    kind = type(value)
+    if kind is str:
+        return encode_basestring(value)
+    if value is None:
+        return "null"
+    if kind is int:
+        return int.__repr__(value)
+    if kind is datetime:
+        return encode_basestring(_plain(value))
+    return _encode_json(value)
 
 
 def content(row: ConsentRecord | Recording) -> dict[str, Any]:
@@ -93,10 +113,11 @@ def content(row: ConsentRecord | Recording) -> dict[str, Any]:
 def seal_of(table: str, values: Mapping[str, Any]) -> dict[str, Any]:
     names = SEALED[table]
     encoded = [_encode(values[name]) for name in names]
-    body = "{" + ",".join(f"{json.dumps(n)}:{e}" for n, e in zip(names, encoded, strict=True))
+    body = "{" + ",".join(f"{n}:{e}" for n, e in zip(_NAMES_JSON[table], encoded, strict=True))
     row_id = str(values["id"])
+    sha256 = hashlib.sha256
     fields = "".join(
-        hashlib.sha256(f"{table}\0{row_id}\0{n}\0{e}".encode()).hexdigest()[:_DIGITS]
+        sha256(f"{table}\0{row_id}\0{n}\0{e}".encode()).hexdigest()[:_DIGITS]
         for n, e in zip(names, encoded, strict=True)
     )
     return {

@@ -21,8 +21,10 @@ The thread starts with the first job and ends after :data:`IDLE_EXIT_S` without 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
@@ -30,6 +32,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy.exc import DBAPIError
 
 from recorder.store import audit, outage
 from recorder.store.models import AuditEntry, AuditHead
@@ -39,8 +42,27 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("callconsent.store")
 
+WRITER_THREAD = "cc-store-writer"
+
+
+def name_os_thread(name: str) -> None:
+    """Give the calling thread ``name`` in the kernel too (``/proc/<pid>/task/<tid>/comm``,
+    ``top -H``, ``bench/daemon_load.py``'s CPU by thread); Python's thread names stay inside
+    the interpreter. At most 15 bytes; silently nothing where there is no ``/proc``."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as f:
+            f.write(name[:15])
+    except OSError:
+        pass
+
+
 MAX_BATCH = 512
 IDLE_EXIT_S = 2.0
+#: how long lazy jobs wait for an urgent one to share its commit (PostgreSQL's commit_delay),
+#: if one came within URGENT_RECENT_S (calls are in progress); else they are committed at once
+#: (a burst of encryptions with no call around would only wait)
+LINGER_S = 0.01
+URGENT_RECENT_S = 0.1
 _T = TypeVar("_T")
 Job = Callable[["Batch"], _T]
 
@@ -96,42 +118,94 @@ class StoreWriter:
         self._queue: deque[tuple[Job[Any], Future[Any]]] = deque()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._conn: Connection | None = None  # the writer thread's (see _connection)
+        self._urgent = 0  # jobs queued that someone waits on (not lazy)
+        self._urgent_at = -URGENT_RECENT_S  # when the last one was queued
         self.batches = 0  # transactions committed (for tests and the benchmark)
 
-    def submit(self, job: Job[_T]) -> Future[_T]:
+    def submit(self, job: Job[_T], *, lazy: bool = False) -> Future[_T]:
+        """Queue ``job``; its future resolves once it is committed. ``lazy``: nobody is
+        waiting on it in a hurry (a call's end, a recording's close, an encryption's record):
+        while calls are in progress, the writer waits up to :data:`LINGER_S` for a job that
+        someone is waiting on and commits the lazy ones with it, so a call's five changes do
+        not cost five commits."""
         future: Future[_T] = Future()
         with self._cond:
             self._queue.append((job, future))
+            if not lazy:
+                self._urgent += 1
+                self._urgent_at = time.monotonic()
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="callconsent-store-writer", daemon=True
                 )
                 self._thread.start()
-            else:
+            elif not lazy or len(self._queue) == 1:  # a lingering writer waits for urgent work
                 self._cond.notify()
         return future
 
-    def run(self, job: Job[_T]) -> _T:
+    def run(self, job: Job[_T], *, lazy: bool = False) -> _T:
         """Submit and wait (for synchronous callers, never the writer thread itself)."""
-        return self.submit(job).result()
+        return self.submit(job, lazy=lazy).result()
 
     def _run(self) -> None:
+        name_os_thread(WRITER_THREAD)
         while True:
             with self._cond:
                 if not self._queue:
                     self._cond.wait(IDLE_EXIT_S)
                 if not self._queue:
+                    self._drop_connection()  # before a next thread may start and keep its own
                     self._thread = None
                     return
+                if not self._urgent and time.monotonic() - self._urgent_at < URGENT_RECENT_S:
+                    self._linger()
                 jobs = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
+                self._urgent = max(0, self._urgent - len(jobs))
             self._commit(jobs)
+
+    def _linger(self) -> None:
+        """Only lazy jobs queued: wait (``_cond`` held) until an urgent one comes, the batch
+        is full, or :data:`LINGER_S` is over. The count of urgent jobs may run ahead of the
+        queue's order (an urgent job behind a full batch): it only ever shortens a wait."""
+        deadline = time.monotonic() + LINGER_S
+        while not self._urgent and len(self._queue) < MAX_BATCH:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._cond.wait(left)
+
+    def _connection(self) -> Connection:
+        """The writer thread's connection, kept while it runs: a pool checkout, its reset and
+        check-in per batch cost about as much as a statement."""
+        if self._conn is not None and self._conn.engine is not self.db.engine:
+            self._drop_connection()  # the engine was replaced (tests simulate an outage so)
+        if self._conn is None:
+            conn = self.db.engine.connect()
+            if self.db.dialect == "sqlite":
+                conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+            self._conn = conn
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def _commit(self, jobs: list[tuple[Job[Any], Future[Any]]]) -> None:
         live = [(job, fut) for job, fut in jobs if fut.set_running_or_notify_cancel()]
         if not live:
             return
         try:
-            results = self._transaction([job for job, _ in live])
+            try:
+                results = self._transaction([job for job, _ in live])
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+                # the kept connection had gone stale (a PostgreSQL restart): once more on a
+                # fresh one, as the pool's pre-ping did when every batch checked one out
+                results = self._transaction([job for job, _ in live])
         except Exception as exc:
             if len(live) == 1:
                 live[0][1].set_exception(exc)
@@ -146,21 +220,24 @@ class StoreWriter:
             fut.set_result(result)
 
     def _transaction(self, jobs: list[Job[Any]]) -> list[Any]:
-        with self.db.write_lock(), self.db.engine.connect() as conn:
-            if self.db.dialect == "sqlite":
-                conn = conn.execution_options(sqlite_begin="IMMEDIATE")
-            with conn.begin():
-                found = conn.execute(_LOCK_HEAD).first()
-                start = (found[0], found[1]) if found else (0, audit.GENESIS_HASH)
-                batch = Batch(conn, self.ctx, start)
-                results = [job(batch) for job in jobs]
-                if batch.audit_rows:
-                    conn.execute(_INSERT_AUDIT, batch.audit_rows)
-                    seq, digest = batch.head
-                    if found is None:
-                        conn.execute(_INSERT_HEAD, {"id": 1, "seq": seq, "hash": digest})
-                    else:
-                        conn.execute(_MOVE_HEAD, {"b_seq": seq, "b_hash": digest})
+        with self.db.write_lock():
+            conn = self._connection()
+            try:
+                with conn.begin():
+                    found = conn.execute(_LOCK_HEAD).first()
+                    start = (found[0], found[1]) if found else (0, audit.GENESIS_HASH)
+                    batch = Batch(conn, self.ctx, start)
+                    results = [job(batch) for job in jobs]
+                    if batch.audit_rows:
+                        conn.execute(_INSERT_AUDIT, batch.audit_rows)
+                        seq, digest = batch.head
+                        if found is None:
+                            conn.execute(_INSERT_HEAD, {"id": 1, "seq": seq, "hash": digest})
+                        else:
+                            conn.execute(_MOVE_HEAD, {"b_seq": seq, "b_hash": digest})
+            except BaseException:
+                self._drop_connection()  # whatever went wrong, the next batch starts afresh
+                raise
         outage.OUTAGE.clear()  # said once when the store is back after an outage
         self.batches += 1
         return results

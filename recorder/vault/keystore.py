@@ -21,7 +21,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-from sqlalchemy import select
+from sqlalchemy import Connection, bindparam, select
 
 from recorder.store import audit
 from recorder.store.db import Database
@@ -67,6 +67,10 @@ class Epoch:
             row.destroyed_at,
             row.purpose or "expiry",
         )
+
+
+_EPOCHS = KeyEpoch.__table__
+_EPOCH = select(_EPOCHS).where(_EPOCHS.c.id == bindparam("b_id"))  # built once
 
 
 def private_name(epoch_id: str) -> str:
@@ -147,14 +151,18 @@ class KeyStore:
         finally:
             os.close(dir_fd)
 
-    def epoch(self, epoch_id: str) -> Epoch | None:
-        with self.db.read() as s:
-            row = s.get(KeyEpoch, epoch_id)
-            return Epoch.of(row) if row else None
+    def epoch(self, epoch_id: str, conn: Connection | None = None) -> Epoch | None:
+        """One epoch (a Core read: the finalizer asks once per recording, on ``conn``, the
+        connection it already reads the recording's row with, if given)."""
+        if conn is None:
+            with self.db.engine.connect() as own:
+                return self.epoch(epoch_id, own)
+        row = conn.execute(_EPOCH, {"b_id": epoch_id}).first()
+        return Epoch.of(row) if row else None  # type: ignore[arg-type]
 
-    def epoch_for(self, expires_at: datetime) -> Epoch:
+    def epoch_for(self, expires_at: datetime, conn: Connection | None = None) -> Epoch:
         """The live epoch a recording expiring then is sealed to."""
-        found = self.epoch(expiry.epoch_id(expires_at))
+        found = self.epoch(expiry.epoch_id(expires_at), conn)
         if found is None or found.destroyed_at is not None:
             raise NoEpoch(
                 f"no key epoch {expiry.epoch_id(expires_at)} (the week the recording expires "

@@ -154,3 +154,18 @@ def test_optional_actor_must_name_an_enabled_user_too(
     assert run(config_file, "keys", "export-public", *reason, "--actor", "vera") == 1
     assert "user 'vera' is disabled" in capsys.readouterr().err
     assert run(config_file, "links", "revoke", "1", "--actor", "ghost") == 1
+
+
+def test_totp_reset_turns_a_lost_second_factor_off(
+    app: App, config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(config_file, "users", "add", "adam", "--role", "admin") == 0
+    assert run(config_file, "users", "add", "tina", "--role", "dpo", "--totp") == 0
+    assert run(config_file, "users", "totp-reset", "tina", "--actor", "adam") == 0
+    assert "tina: TOTP off" in capsys.readouterr().out
+    with app.db.read() as s:
+        assert s.scalars(sa.select(User.totp_secret).where(User.name == "tina")).one() is None
+    assert ("user.totp_reset", "adam", "tina") in actions(app)
+    assert run(config_file, "users", "totp-reset", "tina", "--actor", "adam") == 1
+    assert "tina has no TOTP second factor" in capsys.readouterr().err
+    assert run(config_file, "users", "totp-reset", "nemo", "--actor", "adam") == 1

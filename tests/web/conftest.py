@@ -7,16 +7,22 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import argon2
+import pg
 import pytest
+import sqlalchemy as sa
 from recstore import Rig, make_rig, write_wav
 from starlette.testclient import TestClient
 
 import consent_ivr as c
+from callconsent import config as config_mod
 from callconsent.app import App
 from callconsent.recordings import custody, subjects
+from recorder.store import migrate
+from recorder.store.db import Database
 from web.app import build
 from web.auth import SESSION_COOKIE, Sessions
 from web.services import Services, WebSettings
@@ -83,6 +89,62 @@ def add_call(
     ledger.call_ended(ref.id)
     ledger.recording_closed(rid)  # no worker pool: finalized now
     return ref.id, rid, wav
+
+
+#: ``@ON_BOTH_STORES`` on a test that uses ``world``: it runs on SQLite and on the PostgreSQL
+#: the suite starts (marked ``postgres``); other tests run on SQLite only
+ON_BOTH_STORES = pytest.mark.parametrize(
+    "store", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+
+
+@pytest.fixture
+def store(request: pytest.FixtureRequest) -> str:
+    """The store's dialect: SQLite unless a test is parametrized with ON_BOTH_STORES."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture(scope="session")
+def web_pg_database(pg_server: str) -> Iterator[str]:
+    """One database migrated once to the head for the web tests on PostgreSQL, emptied before
+    each (TRUNCATE: a tenth of the time of a new database or a migration per test)."""
+    with pg.fresh_database(pg_server) as url:
+        db = Database(url)
+        migrate.upgrade(db)
+        db.dispose()
+        yield url
+
+
+def _emptied(url: str) -> str:
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            tables = [
+                name for name in sa.inspect(conn).get_table_names() if name != "alembic_version"
+            ]
+            conn.exec_driver_sql(
+                "TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"
+            )
+    finally:
+        engine.dispose()
+    return url
+
+
+@pytest.fixture
+def app(config_file: Path, store: str, request: pytest.FixtureRequest) -> Iterator[App]:
+    """The root conftest's app (a config in the test's temp dir), on ``store``."""
+    if store == "sqlite":
+        application = App.open(config_mod.load(config_file))
+        yield application
+        application.close()
+        return
+    url = _emptied(request.getfixturevalue("web_pg_database"))
+    with config_file.open("a") as f:
+        f.write(f'\n[database]\nurl = "{url}"\n')
+    application = App.open(config_mod.load(config_file))
+    assert application.db.dialect == "postgresql"
+    yield application
+    application.close()
 
 
 @pytest.fixture

@@ -10,9 +10,10 @@ from datetime import UTC, datetime, timedelta
 from unittest.mock import MagicMock
 
 import httpx
+import pyotp
 import pytest
 import sqlalchemy as sa
-from conftest import NUMBER, ROLE_USERS, World, add_call
+from conftest import NUMBER, ON_BOTH_STORES, PASSWORD, ROLE_USERS, World, add_call
 from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
@@ -68,6 +69,12 @@ def share_audio(w: World, c: TestClient, _p: str) -> httpx.Response:
     page = c.get(f"/s/{token}")
     assert page.status_code == 200
     return c.get(f"/s/{token}/audio")
+
+
+def enrol_totp(w: World, c: TestClient, _p: str) -> httpx.Response:
+    secret = pyotp.random_base32()
+    data = form(c, action="enrol", secret=secret, code=pyotp.TOTP(secret).now(), password=PASSWORD)
+    return c.post("/account/totp", data=data)
 
 
 def r(w: World) -> str:
@@ -138,6 +145,8 @@ TABLE: dict[tuple[str, str], Case] = {
     ),
     ("GET", "/audit"): Case(DPO_UP, 200, lambda w, c, p: c.get("/audit")),
     ("GET", "/dashboard"): Case(SUPERVISOR_UP, 200, lambda w, c, p: c.get("/dashboard")),
+    ("GET", "/account"): Case(ALL, 200, lambda w, c, p: c.get("/account")),
+    ("POST", "/account/totp"): Case(ALL, 200, enrol_totp),
     ("GET", "/admin/users"): Case(ADMIN, 200, lambda w, c, p: c.get("/admin/users")),
     ("POST", "/admin/users"): Case(
         ADMIN,
@@ -279,6 +288,7 @@ def expected(case: Case, path: str, principal: str) -> int:
     return 303  # pages send the anonymous to the login form
 
 
+@ON_BOTH_STORES
 @pytest.mark.parametrize("key", sorted(TABLE), ids=lambda k: f"{k[0]} {k[1]}")
 def test_route_answers_each_principal_as_the_table_says(world: World, key: tuple[str, str]) -> None:
     case = TABLE[key]
@@ -295,6 +305,7 @@ def test_route_answers_each_principal_as_the_table_says(world: World, key: tuple
 OBJECT_ROUTES = sorted(k for k in TABLE if "{call_id}" in k[1] or "{recording_id}" in k[1])
 
 
+@ON_BOTH_STORES
 @pytest.mark.parametrize("key", OBJECT_ROUTES, ids=lambda k: f"{k[0]} {k[1]}")
 def test_an_agent_cannot_reach_another_agents_call_by_its_id(
     world: World, key: tuple[str, str]

@@ -55,10 +55,12 @@ class Ui:
         self.shots.take(page, name, doc)
         return nav.value
 
-    def log_in(self, page: Any, name: str, password: str = PASSWORD) -> Any:
+    def log_in(self, page: Any, name: str, password: str = PASSWORD, code: str = "") -> Any:
         self.goto(page, "/login", f"login-{name}")
         page.fill("input[name=name]", name)
         page.fill("input[name=password]", password)
+        if code:
+            page.fill("input[name=code]", code)
         return self.submit(page, "form.stack button", f"after-login-{name}")
 
     def check(self, condition: object, message: str) -> None:
@@ -348,3 +350,26 @@ def test_five_wrong_passwords_lock_the_account(ui: Ui) -> None:
     response = ui.log_in(page, "lena")
     ui.check(response.status == 401 and "/login" in page.url, "the right password is refused")
     ui.check("locked" in page.inner_text("#error"), "the page says the account is locked")
+
+
+def test_enrol_totp_then_log_in_with_a_code(ui: Ui) -> None:
+    import pyotp
+
+    page = ui.page()
+    ui.log_in(page, "bob")
+    ui.submit(page, "header a.who", "account", doc="account.png")
+    ui.check(page.inner_text("#totp-state") == "off", "bob has no second factor yet")
+    ui.check(page.locator("#totp-qr svg").count() == 1, "a QR code is drawn")
+    secret = page.inner_text("#totp-secret")
+    ui.check(secret in page.inner_text("#totp-uri"), "the otpauth URI carries the secret")
+    page.fill("#totp-enrol input[name=code]", pyotp.TOTP(secret).now())
+    page.fill("#totp-enrol input[name=password]", PASSWORD)
+    response = ui.submit(page, "#totp-enrol button", "totp-on")
+    ui.check(response.status == 200, f"enrolment: {response.status} {page.inner_text('main')}")
+    ui.check(page.inner_text("#totp-state") == "on", "the second factor is on")
+    ui.submit(page, "header form button", "logged-out")
+
+    response = ui.log_in(page, "bob")
+    ui.check(response.status == 401, f"the password alone is refused now: {response.status}")
+    response = ui.log_in(page, "bob", code=pyotp.TOTP(secret).now())
+    ui.check(page.url.endswith("/calls"), f"with the code bob is in: {response.status} {page.url}")

@@ -20,12 +20,14 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import NUMBER, World, add_call
+from conftest import NUMBER, ON_BOTH_STORES, World, add_call
 from recstore import PASSPHRASE
 
 from callconsent import cli
 from recorder.store.models import AuditEntry, Call, Recording, ShareLink
 from web.app import ROUTES
+
+pytestmark = ON_BOTH_STORES  # every test here on SQLite and on PostgreSQL
 
 
 def actions_of(w: World, action: str) -> list[AuditEntry]:
@@ -43,6 +45,17 @@ def test_calls_page_masks_numbers_and_an_agent_sees_only_their_calls(world: Worl
     assert "…78" in sup and "12345678" not in sup
     agent = world.client("agent").get("/calls").text
     assert world.calls["alice"] in agent and world.calls["bob"] not in agent
+
+
+def test_calls_page_escapes_every_cell(world: World) -> None:
+    """The rows are rendered in Python (web.queries.CallPage.rows_html), not by Jinja's
+    autoescape: markup in a campaign or an agent's name is shown as text."""
+    evil = "<script>alert(1)</script>\"'&"
+    call = add_call(world.rig, "x<b>y", campaign=evil, seconds=0.05)[0]
+    page = world.client("supervisor").get("/calls").text
+    row = next(line for line in page.split("<tr>") if call in line)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&#34;&#39;&amp;" in row
+    assert "x&lt;b&gt;y" in row and "<script>" not in page and "<b>" not in page
 
 
 def test_search_by_number_in_national_notation_keeps_it_out_of_the_url(world: World) -> None:

@@ -134,3 +134,39 @@ def test_the_writer_thread_ends_when_idle_and_comes_back(ledger: Ledger, monkeyp
         deadline.wait(0.02)
     assert ledger.writer._thread is None
     assert ledger.open_call(pbx="asterisk", pbx_call_id="b", campaign="s").pbx_call_id == "b"
+
+
+def _audit_job(i: int):
+    def write(b: Batch) -> int:
+        b.audit(actor="t", action="test.row", subject_type="call", details={"i": i})
+        return i
+
+    return write
+
+
+def test_a_lazy_change_waits_for_an_urgent_one_and_shares_its_commit(ledger: Ledger, db: Database):
+    """A call's end (lazy) queued while the writer is idle is not committed on its own when a
+    decision (urgent) follows within the linger: one transaction for both, in queue order."""
+    ledger.writer.run(_audit_job(0))  # the writer thread is up and idle
+    before = ledger.writer.batches
+    lazy = ledger.writer.submit(_audit_job(1), lazy=True)
+    threading.Event().wait(0.003)  # the writer has woken and lingers
+    urgent = ledger.writer.submit(_audit_job(2))
+    assert (lazy.result(timeout=30), urgent.result(timeout=30)) == (1, 2)
+    assert ledger.writer.batches == before + 1
+    with db.read() as s:
+        assert audit.verify(s).ok
+
+
+def test_a_lazy_change_alone_is_committed_after_the_linger(ledger: Ledger, db: Database):
+    from recorder.store import writer
+
+    ledger.writer.run(_audit_job(0))
+    lazy = ledger.writer.submit(_audit_job(1), lazy=True)
+    assert lazy.result(timeout=10 * writer.LINGER_S + 5) == 1
+    other = Database(db.url)  # visible to another connection: committed
+    try:
+        with other.read() as s:
+            assert s.scalar(select(func.count()).select_from(AuditEntry)) == 2
+    finally:
+        other.dispose()
