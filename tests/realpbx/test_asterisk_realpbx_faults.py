@@ -8,6 +8,9 @@ as its own account in its own process (:mod:`realpbx_faults`):
 - the spool fills up during two recordings, and the vault during their finalization (a small
   tmpfs each): said once, marked or kept, resumed when space is back;
 - PostgreSQL stops with calls recording and arriving: fail closed, said once, recovered;
+- `callconsent serve` killed (SIGKILL) with three calls recording, two hanging up while it
+  is down: started again, it closes out the two it missed (its orphan sweep after the
+  login) and finalises them; the third ends as usual.
 - Asterisk restarts (``core stop now``, or SIGKILL; started again as its own account) with
   three calls recording: the calls it forgot are closed out, each recording is encrypted with
   a header that matches its audio, no plaintext is left, no error line; the next call records.
@@ -31,7 +34,7 @@ import pg
 import pytest
 from asterisk_real import Lab
 from asterisk_real_harness import lab_or_skip
-from daemon_process import MARKS
+from daemon_process import MARKS, serving
 from realpbx_faults import (
     AsteriskPhones,
     Daemon,
@@ -248,6 +251,42 @@ def test_postgres_outage_with_real_calls_fails_closed_says_once_and_recovers(
         migrate.upgrade(db)  # PostgreSQL: `callconsent db upgrade`, never at start-up
         db.dispose()
         go(lab, 3, scenario, errors=frozenset({"store_unavailable"}), url=url)
+
+
+def test_the_daemon_killed_with_calls_recording_accounts_for_every_call_after_restart(
+    lab: Lab,
+) -> None:
+    """`callconsent serve` killed (SIGKILL) with three real calls recording: Asterisk keeps
+    the calls and their MixMonitors; two hang up while no daemon hears it. Started again, the
+    daemon closes out the two it missed and finalises them, and the third ends as usual:
+    three recordings, none lost or duplicated, each decrypting to a whole WAV, the chain
+    verifies, no error line in the second daemon's log."""
+
+    async def scenario(d: Daemon, phones: AsteriskPhones) -> None:
+        tokens = await recording(d, phones, 3)
+        await asyncio.sleep(1.0)  # the callers speak
+        assert d.proc is not None
+        d.proc.kill()
+        await asyncio.to_thread(d.proc.wait, 30)
+        await phones.hang_up(*tokens[:2])  # two calls end while no daemon runs
+        await until(lambda: all(phones.ended(t) for t in tokens[:2]), "two ended", 30)
+        assert d.states() == ["recording"] * 3  # nobody heard them end
+        first_log, d.log = d.log, d.home / "serve-again.log"
+        again = serving(d.config, d.log)
+        d.proc = await asyncio.to_thread(again.__enter__)
+        try:
+            await until(
+                lambda: d.states() == ["encrypted", "encrypted", "recording"],
+                "the two that ended while it was down finalised",
+                60,
+            )
+            await phones.hang_up(tokens[2])
+            await until(lambda: d.states() == ["encrypted"] * 3, "the third finalised", 60)
+        finally:
+            await asyncio.to_thread(again.__exit__, None, None, None)
+        assert "Traceback" not in first_log.read_text()
+
+    go(lab, 3, scenario)
 
 
 @pytest.mark.parametrize("crash", [False, True], ids=["core-stop-now", "sigkill"])

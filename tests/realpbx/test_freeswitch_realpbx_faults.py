@@ -8,6 +8,9 @@ as its own account in its own process (:mod:`realpbx_faults`):
   none lost or duplicated, the chain verifies.
 - the spool fills up during two recordings, and the vault during their finalization;
 - PostgreSQL stops with calls recording and one arriving: fail closed, said once, recovered;
+- `callconsent serve` killed (SIGKILL) with three calls recording, two hanging up while it
+  is down: started again, it closes out the two it missed (its orphan sweep after the
+  login) and finalises them; the third ends as usual.
 - FreeSWITCH restarts (``fs_cli -x shutdown``, or SIGKILL; started again as its own account)
   with three calls recording: the calls it forgot are closed out, each recording encrypted
   with a header that matches its audio, no plaintext left, no error line; the next call records.
@@ -29,7 +32,7 @@ import daemon_account
 import diskfull
 import pg
 import pytest
-from daemon_process import MARKS
+from daemon_process import MARKS, serving
 from freeswitch_real import Real, endpoint
 from realpbx_faults import (
     Daemon,
@@ -245,6 +248,44 @@ def test_postgres_outage_with_real_freeswitch_calls(real: Real, cluster: pg.Clus
         migrate.upgrade(db)
         db.dispose()
         go(real, 3, scenario, errors=frozenset({"store_unavailable"}), url=url)
+
+
+def test_the_daemon_killed_with_calls_recording_accounts_for_every_call_after_restart(
+    real: Real,
+) -> None:
+    """`callconsent serve` killed (SIGKILL) with three real calls recording: FreeSWITCH
+    keeps the calls (their outbound sockets gone) and their recordings; two hang up while no
+    daemon hears it. Started again, the daemon ends the two it missed (``uuid_exists`` after
+    its ESL login) and finalises them, and the third ends as usual: three recordings, none
+    lost or duplicated, the chain verifies, no error line in the second daemon's log."""
+
+    async def scenario(d: Daemon, phones: FreeswitchPhones) -> None:
+        legs = await recording(d, phones, 3)
+        await asyncio.sleep(1.0)  # the callers speak
+        assert d.proc is not None
+        d.proc.kill()
+        await asyncio.to_thread(d.proc.wait, 30)
+        await asyncio.sleep(1.0)
+        assert all(map(phones.alive, legs)), "FreeSWITCH kept the calls"
+        phones.hang_up(*legs[:2])  # two calls end while no daemon runs
+        await until(lambda: not any(map(phones.alive, legs[:2])), "two ended", 30)
+        assert d.states() == ["recording"] * 3  # nobody heard them end
+        first_log, d.log = d.log, d.home / "serve-again.log"
+        again = serving(d.config, d.log)
+        d.proc = await asyncio.to_thread(again.__enter__)
+        try:
+            await until(
+                lambda: d.states() == ["encrypted", "encrypted", "recording"],
+                "the two that ended while it was down finalised",
+                60,
+            )
+            phones.hang_up(legs[2])
+            await until(lambda: d.states() == ["encrypted"] * 3, "the third finalised", 60)
+        finally:
+            await asyncio.to_thread(again.__exit__, None, None, None)
+        assert "Traceback" not in first_log.read_text()
+
+    go(real, 3, scenario)
 
 
 @pytest.mark.parametrize("crash", [False, True], ids=["shutdown", "sigkill"])
