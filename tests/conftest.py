@@ -28,6 +28,16 @@ def pg_server() -> Iterator[str]:
         pytest.skip(str(exc))
 
 
+@pytest.fixture
+def pg_cluster() -> Iterator[pg.Cluster]:
+    """A private PostgreSQL cluster of the test's own, to stop and start (the outage tests)."""
+    try:
+        with pg.cluster() as found:
+            yield found
+    except pg.PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A URL of an empty database, once per dialect."""

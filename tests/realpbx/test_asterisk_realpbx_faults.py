@@ -22,13 +22,8 @@ docs/reliability.md, section 5c, has the figures and the deliberate breaks.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
-import daemon_account
 import diskfull
 import pg
 import pytest
@@ -45,14 +40,15 @@ from realpbx_faults import (
     check_evidence,
     daemon,
     restart_asterisk,
+    small_vault,
     start_asterisk,
     until,
+    vault_full_while_two_calls_end,
 )
 
 from recorder.store import migrate
 from recorder.store.db import Database
 from recorder.store.models import ConsentRecord, Recording
-from recorder.vault.directory import MARKER
 
 pytestmark = MARKS
 LIMIT_S = 240  # the whole scenario, hung up rather than left on the shared PBX
@@ -167,52 +163,23 @@ def test_the_vault_full_during_real_finalization_keeps_the_plaintext_then_resume
     """The vault (a 1 MiB tmpfs) is full when two real calls end: nothing half-written is left
     in it, each WAV stays in the spool byte for byte, ``finalize_failed`` said once; space
     back: the reconciliation encrypts both, each decrypting to the WAV Asterisk wrote."""
-    vault = Path(tempfile.mkdtemp(prefix="cct-vault-", dir="/var/tmp"))
-    vault.chmod(0o755)
 
     async def scenario(d: Daemon, phones: AsteriskPhones) -> None:
-        filler = await asyncio.to_thread(diskfull.fill, mount, "filler")
-        tokens = await recording(d, phones, 2)
-        await asyncio.sleep(2.0)
-        await phones.hang_up(*tokens)
-        await until(lambda: d.lines("finalize_failed"), "finalize_failed said", 60)
-        await asyncio.sleep(3.0)  # a few reconciliation passes on a full disk
-        assert d.states() == ["closed"] * 2
-        assert sorted(p.name for p in mount.iterdir()) == [MARKER, "filler"]
-        written = await asyncio.to_thread(plaintexts, d)
-        filler.unlink()
-        await until(lambda: d.states() == ["encrypted"] * 2, "both encrypted", 60)
-        for rid, wav in written.items():
-            assert d.decrypted(rid).read_bytes() == wav  # the very WAV Asterisk wrote
-        assert len(d.lines("finalize_failed")) == 1
-        assert "disk full writing to the vault" in d.lines("finalize_failed")[0]
+        async def two_calls_end() -> None:
+            tokens = await recording(d, phones, 2)
+            await asyncio.sleep(2.0)
+            await phones.hang_up(*tokens)
 
-    mount = vault / "vault"
-    try:
-        with diskfull.tmpfs(mount, "1m", mode="0700"):
-            os.chown(mount, daemon_account.UID, daemon_account.GID)
-            go(lab, 2, scenario, errors=frozenset({"finalize_failed"}),
-               recorder=f'vault_dir = "{mount}"\n')  # fmt: skip
-    finally:
-        shutil.rmtree(vault, ignore_errors=True)
+        await vault_full_while_two_calls_end(d, vault, two_calls_end)
 
-
-def plaintexts(d: Daemon) -> dict[str, bytes]:
-    return {r.id: Path(r.spool_path).read_bytes() for r in d.rows(Recording)}
-
-
-@pytest.fixture
-def cluster() -> Iterator[pg.Cluster]:
-    try:
-        with pg.cluster() as found:
-            yield found
-    except pg.PostgresUnavailable as exc:
-        pytest.skip(str(exc))
+    with small_vault() as vault:
+        go(lab, 2, scenario, errors=frozenset({"finalize_failed"}),
+           recorder=f'vault_dir = "{vault}"\n')  # fmt: skip
 
 
 @pytest.mark.postgres
 def test_postgres_outage_with_real_calls_fails_closed_says_once_and_recovers(
-    lab: Lab, cluster: pg.Cluster
+    lab: Lab, pg_cluster: pg.Cluster
 ) -> None:
     """PostgreSQL stopped (``pg_ctl -m immediate``) with two calls recording: two calls that
     arrive meanwhile cannot have their evidence written, so they are not recorded (the
@@ -222,14 +189,14 @@ def test_postgres_outage_with_real_calls_fails_closed_says_once_and_recovers(
 
     async def scenario(d: Daemon, phones: AsteriskPhones) -> None:
         tokens = await recording(d, phones, 2)
-        await asyncio.to_thread(cluster.stop)
+        await asyncio.to_thread(pg_cluster.stop)
         during = [await phones.accepting(hold_s=3) for _ in range(2)]
         await until(lambda: all(phones.ended(t) for t in during), "the outage's calls over", 60)
         await phones.hang_up(*tokens)
         await until(lambda: all(phones.ended(t) for t in tokens), "the two hung up", 30)
         await asyncio.sleep(2.0)  # a few retries of their ends
         assert len(d.lines("store_unavailable")) == 1, d.said()
-        await asyncio.to_thread(cluster.start)
+        await asyncio.to_thread(pg_cluster.start)
         await until(lambda: d.lines("store_back"), "store_back", 60)
         await until(lambda: d.states() == ["encrypted"] * 2, "the two ends finalised", 60)
         [after] = await recording(d, phones, 1)
@@ -246,7 +213,7 @@ def test_postgres_outage_with_real_calls_fails_closed_says_once_and_recovers(
         assert len(evidence) == 3 and {e.status for e in evidence} == {"granted"}  # none invented
         assert len(d.lines("store_unavailable")) == 1 and len(d.lines("store_back")) == 1
 
-    with pg.fresh_database(cluster.url) as url:
+    with pg.fresh_database(pg_cluster.url) as url:
         db = Database(url)
         migrate.upgrade(db)  # PostgreSQL: `callconsent db upgrade`, never at start-up
         db.dispose()

@@ -22,13 +22,8 @@ docs/reliability.md, section 5c, has the figures and the deliberate breaks.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
-import daemon_account
 import diskfull
 import pg
 import pytest
@@ -47,14 +42,15 @@ from realpbx_faults import (
     freeswitch_section,
     fs_cli,
     restart_freeswitch,
+    small_vault,
     start_freeswitch,
     until,
+    vault_full_while_two_calls_end,
 )
 
 from recorder.store import migrate
 from recorder.store.db import Database
 from recorder.store.models import ConsentRecord, Recording
-from recorder.vault.directory import MARKER
 
 pytestmark = MARKS
 LIMIT_S = 240
@@ -172,58 +168,29 @@ def test_the_vault_full_during_real_freeswitch_finalization_keeps_the_plaintext(
     """The vault (a 1 MiB tmpfs) is full when two FreeSWITCH calls end: nothing half-written
     in it, both WAVs kept in the spool byte for byte, ``finalize_failed`` once; space back:
     both encrypted, each decrypting to the very WAV FreeSWITCH wrote."""
-    vault = Path(tempfile.mkdtemp(prefix="cct-vault-", dir="/var/tmp"))
-    vault.chmod(0o755)
-    mount = vault / "vault"
 
     async def scenario(d: Daemon, phones: FreeswitchPhones) -> None:
-        filler = await asyncio.to_thread(diskfull.fill, mount, "filler")
-        legs = await recording(d, phones, 2)
-        await asyncio.sleep(2.0)
-        phones.hang_up(*legs)
-        await until(lambda: d.lines("finalize_failed"), "finalize_failed said", 60)
-        await asyncio.sleep(3.0)  # a few reconciliation passes on a full disk
-        assert d.states() == ["closed"] * 2
-        assert sorted(p.name for p in mount.iterdir()) == [MARKER, "filler"]
-        written = await asyncio.to_thread(plaintexts, d)
-        filler.unlink()
-        await until(lambda: d.states() == ["encrypted"] * 2, "both encrypted", 60)
-        for rid, wav in written.items():
-            assert d.decrypted(rid).read_bytes() == wav  # the very WAV FreeSWITCH wrote
-        assert len(d.lines("finalize_failed")) == 1
-        assert "disk full writing to the vault" in d.lines("finalize_failed")[0]
+        async def two_calls_end() -> None:
+            legs = await recording(d, phones, 2)
+            await asyncio.sleep(2.0)
+            phones.hang_up(*legs)
 
-    try:
-        with diskfull.tmpfs(mount, "1m", mode="0700"):
-            os.chown(mount, daemon_account.UID, daemon_account.GID)
-            go(real, 2, scenario, errors=frozenset({"finalize_failed"}),
-               recorder=f'vault_dir = "{mount}"\n')  # fmt: skip
-    finally:
-        shutil.rmtree(vault, ignore_errors=True)
+        await vault_full_while_two_calls_end(d, vault, two_calls_end)
 
-
-def plaintexts(d: Daemon) -> dict[str, bytes]:
-    return {r.id: Path(r.spool_path).read_bytes() for r in d.rows(Recording)}
-
-
-@pytest.fixture
-def cluster() -> Iterator[pg.Cluster]:
-    try:
-        with pg.cluster() as found:
-            yield found
-    except pg.PostgresUnavailable as exc:
-        pytest.skip(str(exc))
+    with small_vault() as vault:
+        go(real, 2, scenario, errors=frozenset({"finalize_failed"}),
+           recorder=f'vault_dir = "{vault}"\n')  # fmt: skip
 
 
 @pytest.mark.postgres
-def test_postgres_outage_with_real_freeswitch_calls(real: Real, cluster: pg.Cluster) -> None:
+def test_postgres_outage_with_real_freeswitch_calls(real: Real, pg_cluster: pg.Cluster) -> None:
     """PostgreSQL stopped with two calls recording: a call arriving meanwhile is not recorded
     and leaves no row, the two hang up meanwhile; ``store_unavailable`` once. Started again:
     ``store_back`` once, both ended and finalised, the next call recorded."""
 
     async def scenario(d: Daemon, phones: FreeswitchPhones) -> None:
         legs = await recording(d, phones, 2)
-        await asyncio.to_thread(cluster.stop)
+        await asyncio.to_thread(pg_cluster.stop)
         during = phones.accepting(hold_s=3)
         await until(lambda: not phones.alive(during), "the outage's call over", 60)
         phones.hang_up(*legs)
@@ -231,7 +198,7 @@ def test_postgres_outage_with_real_freeswitch_calls(real: Real, cluster: pg.Clus
         await asyncio.sleep(2.0)
         assert len(d.lines("store_unavailable")) == 1, d.said()
         unrecorded = sorted(p.name for p in d.spool.iterdir())  # the two's files, no third
-        await asyncio.to_thread(cluster.start)
+        await asyncio.to_thread(pg_cluster.start)
         await until(lambda: d.lines("store_back"), "store_back", 60)
         await until(lambda: d.states() == ["encrypted"] * 2, "the two ends finalised", 60)
         [after] = await recording(d, phones, 1)
@@ -243,7 +210,7 @@ def test_postgres_outage_with_real_freeswitch_calls(real: Real, cluster: pg.Clus
         assert len(evidence) == 3 and {e.status for e in evidence} == {"granted"}  # none invented
         assert len(d.lines("store_unavailable")) == 1 and len(d.lines("store_back")) == 1
 
-    with pg.fresh_database(cluster.url) as url:
+    with pg.fresh_database(pg_cluster.url) as url:
         db = Database(url)
         migrate.upgrade(db)
         db.dispose()

@@ -42,24 +42,15 @@ pytestmark = pytest.mark.postgres
 ACCEPT = [press("1", "consent", 1.0), hangup("talk", 1.0)]
 
 
-@pytest.fixture
-def cluster() -> pg.Cluster:
-    try:
-        with pg.cluster() as found:
-            yield found
-    except pg.PostgresUnavailable as exc:
-        pytest.skip(str(exc))
-
-
 def rows(h: Harness, model: type) -> list:  # type: ignore[type-arg]
     with h.app.db.read() as s:
         return list(s.scalars(sa.select(model)))
 
 
 def test_postgres_stopped_under_load_fails_closed_says_once_and_recovers(
-    tmp_path: Path, cluster: pg.Cluster
+    tmp_path: Path, pg_cluster: pg.Cluster
 ) -> None:
-    with pg.fresh_database(cluster.url) as url:
+    with pg.fresh_database(pg_cluster.url) as url:
         db = Database(url)
         migrate.upgrade(db)  # PostgreSQL: `callconsent db upgrade`, never at start-up
         db.dispose()
@@ -67,12 +58,12 @@ def test_postgres_stopped_under_load_fails_closed_says_once_and_recovers(
         async def main() -> None:
             database = f'[database]\nurl = "{url}"\n'
             async with harness(tmp_path, policies=database) as h:
-                await scenario(h, cluster)
+                await scenario(h, pg_cluster)
 
         asyncio.run(main())
 
 
-async def scenario(h: Harness, cluster: pg.Cluster) -> None:
+async def scenario(h: Harness, pg_cluster: pg.Cluster) -> None:
     settings = FinalizerSettings(reconcile_interval_s=3600, settle_s=3600)
     rig = make_rig(h.app, settings=settings)
     await rig.finalizer.start()
@@ -83,7 +74,7 @@ async def scenario(h: Harness, cluster: pg.Cluster) -> None:
         tasks, legs = await start_calls(h, 2)  # recording when the server stops
         decided = {(e.call_id, e.status) for e in rows(h, ConsentRecord)}
         with LogTap() as tap:
-            await asyncio.to_thread(cluster.stop)
+            await asyncio.to_thread(pg_cluster.stop)
             during = [await h.sim.inbound("sales", ACCEPT) for _ in range(3)]
             for leg in legs:  # their ends cannot be written now: retried until it is back
                 h.sim.hangup(leg)
@@ -91,7 +82,7 @@ async def scenario(h: Harness, cluster: pg.Cluster) -> None:
             await asyncio.sleep(2.0)  # a few retries
             down = tap.take()
             assert metrics.STORE_UNAVAILABLE._value.get() == 1
-            await asyncio.to_thread(cluster.start)
+            await asyncio.to_thread(pg_cluster.start)
             await asyncio.wait_for(h.settle(), 30)  # the ends are written now
             after = await h.sim.inbound("sales", ACCEPT)
             await asyncio.wait_for(h.settle(), 30)
@@ -134,12 +125,12 @@ async def scenario(h: Harness, cluster: pg.Cluster) -> None:
 
 
 def test_postgres_stopped_with_freeswitch_calls_in_progress(
-    tmp_path: Path, cluster: pg.Cluster
+    tmp_path: Path, pg_cluster: pg.Cluster
 ) -> None:
     """The same through the FreeSWITCH adapter: two calls recording when it stops hang up
     meanwhile and one arrives; said once; started again, both are ended and their recordings
     closed, the one that arrived during the outage left no row and was not recorded."""
-    with pg.fresh_database(cluster.url) as url:
+    with pg.fresh_database(pg_cluster.url) as url:
         db = Database(url)
         migrate.upgrade(db)
         db.dispose()
@@ -150,14 +141,14 @@ def test_postgres_stopped_with_freeswitch_calls_in_progress(
             legs = [await fs_call(fs, svc, "default", Caller(["1"])) for _ in range(2)]
             await fs_until(lambda: len(fs_rows(app, Recording)) == 2, "both recording")
             with LogTap() as tap:
-                await asyncio.to_thread(cluster.stop)
+                await asyncio.to_thread(pg_cluster.stop)
                 for leg in legs:
                     await fs.hangup_leg(leg)
                 during = await fs_call(fs, svc, "default", Caller(["1", "hangup"]))
                 await fs_until(lambda: svc.outbound.active_sessions == 0, "sessions over")
                 await asyncio.sleep(1.0)
                 down = tap.take()
-                await asyncio.to_thread(cluster.start)
+                await asyncio.to_thread(pg_cluster.start)
                 await until(
                     lambda: [r.state for r in fs_rows(app, Recording)] == ["closed"] * 2,
                     "both recordings closed once it is back",

@@ -22,9 +22,10 @@ import signal
 import socket
 import struct
 import subprocess
+import tempfile
 import time
 import wave
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from pbx_account import hand_over, pbx_dir, require_unprivileged
 from agi.ami import AmiClient, AmiError, AmiUnavailable
 from callconsent import config as config_mod
 from recorder.store.models import AuditEntry, Call, Recording
+from recorder.vault.directory import MARKER
 
 ASTERISK = "/usr/sbin/asterisk"
 ASTERISK_PID = Path("/var/run/asterisk/asterisk.pid")
@@ -484,3 +486,44 @@ def start_freeswitch() -> None:
         subprocess.run([FREESWITCH, "-u", "freeswitch", "-nc", "-nonat"], cwd="/", check=True,
                        timeout=60, capture_output=True)  # fmt: skip
     wait_for(freeswitch_up, "FreeSWITCH ready", 90)
+
+
+@contextlib.contextmanager
+def small_vault() -> Iterator[Path]:
+    """A 1 MiB tmpfs the daemon's account owns, for ``[recorder] vault_dir``."""
+    vault = Path(tempfile.mkdtemp(prefix="cct-vault-", dir="/var/tmp"))
+    vault.chmod(0o755)
+    mount = vault / "vault"
+    try:
+        with diskfull.tmpfs(mount, "1m", mode="0700"):
+            os.chown(mount, daemon_account.UID, daemon_account.GID)
+            yield mount
+    finally:
+        shutil.rmtree(vault, ignore_errors=True)
+
+
+async def vault_full_while_two_calls_end(
+    d: Daemon, vault: Path, two_calls_end: Callable[[], Awaitable[None]]
+) -> None:
+    """The vault is full when two recorded calls end (``two_calls_end``): nothing half-written
+    is left in it, both stay ``closed`` with their WAVs in the spool, ``finalize_failed`` said
+    once; space back: both encrypted, each decrypting to the very WAV the PBX wrote."""
+    filler = await asyncio.to_thread(diskfull.fill, vault, "filler")
+    await two_calls_end()
+    await until(lambda: d.lines("finalize_failed"), "finalize_failed said", 60)
+    await asyncio.sleep(3.0)  # a few reconciliation passes on a full disk
+    assert d.states() == ["closed"] * 2, d.states()
+    left = sorted(await asyncio.to_thread(os.listdir, vault))
+    assert left == [MARKER, "filler"], left  # nothing half-written
+    written = await asyncio.to_thread(plaintexts, d)
+    filler.unlink()
+    await until(lambda: d.states() == ["encrypted"] * 2, "both encrypted", 60)
+    for rid, wav in written.items():
+        assert d.decrypted(rid).read_bytes() == wav, rid  # the very WAV the PBX wrote
+    said = d.lines("finalize_failed")
+    assert len(said) == 1 and "disk full writing to the vault" in said[0], said
+
+
+def plaintexts(d: Daemon) -> dict[str, bytes]:
+    """Each recording's WAV as the PBX left it in the spool."""
+    return {r.id: Path(r.spool_path).read_bytes() for r in d.rows(Recording)}
