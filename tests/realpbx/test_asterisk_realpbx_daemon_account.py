@@ -29,6 +29,7 @@ from daemon_process import (
     write_config,
 )
 from panoramisk.message import Message
+from realpbx_faults import originate_accepting
 
 from agi.ami import AmiClient
 
@@ -91,19 +92,7 @@ async def call(lab: Lab, db: Path) -> None:
     assert await observer.start()
     token = secrets.token_hex(6)
     try:
-        await observer.action(
-            "Originate",
-            Channel="Local/cust@cct-in/n",
-            ChannelId=f"cct-{token}",
-            OtherChannelId=f"cct-{token}-2",
-            Context="cct-phone",
-            Exten="accept",
-            Priority="1",
-            Async="true",
-            Timeout="30000",
-            CallerID='"Customer" <+4915112345678>',
-            Variable=[f"__CCTOKEN={token}", "CAMPAIGN=sales", "AGENT=", "HOLD=4", "TALK=2"],  # type: ignore[arg-type]
-        )
+        await originate_accepting(observer, token, hold_s=4, talk_s=2)
 
         def ended() -> bool:
             return any(

@@ -257,6 +257,30 @@ def asterisk_dirs(lab: Lab, spool_size: str = "") -> Iterator[tuple[Path, Path]]
             shutil.rmtree(made, ignore_errors=True)
 
 
+async def originate_accepting(ami: AmiClient, token: str, *, hold_s: int, talk_s: int) -> None:
+    """Originate a customer (``Local/cust@cct-in``) whose phone (``cct-phone``, ``accept``)
+    presses 1, speaks ``talk_s`` and stays up ``hold_s``; its channels are ``cct-<token>``."""
+    await ami.action(
+        "Originate",
+        Channel="Local/cust@cct-in/n",
+        ChannelId=f"cct-{token}",
+        OtherChannelId=f"cct-{token}-2",
+        Context="cct-phone",
+        Exten="accept",
+        Priority="1",
+        Async="true",
+        Timeout="30000",
+        CallerID='"Customer" <+4915112345678>',
+        Variable=[
+            f"__CCTOKEN={token}",
+            "CAMPAIGN=sales",
+            "AGENT=",
+            f"HOLD={hold_s}",
+            f"TALK={talk_s}",
+        ],  # type: ignore[arg-type]
+    )
+
+
 class AsteriskPhones:
     """The test's own AMI connection (the lab's write=all user): places inbound calls that
     accept and then stay on hold, and hangs them up."""
@@ -280,21 +304,7 @@ class AsteriskPhones:
         """A call that accepts and stays up ``hold_s`` (the caller speaks, then waits)."""
         token = secrets.token_hex(6)
         self.tokens.append(token)
-        variables = [f"__CCTOKEN={token}", "CAMPAIGN=sales", "AGENT=", f"HOLD={hold_s}"]
-        variables.append(f"TALK={hold_s}")
-        await self.ami.action(
-            "Originate",
-            Channel="Local/cust@cct-in/n",
-            ChannelId=f"cct-{token}",
-            OtherChannelId=f"cct-{token}-2",
-            Context="cct-phone",
-            Exten="accept",
-            Priority="1",
-            Async="true",
-            Timeout="30000",
-            CallerID='"Customer" <+4915112345678>',
-            Variable=variables,  # type: ignore[arg-type]
-        )
+        await originate_accepting(self.ami, token, hold_s=hold_s, talk_s=hold_s)
         return token
 
     def decided(self, token: str) -> str | None:
