@@ -348,24 +348,24 @@ def asterisk_up() -> bool:
     return "Asterisk" in asterisk_cli("core show version")
 
 
-def pid_alive(path: Path) -> bool:
-    try:
-        os.kill(int(path.read_text().strip()), 0)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
 def restart_asterisk(crash: bool = False) -> None:
     """`core stop now` (or, ``crash``, SIGKILL: no Hangup event, no WAV header written), then
     started again as its own account, as /opt/pbx/README.txt says."""
-    pid = int(ASTERISK_PID.read_text().strip())
+    _restart(ASTERISK_PID, lambda: asterisk_cli("core stop now"), crash, "Asterisk", 30)
+    start_asterisk()
+
+
+def _restart(
+    pidfile: Path, stop: Callable[[], object], crash: bool, what: str, seconds: float
+) -> None:
+    """Stop the PBX whose pid ``pidfile`` holds (``stop``, or SIGKILL if ``crash``) and wait
+    until its process is gone."""
+    pid = int(pidfile.read_text().strip())
     if crash:
         os.kill(pid, signal.SIGKILL)
     else:
-        asterisk_cli("core stop now")
-    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), "Asterisk stopped", 30)
-    start_asterisk()
+        stop()
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), f"{what} stopped", seconds)
 
 
 def start_asterisk() -> None:
@@ -482,12 +482,7 @@ def freeswitch_up() -> bool:
 def restart_freeswitch(crash: bool = False) -> None:
     """`fs_cli -x shutdown` (or, ``crash``, SIGKILL), then started again as its own account
     (README: ``-u freeswitch -nc -nonat`` from /, never ``-g``)."""
-    pid = int(FREESWITCH_PID.read_text().strip())
-    if crash:
-        os.kill(pid, signal.SIGKILL)
-    else:
-        fs_cli("shutdown")
-    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), "FreeSWITCH stopped", 60)
+    _restart(FREESWITCH_PID, lambda: fs_cli("shutdown"), crash, "FreeSWITCH", 60)
     start_freeswitch()
 
 
