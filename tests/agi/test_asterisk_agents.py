@@ -36,9 +36,9 @@ def test_outbound_on_demand_the_agent_starts_pauses_and_stops(tmp_path: Path) ->
     agent_script = [press("*41", "talk", 1.0), press("*42", "talk", 1.0), press("*43", "talk", 1.0)]
 
     async def scenario(h: Harness) -> None:
-        call = await h.sim.outbound(
-            "support", "alice", "+4930123456", [hangup("talk", 10.0)], agent_script
-        )
+        # the customer hangs up once the agent's last code has run: a hangup at a fixed time
+        # raced the codes on a slow CI host (the pause never reached the PBX)
+        call = await h.sim.outbound("support", "alice", "+4930123456", [], agent_script)
         await h.settle()
         cust = call.customer
         row = h.call_row(cust.linkedid)

@@ -162,7 +162,8 @@ def test_agent_feature_codes_pause_resume_stop_start_and_discard(tmp_path: Path)
             press("*49", "talk", 1.0),  # the customer said no: stop and destroy everything
             press("*41", "talk", 1.0),  # refused now
         ]
-        cust_script = [press("1", "consent", 1.0), press("*41", "talk", 0.5), hangup("talk", 20.0)]
+        # no hangup act: the customer hangs up once the agent's last code has run
+        cust_script = [press("1", "consent", 1.0), press("*41", "talk", 0.5)]
         call = await h.sim.inbound("sales", cust_script, agent_script=agent_script)
         await h.settle()
         cust, agent = call.customer, call.agent
