@@ -30,7 +30,7 @@ from sqlalchemy import and_, exists, not_, or_, select
 
 from recorder import metrics
 from recorder.store import audit
-from recorder.store.db import Database
+from recorder.store.db import PURGE_CACHE_KIB, Database
 from recorder.store.models import AuditEntry, Call, KeyEpoch, Recording, RecordingState
 from recorder.vault.directory import MARKER, fsync_dir
 from recorder.vault.expiry import RetentionRule
@@ -154,7 +154,7 @@ class Retention:
         """One transaction. Its rows go through in chunks: while the unlinker deletes chunk
         i + 1, chunk i's audit rows are hashed and its rows written. The directory is fsynced
         (the deletions are durable) before the commit says ``purged``."""
-        with self.db.write() as s:
+        with self.db.write(cache_kib=PURGE_CACHE_KIB) as s:
             q = self._expired(cutoff or now, failed).limit(self.batch)
             if self.db.dialect == "postgresql":
                 q = q.with_for_update(skip_locked=True, of=Recording)

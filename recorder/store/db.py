@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from recorder import metrics
 from recorder.store import outage
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_CACHE_KIB = 2048  # page cache per connection (SQLite's default)
+PURGE_CACHE_KIB = 16384  # for a retention purge's transactions (Database.write(cache_kib=))
 
 
 def sqlite_url(path: Path) -> str:
@@ -68,9 +70,11 @@ def _sqlite_pragmas(engine: Engine) -> None:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")  # a committed finalization survives power loss
         cur.execute("PRAGMA foreign_keys=ON")
-        # 16 MiB of page cache (the default is 2): a purge batch rewrites pages all over the
-        # audit indexes, and re-reading them from the OS cost it a tenth of its time.
-        cur.execute("PRAGMA cache_size=-16384")
+        # SQLite's own 2 MiB of page cache per connection: the daemon keeps its pooled
+        # connections for its whole life, and at 16 MiB each their caches filled for hours
+        # as the store grew (the soak's RSS, docs/reliability.md). A retention purge asks
+        # for more, for its transaction only (``write(cache_kib=...)``).
+        cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cur.close()
 
@@ -104,17 +108,32 @@ class Database:
             yield session
 
     @contextmanager
-    def write(self) -> Iterator[Session]:
-        """One transaction that commits on success and rolls back on any error."""
+    def write(self, *, cache_kib: int | None = None) -> Iterator[Session]:
+        """One transaction that commits on success and rolls back on any error. On SQLite,
+        ``cache_kib`` enlarges the connection's page cache for this transaction (a purge
+        batch rewrites pages all over the audit indexes); it shrinks back before the
+        commit, which frees the pages it held beyond that (SQLite drops unpinned pages past
+        the limit as the commit unpins them)."""
         with self.write_lock(), self._sessions() as session:
+            sized = cache_kib is not None and self.dialect == "sqlite"
             if self.dialect == "sqlite":
-                session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+                conn = session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+                if sized:
+                    conn.exec_driver_sql(f"PRAGMA cache_size=-{int(cache_kib or 0)}")
             try:
                 yield session
+                if sized:
+                    session.connection().exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
                 session.commit()
                 outage.OUTAGE.clear()  # said once when the store is back after an outage
             except BaseException:
                 session.rollback()
+                if sized:  # the connection goes back to the pool with the usual cache
+                    with suppress(Exception):
+                        session.connection().exec_driver_sql(
+                            f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}"
+                        )
+                        session.rollback()
                 raise
 
     def dispose(self) -> None:

@@ -164,3 +164,25 @@ def test_phone_numbers_are_never_stored_in_clear(ledger: Ledger, db: Database) -
         call = s.get(Call, ref.id)
     assert ledger.numbers.reveal(call.number_enc) == "+4915112345678"
     assert call.number_key == ledger.numbers.lookup_key("0151 12345678")
+
+
+def test_sqlite_page_cache_is_small_and_only_a_purge_enlarges_it(tmp_path: Path) -> None:
+    """Every pooled connection keeps SQLite's 2 MiB (16 MiB each grew a long-running daemon's
+    RSS); ``write(cache_kib=...)`` enlarges it for its transaction only, also on an error."""
+    db = Database(f"sqlite:///{tmp_path / 'c.db'}", pool_size=1, max_overflow=0)
+
+    def cache(s: sa.orm.Session) -> int:
+        return s.connection().exec_driver_sql("PRAGMA cache_size").scalar_one()
+
+    with db.read() as s:
+        assert cache(s) == -2048
+    with db.write(cache_kib=16384) as s:
+        assert cache(s) == -16384
+    with db.read() as s:  # the pool's one connection, back to the usual size
+        assert cache(s) == -2048
+    with pytest.raises(RuntimeError), db.write(cache_kib=8192) as s:
+        assert cache(s) == -8192
+        raise RuntimeError("batch failed")
+    with db.read() as s:
+        assert cache(s) == -2048
+    db.dispose()
