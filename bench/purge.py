@@ -15,15 +15,17 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
+import daemon_cli
 
 
 def build(root: Path, count: int) -> tuple[Path, Path]:
@@ -76,11 +78,23 @@ def build(root: Path, count: int) -> tuple[Path, Path]:
     return cfg_path, twin
 
 
-def timed(cmd: list[str]) -> tuple[float, float, str]:
+def hand_over(root: Path) -> dict[str, object]:
+    """As root, the CLI runs as the daemon's account (as in production) and gets the tree the
+    bench built; the ``subprocess.run`` arguments that run a command as that account."""
+    user = daemon_cli.daemon_user("bench/purge.py")
+    if user is None:
+        return {}
+    for where, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            os.chown(os.path.join(where, name), user.pw_uid, user.pw_gid)
+    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+
+
+def timed(cmd: list[str], **as_account: object) -> tuple[float, float, str]:
     """Wall seconds, the child's peak RSS in MiB, and its output."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, **as_account)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{cmd[0]} failed: {done.stdout}\n{done.stderr}")
@@ -94,10 +108,11 @@ def main() -> None:
     parser.add_argument("--count", type=int)
     args = parser.parse_args()
     count = args.count or (10_000 if args.quick else 100_000)
-    with tempfile.TemporaryDirectory(prefix="callconsent-bench-purge-") as tmp:
-        root = Path(tmp)
+    root = daemon_cli.workdir("bench-purge")  # one the daemon's account can enter
+    try:
         t0 = time.perf_counter()
         cfg, twin = build(root, count)
+        as_account = hand_over(root / "data")
         setup = time.perf_counter() - t0
         ours, ours_rss, out = timed(
             [
@@ -109,7 +124,8 @@ def main() -> None:
                 "retention",
                 "run",
                 "--json",
-            ]
+            ],
+            **as_account,
         )
         report = json.loads(out)
         theirs, _, _ = timed(["find", str(twin), "-type", "f", "-mtime", "+30", "-delete"])
@@ -126,6 +142,8 @@ def main() -> None:
                 sa.text("select count(*) from recordings where state = 'purged'")
             ).scalar_one()
         engine.dispose()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     ratio = theirs / ours
     print(f"purge of {count:,} expired recordings (setup {setup:.1f} s)")
     print(f"{'':32}{'seconds':>10}{'files/s':>12}{'left':>8}")
