@@ -47,6 +47,7 @@ from recorder.finalize.workqueue import RecordingQueue
 from recorder.store import audit, outage, rowseal
 from recorder.store.ledger import SYSTEM_ACTOR, Ledger
 from recorder.store.models import Call, Recording, RecordingState
+from recorder.store.prepared import Prepared
 from recorder.store.writer import Batch
 from recorder.vault import envelope
 from recorder.vault.directory import Sealed, Step, Vault, fsync_dir, unused_temp
@@ -70,7 +71,7 @@ _LOOK = (
 )
 _STATE = select(_RECORDINGS.c.state).where(_RECORDINGS.c.id == bindparam("b_id"))
 # closed -> encrypted, only if still closed (a discard during encryption wins)
-_ENCRYPTED = (
+_ENCRYPTED = Prepared(  # run on the writer's cursor (recorder.store.prepared)
     update(_RECORDINGS)
     .where(_RECORDINGS.c.id == bindparam("b_id"), _RECORDINGS.c.state == S.CLOSED.value)
     .values(
@@ -385,9 +386,7 @@ class Finalizer:
         def commit(b: Batch) -> bool:
             """A group-commit job: with many recordings closed at once (a burst), their
             commits share transactions and fsyncs with each other and with the calls'."""
-            done = b.conn.execute(
-                _ENCRYPTED, {**values, "b_encrypted_at": datetime.now(UTC)}
-            ).first()
+            done = _ENCRYPTED.first(b, {**values, "b_encrypted_at": datetime.now(UTC)})
             if done is None:  # discarded (or purged) while we encrypted
                 return False
             if repair is not None:
@@ -412,7 +411,7 @@ class Finalizer:
                     "ciphertext_sha256": sealed.ciphertext_sha256,
                     "expires_at": expires.isoformat(),
                     **({"possibly_truncated": _CUT} if cut else {}),
-                    "row": rowseal.seal_of("recordings", done._mapping),
+                    "row": rowseal.seal_of("recordings", done),
                 },
             )  # fmt: skip
             return True

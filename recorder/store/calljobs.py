@@ -2,8 +2,9 @@
 statements, each job one call's change and its audit row, with the same rows, values and
 audit details the ORM versions wrote (``tests/recorder/store`` compares them).
 
-The statements are built once, here, with bound parameters: building a statement and
-computing its cache key cost more than executing it (``bench/daemon_load.py``'s profile).
+The statements are built once, here, with bound parameters, and run on the batch's DB-API
+cursor (:mod:`recorder.store.prepared`): building a statement, and SQLAlchemy's execution
+context around a built one, cost more than executing it (``bench/daemon_load.py``'s profile).
 A change that only applies to a row in a given state is one ``UPDATE … WHERE state = …
 RETURNING``; the row is looked up only when that finds nothing (unknown, or already done).
 """
@@ -20,6 +21,7 @@ from sqlalchemy import bindparam, insert, select, update
 from recorder.store import rowseal
 from recorder.store.models import Call, ConsentRecord, Recording, RecordingState
 from recorder.store.numbers import ProtectedNumber
+from recorder.store.prepared import Prepared
 from recorder.store.writer import Batch
 
 SYSTEM_ACTOR = "callconsent"
@@ -47,42 +49,44 @@ class CallRef:
     consent_status: str | None
 
 
-_FIND_CALL = select(
-    CALLS.c.id,
-    CALLS.c.pbx,
-    CALLS.c.pbx_call_id,
-    CALLS.c.campaign,
-    CALLS.c.direction,
-    CALLS.c.consent_status,
-).where(
-    CALLS.c.node == bindparam("b_node"),
-    CALLS.c.pbx == bindparam("b_pbx"),
-    CALLS.c.pbx_call_id == bindparam("b_pbx_call_id"),
+_FIND_CALL = Prepared(
+    select(
+        CALLS.c.id,
+        CALLS.c.pbx,
+        CALLS.c.pbx_call_id,
+        CALLS.c.campaign,
+        CALLS.c.direction,
+        CALLS.c.consent_status,
+    ).where(
+        CALLS.c.node == bindparam("b_node"),
+        CALLS.c.pbx == bindparam("b_pbx"),
+        CALLS.c.pbx_call_id == bindparam("b_pbx_call_id"),
+    )
 )
-_INSERT_CALL = insert(CALLS)
-_INSERT_EVIDENCE = insert(EVIDENCE)
-_INSERT_RECORDING = insert(RECORDINGS)
-_CALL_EXISTS = select(CALLS.c.id).where(CALLS.c.id == bindparam("b_id"))
-_DECIDED = (
+_INSERT_CALL = Prepared(insert(CALLS))
+_INSERT_EVIDENCE = Prepared(insert(EVIDENCE))
+_INSERT_RECORDING = Prepared(insert(RECORDINGS))
+_CALL_EXISTS = Prepared(select(CALLS.c.id).where(CALLS.c.id == bindparam("b_id")))
+_DECIDED = Prepared(
     update(CALLS)
     .where(CALLS.c.id == bindparam("b_id"))
     .values(consent_status=bindparam("b_status"))
     .returning(CALLS.c.campaign)
 )
-_ENDED = (
+_ENDED = Prepared(
     update(CALLS)
     .where(CALLS.c.id == bindparam("b_id"), CALLS.c.ended_at.is_(None))
     .values(ended_at=bindparam("b_now"))
 )
-_RECORDING = select(RECORDINGS.c.state, RECORDINGS.c.call_id).where(
-    RECORDINGS.c.id == bindparam("b_id")
+_RECORDING = Prepared(
+    select(RECORDINGS.c.state, RECORDINGS.c.call_id).where(RECORDINGS.c.id == bindparam("b_id"))
 )
-_PBX_REF = (
+_PBX_REF = Prepared(
     update(RECORDINGS)
     .where(RECORDINGS.c.id == bindparam("b_id"))
     .values(pbx_ref=bindparam("b_ref"))
 )
-_CLOSED = (
+_CLOSED = Prepared(
     update(RECORDINGS)
     .where(
         RECORDINGS.c.id == bindparam("b_id"),
@@ -91,7 +95,7 @@ _CLOSED = (
     .values(state=RecordingState.CLOSED.value, closed_at=bindparam("b_now"))
     .returning(*rowseal.columns("recordings"))  # the row as changed: its seal, no second read
 )
-_DISCARDED = (
+_DISCARDED = Prepared(
     update(RECORDINGS)
     .where(RECORDINGS.c.id == bindparam("b_id"))
     .values(
@@ -104,10 +108,8 @@ _DISCARDED = (
 
 
 def find_call(b: Batch, node: str, pbx: str, pbx_call_id: str) -> CallRef | None:
-    row = b.conn.execute(
-        _FIND_CALL, {"b_node": node, "b_pbx": pbx, "b_pbx_call_id": pbx_call_id}
-    ).first()
-    return CallRef(*row) if row else None
+    row = _FIND_CALL.first(b, {"b_node": node, "b_pbx": pbx, "b_pbx_call_id": pbx_call_id})
+    return CallRef(**row) if row else None
 
 
 def open_call(
@@ -127,8 +129,8 @@ def open_call(
     if found is not None:
         return found
     call_id = str(uuid.uuid4())
-    b.conn.execute(
-        _INSERT_CALL,
+    _INSERT_CALL.run(
+        b,
         {
             "id": call_id, "pbx": pbx, "node": node, "pbx_call_id": pbx_call_id,
             "campaign": campaign, "direction": direction, "agent": agent,
@@ -153,16 +155,17 @@ def open_call(
 
 
 def _call_exists(b: Batch, call_id: str) -> None:
-    if b.conn.execute(_CALL_EXISTS, {"b_id": call_id}).first() is None:
+    if _CALL_EXISTS.first(b, {"b_id": call_id}) is None:
         raise LedgerError(f"no call with id {call_id}")
 
 
 def log_consent(b: Batch, call_id: str, row: dict[str, Any]) -> None:
     """The call's one consent decision (``row``: the evidence row) and its audit row."""
-    campaign = b.conn.execute(_DECIDED, {"b_id": call_id, "b_status": row["status"]}).scalar()
-    if campaign is None:
+    decided = _DECIDED.first(b, {"b_id": call_id, "b_status": row["status"]})
+    if decided is None:
         raise LedgerError(f"no call with id {call_id}")
-    b.conn.execute(_INSERT_EVIDENCE, row)
+    campaign = decided["campaign"]
+    _INSERT_EVIDENCE.run(b, row)
     b.audit(
         actor=SYSTEM_ACTOR,
         action="consent.decision",
@@ -186,7 +189,7 @@ def recording_started(
     same transaction has just found the call (the accept key's decision updated its row)."""
     if not call_known:
         _call_exists(b, row["call_id"])
-    b.conn.execute(_INSERT_RECORDING, row)
+    _INSERT_RECORDING.run(b, row)
     b.audit(
         actor=actor or SYSTEM_ACTOR,
         action="recording.started",
@@ -202,20 +205,20 @@ def recording_started(
 
 
 def set_pbx_ref(b: Batch, recording_id: str, pbx_ref: str) -> None:
-    if b.conn.execute(_PBX_REF, {"b_id": recording_id, "b_ref": pbx_ref}).rowcount == 0:
+    if _PBX_REF.run(b, {"b_id": recording_id, "b_ref": pbx_ref}).rowcount == 0:
         raise LedgerError(f"no recording with id {recording_id}")
 
 
 def _recording(b: Batch, recording_id: str) -> tuple[str, str]:
-    row = b.conn.execute(_RECORDING, {"b_id": recording_id}).first()
+    row = _RECORDING.first(b, {"b_id": recording_id})
     if row is None:
         raise LedgerError(f"no recording with id {recording_id}")
-    return row[0], row[1]
+    return row["state"], row["call_id"]
 
 
 def recording_closed(b: Batch, recording_id: str, now: datetime) -> bool:
     """False if it was already closed or discarded (PBXs report a close more than once)."""
-    after = b.conn.execute(_CLOSED, {"b_id": recording_id, "b_now": now}).first()
+    after = _CLOSED.first(b, {"b_id": recording_id, "b_now": now})
     if after is None:
         _recording(b, recording_id)  # unknown: raises; known: it was closed before
         return False
@@ -225,8 +228,8 @@ def recording_closed(b: Batch, recording_id: str, now: datetime) -> bool:
         subject_type="recording",
         subject_id=recording_id,
         details={
-            "call_id": after.call_id,
-            "row": rowseal.seal_of("recordings", after._mapping),  # as the UPDATE left it
+            "call_id": after["call_id"],
+            "row": rowseal.seal_of("recordings", after),  # as the UPDATE left it
         },
     )
     return True
@@ -237,9 +240,8 @@ def discard(b: Batch, recording_id: str, reason: str, actor: str | None, now: da
     state, call_id = _recording(b, recording_id)
     if state not in _DISCARDABLE:
         return False
-    after = b.conn.execute(
-        _DISCARDED, {"b_id": recording_id, "b_now": now, "b_reason": reason[:64]}
-    ).one()
+    after = _DISCARDED.first(b, {"b_id": recording_id, "b_now": now, "b_reason": reason[:64]})
+    assert after is not None  # the row was just read in this transaction
     b.audit(
         actor=actor or SYSTEM_ACTOR,
         action="recording.discarded",
@@ -249,7 +251,7 @@ def discard(b: Batch, recording_id: str, reason: str, actor: str | None, now: da
             "call_id": call_id,
             "reason": reason,
             "previous_state": state,
-            "row": rowseal.seal_of("recordings", after._mapping),
+            "row": rowseal.seal_of("recordings", after),
         },
     )
     return True
@@ -273,5 +275,5 @@ def recording_paused(
 
 
 def call_ended(b: Batch, call_id: str, now: datetime) -> None:
-    if b.conn.execute(_ENDED, {"b_id": call_id, "b_now": now}).rowcount == 0:
+    if _ENDED.run(b, {"b_id": call_id, "b_now": now}).rowcount == 0:
         _call_exists(b, call_id)  # unknown: raises; known: it had ended before

@@ -141,7 +141,7 @@ class Ledger:
 
     async def _run(self, job: Job[_T], *, lazy: bool = False) -> _T:
         """``lazy``: a change no caller is waiting on in a hurry (see ``StoreWriter.submit``)."""
-        return await asyncio.wrap_future(self.writer.submit(job, lazy=lazy))
+        return await self.writer.submit_async(job, lazy=lazy)
 
     def _by_pbx_id(self, pbx: str, pbx_call_id: str) -> Select[tuple[Call]]:
         """This node's call with that PBX call id (unique per node and PBX)."""

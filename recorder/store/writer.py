@@ -21,6 +21,7 @@ The thread starts with the first job and ends after :data:`IDLE_EXIT_S` without 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -36,6 +37,7 @@ from sqlalchemy.exc import DBAPIError
 
 from recorder.store import audit, outage
 from recorder.store.models import AuditEntry, AuditHead
+from recorder.store.prepared import Prepared
 
 if TYPE_CHECKING:
     from recorder.store.db import Database
@@ -68,20 +70,25 @@ Job = Callable[["Batch"], _T]
 
 _AUDIT = AuditEntry.__table__
 _HEAD = AuditHead.__table__
-# built once: building a statement costs more than running it
-_LOCK_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update()
-_INSERT_AUDIT = insert(_AUDIT)
-_INSERT_HEAD = insert(_HEAD)
-_MOVE_HEAD = (
+# built once: building a statement costs more than running it (recorder.store.prepared)
+_LOCK_HEAD = Prepared(select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update())
+_INSERT_AUDIT = Prepared(insert(_AUDIT))
+_INSERT_HEAD = Prepared(insert(_HEAD))
+_MOVE_HEAD = Prepared(
     update(_HEAD).where(_HEAD.c.id == 1).values(seq=bindparam("b_seq"), hash=bindparam("b_hash"))
 )
 
 
 class Batch:
-    """What a job writes with: the batch's connection, and the audit tail (in memory)."""
+    """What a job writes with: the batch's connection (its statements run on ``cursor``, the
+    DB-API cursor, through :class:`recorder.store.prepared.Prepared`), and the audit tail
+    (in memory)."""
 
-    def __init__(self, conn: Connection, ctx: audit.AuditContext, head: tuple[int, str]) -> None:
+    def __init__(
+        self, conn: Connection, cursor: Any, ctx: audit.AuditContext, head: tuple[int, str]
+    ) -> None:
         self.conn = conn
+        self.cursor = cursor
         self.ctx = ctx
         self.head = head
         self.audit_rows: list[dict[str, Any]] = []
@@ -109,13 +116,45 @@ class Batch:
         self.head = (values[-1]["seq"], values[-1]["hash"])
 
 
+class _LoopWaiter:
+    """An event loop's future for a job: the writer settles every one of a batch in ONE
+    wake-up of their loop (``asyncio.wrap_future`` wakes it once per job)."""
+
+    __slots__ = ("future", "loop", "outcome")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[Any] = loop.create_future()
+        self.outcome: tuple[Any, BaseException | None] = (None, None)
+
+    def set_running_or_notify_cancel(self) -> bool:
+        return not self.future.cancelled()  # cancelled while queued: the job is not run
+
+    def set_result(self, result: Any) -> None:
+        self.outcome = (result, None)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.outcome = (None, exc)
+
+
+def _settle(waiters: list[_LoopWaiter]) -> None:
+    """In the event loop: every waiter of a batch."""
+    for w in waiters:
+        if not w.future.done():  # cancelled meanwhile: nobody listens
+            result, exc = w.outcome
+            if exc is None:
+                w.future.set_result(result)
+            else:
+                w.future.set_exception(exc)
+
+
 class StoreWriter:
     """The one thread that writes the ledger's jobs (see the module docstring)."""
 
     def __init__(self, db: Database, ctx: audit.AuditContext) -> None:
         self.db = db
         self.ctx = ctx
-        self._queue: deque[tuple[Job[Any], Future[Any]]] = deque()
+        self._queue: deque[tuple[Job[Any], Future[Any] | _LoopWaiter]] = deque()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._conn: Connection | None = None  # the writer thread's (see _connection)
@@ -130,6 +169,16 @@ class StoreWriter:
         someone is waiting on and commits the lazy ones with it, so a call's five changes do
         not cost five commits."""
         future: Future[_T] = Future()
+        self._queue_job(job, future, lazy)
+        return future
+
+    def submit_async(self, job: Job[_T], *, lazy: bool = False) -> asyncio.Future[_T]:
+        """:meth:`submit` for the running event loop: its future, settled in the loop."""
+        waiter = _LoopWaiter(asyncio.get_running_loop())
+        self._queue_job(job, waiter, lazy)
+        return waiter.future
+
+    def _queue_job(self, job: Job[Any], future: Future[Any] | _LoopWaiter, lazy: bool) -> None:
         with self._cond:
             self._queue.append((job, future))
             if not lazy:
@@ -142,7 +191,6 @@ class StoreWriter:
                 self._thread.start()
             elif not lazy or len(self._queue) == 1:  # a lingering writer waits for urgent work
                 self._cond.notify()
-        return future
 
     def run(self, job: Job[_T], *, lazy: bool = False) -> _T:
         """Submit and wait (for synchronous callers, never the writer thread itself)."""
@@ -193,10 +241,22 @@ class StoreWriter:
             with contextlib.suppress(Exception):
                 conn.close()
 
-    def _commit(self, jobs: list[tuple[Job[Any], Future[Any]]]) -> None:
+    def _commit(self, jobs: list[tuple[Job[Any], Future[Any] | _LoopWaiter]]) -> None:
         live = [(job, fut) for job, fut in jobs if fut.set_running_or_notify_cancel()]
         if not live:
             return
+        try:
+            self._outcomes(live)
+        finally:
+            loops: dict[asyncio.AbstractEventLoop, list[_LoopWaiter]] = {}
+            for _, fut in live:
+                if isinstance(fut, _LoopWaiter):
+                    loops.setdefault(fut.loop, []).append(fut)
+            for loop, waiters in loops.items():
+                with contextlib.suppress(RuntimeError):  # its loop has closed: nobody waits
+                    loop.call_soon_threadsafe(_settle, waiters)
+
+    def _outcomes(self, live: list[tuple[Job[Any], Future[Any] | _LoopWaiter]]) -> None:
         try:
             try:
                 results = self._transaction([job for job, _ in live])
@@ -223,18 +283,19 @@ class StoreWriter:
         with self.db.write_lock():
             conn = self._connection()
             try:
-                with conn.begin():
-                    found = conn.execute(_LOCK_HEAD).first()
-                    start = (found[0], found[1]) if found else (0, audit.GENESIS_HASH)
-                    batch = Batch(conn, self.ctx, start)
+                with conn.begin(), contextlib.closing(conn.connection.cursor()) as cursor:
+                    batch = Batch(conn, cursor, self.ctx, (0, audit.GENESIS_HASH))
+                    found = _LOCK_HEAD.first(batch, {})
+                    if found is not None:
+                        batch.head = (found["seq"], found["hash"])
                     results = [job(batch) for job in jobs]
                     if batch.audit_rows:
-                        conn.execute(_INSERT_AUDIT, batch.audit_rows)
+                        _INSERT_AUDIT.many(batch, batch.audit_rows)
                         seq, digest = batch.head
                         if found is None:
-                            conn.execute(_INSERT_HEAD, {"id": 1, "seq": seq, "hash": digest})
+                            _INSERT_HEAD.run(batch, {"id": 1, "seq": seq, "hash": digest})
                         else:
-                            conn.execute(_MOVE_HEAD, {"b_seq": seq, "b_hash": digest})
+                            _MOVE_HEAD.run(batch, {"b_seq": seq, "b_hash": digest})
             except BaseException:
                 self._drop_connection()  # whatever went wrong, the next batch starts afresh
                 raise
