@@ -47,9 +47,14 @@ def make_engine(url: str, **kw: Any) -> Engine:
         ):
             parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3 is what we install
         engine = create_engine(parsed, pool_pre_ping=True, **kw)
-    if os.environ.get("CALLCONSENT_STORE_STATS") == "1":
+    if counting_transactions():
         _count_transactions(engine)
     return engine
+
+
+def counting_transactions() -> bool:
+    """``CALLCONSENT_STORE_STATS=1``: count every transaction (the benchmark's figures)."""
+    return os.environ.get("CALLCONSENT_STORE_STATS") == "1"
 
 
 def _count_transactions(engine: Engine) -> None:

@@ -16,8 +16,7 @@ route to the same rows, so this one does the least that keeps them the same:
   callers' handling is unchanged.
 
 So a row written here is byte for byte the row ``Connection.execute`` writes, on SQLite and on
-PostgreSQL (``tests/recorder/store/test_prepared.py``). The transaction stays SQLAlchemy's
-(``conn.begin()``): only the statements inside it take the short way.
+PostgreSQL (``tests/recorder/store/test_prepared.py``).
 """
 
 from __future__ import annotations
@@ -157,6 +156,15 @@ def _compile(statement: Any, dialect: Dialect, keys: frozenset[str]) -> _Compile
             c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns
         ),
     )
+
+
+def driver_call(b: Batchlike, what: str, call: Callable[[], Any]) -> Any:
+    """``call`` (a DB-API call outside a statement: a commit) with its error raised as
+    SQLAlchemy raises it; ``what`` names it in the error."""
+    try:
+        return call()
+    except b.conn.dialect.loaded_dbapi.Error as exc:
+        raise _wrapped(b, exc, what, None) from exc
 
 
 def _wrapped(b: Batchlike, exc: Exception, sql: str, values: Any) -> Exception:

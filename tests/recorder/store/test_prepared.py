@@ -146,3 +146,27 @@ def test_event_loop_futures_resolve_after_the_commit_and_a_given_up_job_is_not_r
     with db.engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT details FROM audit_log ORDER BY seq")).scalars().all()
     assert rows == [f'{{"i":{i}}}' for i in (0, 1, 2, 5)]
+
+
+def test_a_failed_batch_leaves_nothing_and_the_next_one_commits(ledger: Ledger, db: Database):
+    """The writer's transaction is the DB-API connection's: a job that wrote and then failed
+    leaves neither its row nor its audit row, and the next batch starts a transaction afresh
+    (SQLite: the write lock was released) and commits."""
+    kept, lost = str(uuid.uuid4()), str(uuid.uuid4())
+
+    def half(b: Batch) -> None:
+        Prepared(sa.insert(CALLS)).run(b, _call(lost))
+        b.audit(actor="t", action="test.row", subject_type="call", subject_id=lost)
+        raise RuntimeError("failed after writing")
+
+    with pytest.raises(RuntimeError, match="failed after writing"):
+        ledger.writer.run(half)
+    ledger.writer.run(lambda b: Prepared(sa.insert(CALLS)).run(b, _call(kept)))
+    other = Database(db.url)  # what another connection sees: committed rows only
+    try:
+        with other.engine.connect() as conn:
+            ids = conn.execute(sa.select(CALLS.c.id)).scalars().all()
+            audited = conn.execute(sa.text("SELECT count(*) FROM audit_log")).scalar()
+    finally:
+        other.dispose()
+    assert (ids, audited) == ([kept], 0)
