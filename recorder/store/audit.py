@@ -53,8 +53,17 @@ class AuditContext:
     os_user: str = field(default_factory=os_user)
 
 
+# built once (json.dumps with these options builds one per call); it keeps no state between
+# calls, so threads share it
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+)
+
+
 def canonical_json(data: Mapping[str, Any]) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    """``json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+    default=str)``: what every audit row's details are, byte for byte."""
+    return _CANONICAL.encode(data)
 
 
 def entry_hash(entry: AuditEntry | Mapping[str, Any]) -> str:

@@ -81,18 +81,26 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# json.dumps with these options builds an encoder per call; this one is built once (it keeps
+# no state between calls) and writes the same text (tests/recorder/store/test_rowseal.py)
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+)
+
+
 def _encode_json(value: Any) -> str:
-    """A column's value as the seal writes it: canonical JSON (what :func:`_encode` gives)."""
-    return json.dumps(
-        _plain(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
-    )
+    """A column's value as the seal writes it: canonical JSON (what :func:`_encode` gives),
+    i.e. ``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+    default=str)``."""
+    return _CANONICAL.encode(_plain(value))
 
 
 def _encode(value: Any) -> str:
     """:func:`_encode_json`, without building a JSON encoder for the common scalars (a call
     seals about a hundred columns on the hot path): a string is what ``json.dumps`` writes
-    for it (the same C escaper), an int its ``repr``, a datetime its string; anything else
-    (bool, float, lists, dicts) goes through ``json.dumps`` itself. A test keeps them equal."""
+    for it (the same C escaper), an int its ``repr``, a bool ``true``/``false``, a datetime its
+    string; anything else (float, lists, dicts) goes through the JSON encoder itself. A test
+    keeps them equal."""
     kind = type(value)
     if kind is str:
         return encode_basestring(value)
@@ -100,6 +108,8 @@ def _encode(value: Any) -> str:
         return "null"
     if kind is int:
         return int.__repr__(value)
+    if kind is bool:
+        return "true" if value else "false"
     if kind is datetime:
         return encode_basestring(_plain(value))
     return _encode_json(value)
@@ -110,23 +120,33 @@ def content(row: ConsentRecord | Recording) -> dict[str, Any]:
     return {name: getattr(row, name) for name in SEALED[row.__tablename__]}
 
 
+# per table, built once: each column's name as the body writes it ("name":) and as its field
+# digest starts (name NUL), and the body's opening
+_BODY_NAMES = {table: [f"{n}:" for n in names] for table, names in _NAMES_JSON.items()}
+_FIELD_NAMES = {table: [f"{n}\0" for n in names] for table, names in SEALED.items()}
+_BODY_OPEN = {table: f'{{"table":{json.dumps(table)},"row":{{' for table in SEALED}
+
+
 def seal_of(table: str, values: Mapping[str, Any]) -> dict[str, Any]:
-    names = SEALED[table]
-    encoded = [_encode(values[name]) for name in names]
-    body = "{" + ",".join(f"{n}:{e}" for n, e in zip(_NAMES_JSON[table], encoded, strict=True))
+    """The seal of a row (its sealed columns by name): ``sha256`` of
+    ``{"table":<table>,"row":{<column>:<value>,…}}`` and, per column, six hex digits of the
+    SHA-256 of ``<table> NUL <id> NUL <column> NUL <value>`` (values in canonical JSON)."""
+    encoded = [_encode(values[name]) for name in SEALED[table]]
+    body = ",".join([n + e for n, e in zip(_BODY_NAMES[table], encoded, strict=True)])
     row_id = str(values["id"])
     sha256 = hashlib.sha256
+    prefix = f"{table}\0{row_id}\0"
     fields = "".join(
-        sha256(f"{table}\0{row_id}\0{n}\0{e}".encode()).hexdigest()[:_DIGITS]
-        for n, e in zip(names, encoded, strict=True)
+        [
+            sha256((prefix + n + e).encode()).hexdigest()[:_DIGITS]
+            for n, e in zip(_FIELD_NAMES[table], encoded, strict=True)
+        ]
     )
     return {
         "v": SEAL_VERSION,
         "table": table,
         "id": row_id,
-        "sha256": hashlib.sha256(
-            f'{{"table":{json.dumps(table)},"row":{body}}}}}'.encode()
-        ).hexdigest(),
+        "sha256": sha256(f"{_BODY_OPEN[table]}{body}}}}}".encode()).hexdigest(),
         "fields": fields,
     }
 
