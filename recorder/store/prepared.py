@@ -40,41 +40,34 @@ class Batchlike(Protocol):
     cursor: Any  # the DB-API cursor of ``conn``
 
 
+_ABSENT = object()
+
+
 @dataclass(frozen=True, slots=True)
 class _Bind:
     name: str  # the parameter's name in the SQL and in the values given
-    fixed: Any  # its value if the statement holds one (a literal), else _REQUIRED
-    default: Any  # an INSERT's column left out: its Python default (a callable or a value)
     proc: _Proc
-
-
-_REQUIRED = object()
-_NO_DEFAULT = object()
+    absent: Callable[[], Any]  # its value when the values given lack it (or raises)
 
 
 @dataclass(frozen=True, slots=True)
 class _Compiled:
     sql: str
     positional: bool
-    binds: tuple[_Bind, ...]
+    binds: tuple[tuple[str, _Proc, Callable[[], Any]], ...]  # _Bind's fields (faster)
     columns: tuple[str, ...]  # returned / selected
     results: tuple[_Proc, ...]
 
     def values(self, params: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
         out = []
-        for bind in self.binds:
-            if bind.name in params:
-                value = params[bind.name]
-            elif bind.default is not _NO_DEFAULT:
-                value = bind.default(None) if callable(bind.default) else bind.default
-            elif bind.fixed is not _REQUIRED:
-                value = bind.fixed
-            else:
-                raise KeyError(f"no value for the bound parameter {bind.name!r}")
-            out.append(value if bind.proc is None else bind.proc(value))
+        for name, proc, absent in self.binds:
+            value = params.get(name, _ABSENT)
+            if value is _ABSENT:
+                value = absent()
+            out.append(value if proc is None else proc(value))
         if self.positional:
             return out
-        return {bind.name: value for bind, value in zip(self.binds, out, strict=True)}
+        return {bind[0]: value for bind, value in zip(self.binds, out, strict=True)}
 
     def row(self, raw: Sequence[Any]) -> dict[str, Any]:
         return {
@@ -140,22 +133,35 @@ def _compile(statement: Any, dialect: Dialect, keys: frozenset[str]) -> _Compile
     binds = []
     for name in names:
         param = compiled.binds[name]
-        column_default = prefetch.get(name)
-        # a callable default is kept as SQLAlchemy wraps it (it takes a context: None here)
-        default: Any = _NO_DEFAULT if column_default is None else column_default.arg
-        fixed = _REQUIRED if param.required or name in keys else param.value
         proc = param.type.dialect_impl(dialect).bind_processor(dialect)
-        binds.append(_Bind(name, fixed, default, proc))
+        binds.append(_Bind(name, proc, _absent(name, param, prefetch.get(name), keys)))
     columns = list(getattr(statement, "exported_columns", ()))
     return _Compiled(
         sql=compiled.string,
         positional=compiled.positional,
-        binds=tuple(binds),
+        binds=tuple((b.name, b.proc, b.absent) for b in binds),
         columns=tuple(c.key for c in columns),
         results=tuple(
             c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns
         ),
     )
+
+
+def _absent(name: str, param: Any, column_default: Any, keys: frozenset[str]) -> Callable[[], Any]:
+    """What a parameter is when the values given lack it: an INSERT's column left out gets its
+    Python default (a callable as SQLAlchemy wraps it, taking a context: None here), a value
+    the statement holds (a literal) is that value; any other is missing."""
+    if column_default is not None:
+        arg = column_default.arg
+        return (lambda: arg(None)) if callable(arg) else (lambda: arg)
+    if not param.required and name not in keys:
+        value = param.value
+        return lambda: value
+
+    def missing() -> Any:
+        raise KeyError(f"no value for the bound parameter {name!r}")
+
+    return missing
 
 
 def driver_call(b: Batchlike, what: str, call: Callable[[], Any]) -> Any:
