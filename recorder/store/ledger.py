@@ -139,9 +139,10 @@ class Ledger:
             raise LedgerError(f"call {pbx}/{pbx_call_id} could not be stored nor found")
         return found
 
-    async def _run(self, job: Job[_T], *, lazy: bool = False) -> _T:
-        """``lazy``: a change no caller is waiting on in a hurry (see ``StoreWriter.submit``)."""
-        return await self.writer.submit_async(job, lazy=lazy)
+    async def _run(self, job: Job[_T], *, lazy: bool = False, patient: bool = False) -> _T:
+        """``lazy``: a change no caller is waiting on in a hurry; ``patient``: one nobody hears
+        (see ``StoreWriter.submit``)."""
+        return await self.writer.submit_async(job, lazy=lazy, patient=patient)
 
     def _by_pbx_id(self, pbx: str, pbx_call_id: str) -> Select[tuple[Call]]:
         """This node's call with that PBX call id (unique per node and PBX)."""
@@ -159,7 +160,7 @@ class Ledger:
 
     async def call_ended_async(self, call_id: str) -> None:
         job = functools.partial(jobs.call_ended, call_id=call_id, now=self._clock())
-        await self._run(job, lazy=True)
+        await self._run(job, patient=True)  # after the hangup: nobody hears it
 
     # -- consent -------------------------------------------------------------------------------
 
@@ -362,7 +363,7 @@ class Ledger:
 
     async def recording_closed_async(self, recording_id: str) -> bool:
         job = functools.partial(jobs.recording_closed, recording_id=recording_id, now=self._clock())
-        if not await self._run(job, lazy=True):
+        if not await self._run(job, patient=True):  # the PBX closed it: nobody hears it
             return False
         if self.sink is not None:
             await self._tell_sink(self.sink.recording_closed, recording_id)

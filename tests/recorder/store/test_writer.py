@@ -170,3 +170,36 @@ def test_a_lazy_change_alone_is_committed_after_the_linger(ledger: Ledger, db: D
             assert s.scalar(select(func.count()).select_from(AuditEntry)) == 2
     finally:
         other.dispose()
+
+
+def test_a_patient_change_waits_for_an_urgent_one_past_the_lazy_linger(
+    ledger: Ledger, db: Database, monkeypatch
+):
+    """A call's end (patient: nobody hears it) queued well past LINGER_S before the next
+    decision still shares the decision's commit."""
+    from recorder.store import writer
+
+    monkeypatch.setattr(writer, "PATIENT_S", 30.0)
+    ledger.writer.run(_audit_job(0))  # the writer is up, and a call is in progress
+    before = ledger.writer.batches
+    patient = ledger.writer.submit(_audit_job(1), patient=True)
+    threading.Event().wait(5 * writer.LINGER_S)  # a lazy change would be committed by now
+    urgent = ledger.writer.submit(_audit_job(2))
+    assert (patient.result(timeout=30), urgent.result(timeout=30)) == (1, 2)
+    assert ledger.writer.batches == before + 1
+    with db.read() as s:
+        assert audit.verify(s).ok
+
+
+def test_a_lazy_change_is_not_held_to_the_wait_of_a_patient_one(ledger: Ledger, monkeypatch):
+    """A call's opening (lazy: its prompt waits) queued behind a call's end (patient) is
+    committed after LINGER_S, the end with it, not after PATIENT_S."""
+    from recorder.store import writer
+
+    monkeypatch.setattr(writer, "PATIENT_S", 30.0)
+    ledger.writer.run(_audit_job(0))
+    patient = ledger.writer.submit(_audit_job(1), patient=True)
+    threading.Event().wait(0.005)  # the writer lingers for the patient one
+    lazy = ledger.writer.submit(_audit_job(2), lazy=True)
+    assert lazy.result(timeout=10) == 2  # long before the patient one's 30 s
+    assert patient.result(timeout=0) == 1
