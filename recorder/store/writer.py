@@ -69,8 +69,9 @@ IDLE_EXIT_S = 2.0
 LINGER_S = 0.01
 URGENT_RECENT_S = 0.1
 #: how long *patient* lazy jobs wait: changes nobody hears, made after a call's hangup (its
-#: end, its recording's close). At 50 calls/s an urgent job comes every 20 ms or so, so they
-#: nearly always share its commit instead of costing one of their own.
+#: end, its recording's close). They wait even when no call is in progress (the last calls'
+#: hangups share commits with each other); while calls are, an urgent job comes every 20 ms
+#: or so at 50 calls/s, so they nearly always share its commit instead of paying their own.
 PATIENT_S = 0.05
 #: the transactions are counted for the benchmark (db.py counts the others by engine events)
 COUNTING = counting_transactions()
@@ -169,6 +170,7 @@ class StoreWriter:
         self._thread: threading.Thread | None = None
         self._conn: Connection | None = None  # the writer thread's (see _connection)
         self._urgent = 0  # jobs queued that someone waits on (not lazy)
+        self._hasty = 0  # lazy jobs queued that are not patient
         self._urgent_at = -URGENT_RECENT_S  # when the last one was queued
         self._due = math.inf  # when the lazy jobs queued must be committed (monotonic)
         self.batches = 0  # transactions committed (for tests and the benchmark)
@@ -202,7 +204,9 @@ class StoreWriter:
             if not lazy:
                 self._urgent += 1
                 self._urgent_at = now
-            elif (due := now + (PATIENT_S if patient else LINGER_S)) < self._due:
+            elif not patient:
+                self._hasty += 1
+            if lazy and (due := now + (PATIENT_S if patient else LINGER_S)) < self._due:
                 self._due, sooner = due, True
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -226,20 +230,27 @@ class StoreWriter:
                     self._drop_connection()  # before a next thread may start and keep its own
                     self._thread = None
                     return
-                if not self._urgent and time.monotonic() - self._urgent_at < URGENT_RECENT_S:
-                    self._linger()
+                self._linger()
                 jobs = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
                 self._urgent = max(0, self._urgent - len(jobs))
+                self._hasty = max(0, self._hasty - len(jobs))
                 # jobs left behind a full batch are due at once
                 self._due = time.monotonic() if self._queue else math.inf
             self._commit(jobs)
+
+    def _waiting_pays(self) -> bool:
+        """Only lazy jobs are queued, and a job may come to share their commit: while calls
+        are in progress (an urgent job within URGENT_RECENT_S), or if all are patient."""
+        if self._urgent or len(self._queue) >= MAX_BATCH:
+            return False
+        return not self._hasty or time.monotonic() - self._urgent_at < URGENT_RECENT_S
 
     def _linger(self) -> None:
         """Only lazy jobs queued: wait (``_cond`` held) until an urgent one comes, the batch
         is full, or the first lazy job is due (:data:`LINGER_S`, :data:`PATIENT_S` after it
         was queued). The count of urgent jobs may run ahead of the queue's order (an urgent
         job behind a full batch): it only ever shortens a wait."""
-        while not self._urgent and len(self._queue) < MAX_BATCH:
+        while self._waiting_pays():
             left = self._due - time.monotonic()
             if left <= 0:
                 return

@@ -203,3 +203,22 @@ def test_a_lazy_change_is_not_held_to_the_wait_of_a_patient_one(ledger: Ledger, 
     lazy = ledger.writer.submit(_audit_job(2), lazy=True)
     assert lazy.result(timeout=10) == 2  # long before the patient one's 30 s
     assert patient.result(timeout=0) == 1
+
+
+def test_patient_changes_wait_for_company_even_with_no_call_in_progress(
+    ledger: Ledger, monkeypatch
+):
+    """The last calls' hangups (patient) share commits with each other; a lazy change with
+    no call in progress is committed at once, and takes the waiting ones with it."""
+    from recorder.store import writer
+
+    monkeypatch.setattr(writer, "PATIENT_S", 30.0)
+    monkeypatch.setattr(writer, "URGENT_RECENT_S", 0.0)  # no call is ever in progress
+    ledger.writer.run(_audit_job(0))
+    before = ledger.writer.batches
+    ends = [ledger.writer.submit(_audit_job(i), patient=True) for i in (1, 2)]
+    threading.Event().wait(0.02)
+    encrypted = ledger.writer.submit(_audit_job(3), lazy=True)
+    assert encrypted.result(timeout=10) == 3  # at once, not after the patient ones' 30 s
+    assert [f.result(timeout=0) for f in ends] == [1, 2]
+    assert ledger.writer.batches == before + 1
