@@ -84,6 +84,7 @@ def hand_over(root: Path) -> dict[str, object]:
     user = daemon_cli.daemon_user("bench/purge.py")
     if user is None:
         return {}
+    os.chown(root, user.pw_uid, user.pw_gid)
     for where, dirs, files in os.walk(root):
         for name in [*dirs, *files]:
             os.chown(os.path.join(where, name), user.pw_uid, user.pw_gid)
