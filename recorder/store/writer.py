@@ -28,7 +28,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -125,6 +125,18 @@ class Batch:
         values = audit.chain(self.head, self.ctx, [row], at or datetime.now(UTC))
         self.audit_rows.extend(values)
         self.head = (values[-1]["seq"], values[-1]["hash"])
+
+
+@contextlib.contextmanager
+def _cursor(conn: Connection) -> Iterator[Any]:
+    """The DB-API cursor of ``conn``, closed after; an error closing it (the connection is
+    gone) never hides the error that ended the batch."""
+    cursor = conn.connection.cursor()
+    try:
+        yield cursor
+    finally:
+        with contextlib.suppress(Exception):
+            cursor.close()
 
 
 class _LoopWaiter:
@@ -313,7 +325,7 @@ class StoreWriter:
         with self.db.write_lock():
             conn = self._connection()
             try:
-                with contextlib.closing(conn.connection.cursor()) as cursor:
+                with _cursor(conn) as cursor:
                     batch = Batch(conn, cursor, self.ctx, (0, audit.GENESIS_HASH))
                     # the transaction on the DB-API connection too (SQLAlchemy's begin and
                     # commit, and db.py's BEGIN listener, cost as much as three statements):
