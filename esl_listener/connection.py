@@ -17,6 +17,12 @@ Rules this module keeps (each one learnt from the captures in ``tests/fixtures/f
   completion that will never come.
 * **``bgapi`` completes with ``BACKGROUND_JOB``.** We name the job (``Job-UUID`` header) before
   sending, so the event cannot be missed even if it overtakes the reply.
+* **Only the events someone reads are parsed.** ``myevents`` brings every event of the
+  channel (``CHANNEL_EXECUTE``, ``CHANNEL_STATE``, ``CHANNEL_ANSWER``, …), 60-200 URL-encoded
+  headers each; a listener names the events it wants (:meth:`EslConnection.add_listener`), and
+  an event that neither a listener nor the connection itself (:data:`CORE_EVENTS`) wants is
+  dropped on its ``Event-Name`` alone (:func:`esl_listener.protocol.plain_event_name`),
+  unparsed. A listener that names none gets every event, as before.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -38,6 +44,11 @@ REPLY_TYPES = frozenset({"command/reply", "api/response"})
 DEFAULT_COMMAND_TIMEOUT = 10.0
 _T = TypeVar("_T")
 MAX_UNCLAIMED_JOBS = 64  # BACKGROUND_JOBs kept for a bgapi whose reply we have not read yet
+#: what the connection acts on itself: completions, background jobs, its channel's hangup
+CORE_EVENTS = frozenset(
+    {"CHANNEL_EXECUTE_COMPLETE", "BACKGROUND_JOB", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE"}
+)
+Listener = Callable[[p.Event], None]
 
 
 class EslError(Exception):
@@ -109,7 +120,9 @@ class EslConnection:
         self._executions: dict[str, asyncio.Future[p.Event]] = {}
         self._jobs: dict[str, asyncio.Future[p.Event]] = {}
         self._unclaimed_jobs: dict[str, p.Event] = {}
-        self._listeners: list[Callable[[p.Event], None]] = []
+        self._listeners: list[tuple[Listener, frozenset[str] | None]] = []
+        self._wanted: frozenset[str] | None = CORE_EVENTS  # None: every event
+        self.events_skipped = 0  # plain events no one wanted, dropped unparsed
         self.channel_uuid: str | None = None
         self.channel_gone = False
         self.disconnect_notices: list[p.Frame] = []
@@ -153,13 +166,25 @@ class EslConnection:
 
     # -- public surface ----------------------------------------------------------------------
 
-    def add_listener(self, callback: Callable[[p.Event], None]) -> None:
-        """Call ``callback(event)`` for every event, in order, from the reader task."""
-        self._listeners.append(callback)
+    def add_listener(self, callback: Listener, events: Iterable[str] | None = None) -> None:
+        """Call ``callback(event)`` for every event named in ``events`` (every event if None),
+        in order, as they arrive. Events nobody names are not parsed."""
+        names = None if events is None else frozenset(events)
+        self._listeners = [*self._listeners, (callback, names)]  # a new list: see _on_event
+        self._update_wanted()
 
-    def remove_listener(self, callback: Callable[[p.Event], None]) -> None:
-        with contextlib.suppress(ValueError):
-            self._listeners.remove(callback)
+    def remove_listener(self, callback: Listener) -> None:
+        self._listeners = [(cb, names) for cb, names in self._listeners if cb != callback]
+        self._update_wanted()
+
+    def _update_wanted(self) -> None:
+        wanted: frozenset[str] | None = CORE_EVENTS
+        for _, names in self._listeners:
+            if names is None:
+                wanted = None
+                break
+            wanted |= names
+        self._wanted = wanted
 
     async def greeting(self, timeout_s: float | None = None) -> p.Frame:
         """The unsolicited first frame of an inbound connection (``auth/request``)."""
@@ -291,6 +316,12 @@ class EslConnection:
             else:
                 raise p.ProtocolError(f"a {kind} frame arrived with no command waiting for it")
         elif kind.startswith("text/event-"):
+            wanted = self._wanted
+            if wanted is not None and kind == "text/event-plain":
+                name = p.plain_event_name(frame.body)
+                if name is not None and name not in wanted:
+                    self.events_skipped += 1
+                    return
             self._on_event(p.event_from_frame(frame, self._max_body))
         elif kind == "text/disconnect-notice":
             self.disconnect_notices.append(frame)
@@ -324,7 +355,9 @@ class EslConnection:
                 self.channel_gone = True
             elif name == "CHANNEL_HANGUP_COMPLETE":
                 self._channel_ended()
-        for listener in list(self._listeners):
+        for listener, names in self._listeners:  # rebound, never changed in place, by add/remove
+            if names is not None and name not in names:
+                continue
             try:
                 listener(event)
             except Exception:  # a listener's bug must not stop the reader

@@ -48,6 +48,9 @@ _CAMPAIGN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_.@+-]{1,64}$")
 _LANGUAGE = re.compile(r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})?$")
 EVENTS = "event plain RECORD_START RECORD_STOP PLAYBACK_START PLAYBACK_STOP"
+#: what the dialogue reads of its channel's events (a barge-in is a DTMF before PLAYBACK_STOP);
+#: the connection parses these and its own (completions, hangups), and drops the rest unparsed
+TRACED = ("DTMF", "PLAYBACK_STOP")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +118,7 @@ class SessionControl:
         self.handed_back = False
         self._pending: c.Event | None = None  # the answer play_and_get_digits already heard
         self._trace: list[tuple[str, str]] = []
-        conn.add_listener(self._on_event)
+        conn.add_listener(self._on_event, TRACED)
 
     def _on_event(self, event: Event) -> None:
         if event.unique_id != self.info.unique_id:

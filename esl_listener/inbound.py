@@ -175,7 +175,7 @@ class InboundClient:
             delay = min(delay * 2, self.backoff[1])
 
     async def _serve(self, conn: EslConnection) -> None:
-        conn.add_listener(self._enqueue)
+        conn.add_listener(self._enqueue, HANDLED)
         try:
             self.refused_subscriptions = []
             for names in SUBSCRIPTIONS:
