@@ -57,9 +57,11 @@ SUBSCRIPTIONS = (
     "CUSTOM consent::agent_cmd consent::listen",
     WITHDRAW_EVENT,
 )
-HANDLED = frozenset(
-    {"RECORD_START", "RECORD_STOP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_BRIDGE", "CUSTOM"}
-)
+#: what :meth:`esl_listener.calls.CallRegistry.on_event` acts on; only these are parsed and
+#: queued. RECORD_START is subscribed but read by no one here: the outbound session's own
+#: ``api uuid_record`` reply says the recording runs (it was queued, with a worker task, for
+#: every recording on the PBX, and then did nothing)
+HANDLED = frozenset({"RECORD_STOP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_BRIDGE", "CUSTOM"})
 
 
 class EslUnavailable(EslError, ConnectionError):

@@ -16,12 +16,14 @@ from urllib.parse import unquote
 
 import fs_captures as fc
 import pytest
+from freeswitch_sim import FakeFreeSwitch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from esl_listener import protocol as p
 from esl_listener.connection import CORE_EVENTS, EslConnection
 from esl_listener.consent import TRACED
+from esl_listener.inbound import InboundClient
 
 
 def _reference_header_block(block: bytes) -> dict[str, str]:
@@ -212,5 +214,50 @@ def test_execute_completes_and_hangup_is_seen_with_no_listener_wanting_them() ->
         conn.data_received(event("Event-Name: CHANNEL_STATE", "Unique-ID: leg-1"))
         assert [e.name for e in seen] == ["DTMF", "CHANNEL_STATE"]
         assert conn.events_skipped == 1
+
+    asyncio.run(scenario())
+
+
+def test_inbound_client_queues_what_the_registry_acts_on_and_nothing_else() -> None:
+    """The daemon's inbound connection over the simulated FreeSWITCH: every event the call
+    registry acts on reaches ``on_event``, in order; RECORD_START (subscribed, acted on by no
+    one) and events of no subscription do not, and RECORD_START is not even parsed."""
+
+    async def scenario() -> None:
+        fs = FakeFreeSwitch(password="pw")
+        await fs.start()
+        seen: list[tuple[str, str]] = []
+
+        async def on_event(event: p.Event) -> None:
+            seen.append((event.name, event.subclass))
+
+        client = InboundClient("127.0.0.1", fs.port, "pw", on_event=on_event)
+        await client.start()
+        await asyncio.wait_for(client.connected.wait(), 5)
+        assert client.refused_subscriptions == []
+        leg = fs.new_leg("consent", "4915112345")
+        fs.emit("RECORD_START", leg, Record_File_Path="/tmp/x.wav")
+        fs.emit("CHANNEL_EXECUTE", leg)  # subscribed by no one: never sent
+        fs.emit("RECORD_STOP", leg, Record_File_Path="/tmp/x.wav")
+        fs.emit("CUSTOM", leg, **{"Event-Subclass": "consent::withdraw"})
+        fs.feature_code(leg, "pause")
+        fs.emit("CHANNEL_HANGUP_COMPLETE", leg, Hangup_Cause="NORMAL_CLEARING")
+        for _ in range(200):
+            if len(seen) >= 4:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        conn = client._conn
+        assert conn is not None
+        skipped = conn.events_skipped
+        await client.stop()
+        await fs.stop()
+        assert seen == [
+            ("RECORD_STOP", ""),
+            ("CUSTOM", "consent::withdraw"),
+            ("CUSTOM", "consent::agent_cmd"),
+            ("CHANNEL_HANGUP_COMPLETE", ""),
+        ]
+        assert skipped == 1  # the RECORD_START
 
     asyncio.run(scenario())
