@@ -86,6 +86,15 @@ class ApiReply:
         return self.text.strip().split("\n", 1)[0]
 
 
+class _Expired(Exception):
+    """Set on a future whose wait ran out (:meth:`EslConnection._wait`); never escapes."""
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(_Expired())
+
+
 def _new_uuid() -> str:
     return str(uuid.uuid4())
 
@@ -280,9 +289,23 @@ class EslConnection:
     # -- reading -------------------------------------------------------------------------------
 
     async def _wait(self, future: asyncio.Future[_T], timeout_s: float, what: str) -> _T:
+        """``future``'s result, or :class:`CommandTimeout` after ``timeout_s``. Each future
+        here has one waiter, so it is awaited directly with a timer that fails it, not with
+        ``wait_for(shield(…))`` (two more futures, a task wake-up and a timer per command: a
+        third of a command's cost on the event loop; a session sends a dozen, waits for its
+        executes' completions too). Cancelling the waiter cancels the future, which nothing
+        else awaits: a reply arriving after that finds no command waiting, as before. And a
+        cancel is no longer lost: Python 3.11's ``wait_for`` swallowed one that came as the
+        awaited reply arrived (gh-86296), and the session went on to its next wait."""
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        except TimeoutError:
+            if not future.done():
+                timer = asyncio.get_running_loop().call_later(timeout_s, _expire, future)
+                try:
+                    await future
+                finally:
+                    timer.cancel()
+            return future.result()
+        except _Expired:
             if future is self._reply:
                 await self._shutdown(f"no reply within {timeout_s:g}s")
             raise CommandTimeout(f"{self.name}: no {what} within {timeout_s:g}s") from None
