@@ -163,7 +163,8 @@ def parse_header_block(block: bytes) -> dict[str, str]:
     for line in block.decode("utf-8", "replace").split("\n"):
         name, sep, value = line.partition(":")
         if not sep:
-            if line.rstrip("\r"):
+            line = line.rstrip("\r")
+            if line:
                 raise ProtocolError(f"not a header line: {line.encode()[:80]!r}")
             continue
         key = name.strip()

@@ -88,7 +88,7 @@ _LINES = st.lists(
             st.sampled_from([b"Event-Name", b"A", b" A ", b"Event-Name ", b"x%41"]), _LINE_BYTES
         ).map(lambda kv: kv[0] + b":" + kv[1]),
         st.sampled_from(
-            [b"", b"\r", b"K: %E2%82%AC\r", b"K2:%zz %4", b"V: \xe2\x82", b"W: a\r \r"]
+            [b"", b"\r", b"K: %E2%82%AC\r", b"K2:%zz %4", b"V: \xe2\x82", b"W: a\r \r", b"junk\r"]
         ),
     ),
     max_size=8,
