@@ -76,9 +76,9 @@ def _sqlite_pragmas(engine: Engine) -> None:
         cur.execute("PRAGMA synchronous=FULL")  # a committed finalization survives power loss
         cur.execute("PRAGMA foreign_keys=ON")
         # SQLite's own 2 MiB of page cache per connection: the daemon keeps its pooled
-        # connections for its whole life, and at 16 MiB each their caches filled for hours
-        # as the store grew (the soak's RSS, docs/reliability.md). A retention purge asks
-        # for more, for its transaction only (``write(cache_kib=...)``).
+        # connections for its whole life, and at 16 MiB each their caches could hold up to
+        # 16 MiB times the pool once the store outgrew them. A retention purge asks for
+        # more, for its transaction only (``write(cache_kib=...)``).
         cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cur.close()
