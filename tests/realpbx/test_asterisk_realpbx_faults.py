@@ -29,7 +29,7 @@ import pg
 import pytest
 from asterisk_real import Lab
 from asterisk_real_harness import lab_or_skip
-from daemon_process import MARKS, serving
+from daemon_process import MARKS
 from realpbx_faults import (
     AsteriskPhones,
     Daemon,
@@ -39,7 +39,9 @@ from realpbx_faults import (
     asterisk_section,
     check_evidence,
     daemon,
+    kill_daemon,
     restart_asterisk,
+    serve_again_and_end_the_third,
     small_vault,
     start_asterisk,
     until,
@@ -232,26 +234,11 @@ def test_the_daemon_killed_with_calls_recording_accounts_for_every_call_after_re
     async def scenario(d: Daemon, phones: AsteriskPhones) -> None:
         tokens = await recording(d, phones, 3)
         await asyncio.sleep(1.0)  # the callers speak
-        assert d.proc is not None
-        d.proc.kill()
-        await asyncio.to_thread(d.proc.wait, 30)
+        await kill_daemon(d)
         await phones.hang_up(*tokens[:2])  # two calls end while no daemon runs
         await until(lambda: all(phones.ended(t) for t in tokens[:2]), "two ended", 30)
         assert d.states() == ["recording"] * 3  # nobody heard them end
-        first_log, d.log = d.log, d.home / "serve-again.log"
-        again = serving(d.config, d.log)
-        d.proc = await asyncio.to_thread(again.__enter__)
-        try:
-            await until(
-                lambda: d.states() == ["encrypted", "encrypted", "recording"],
-                "the two that ended while it was down finalised",
-                60,
-            )
-            await phones.hang_up(tokens[2])
-            await until(lambda: d.states() == ["encrypted"] * 3, "the third finalised", 60)
-        finally:
-            await asyncio.to_thread(again.__exit__, None, None, None)
-        assert "Traceback" not in first_log.read_text()
+        await serve_again_and_end_the_third(d, lambda: phones.hang_up(tokens[2]))
 
     go(lab, 3, scenario)
 

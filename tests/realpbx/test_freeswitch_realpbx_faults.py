@@ -27,7 +27,7 @@ from collections.abc import Iterator
 import diskfull
 import pg
 import pytest
-from daemon_process import MARKS, serving
+from daemon_process import MARKS
 from freeswitch_real import Real, endpoint
 from realpbx_faults import (
     Daemon,
@@ -41,7 +41,9 @@ from realpbx_faults import (
     freeswitch_install,
     freeswitch_section,
     fs_cli,
+    kill_daemon,
     restart_freeswitch,
+    serve_again_and_end_the_third,
     small_vault,
     start_freeswitch,
     until,
@@ -229,28 +231,17 @@ def test_the_daemon_killed_with_calls_recording_accounts_for_every_call_after_re
     async def scenario(d: Daemon, phones: FreeswitchPhones) -> None:
         legs = await recording(d, phones, 3)
         await asyncio.sleep(1.0)  # the callers speak
-        assert d.proc is not None
-        d.proc.kill()
-        await asyncio.to_thread(d.proc.wait, 30)
+        await kill_daemon(d)
         await asyncio.sleep(1.0)
         assert all(map(phones.alive, legs)), "FreeSWITCH kept the calls"
         phones.hang_up(*legs[:2])  # two calls end while no daemon runs
         await until(lambda: not any(map(phones.alive, legs[:2])), "two ended", 30)
         assert d.states() == ["recording"] * 3  # nobody heard them end
-        first_log, d.log = d.log, d.home / "serve-again.log"
-        again = serving(d.config, d.log)
-        d.proc = await asyncio.to_thread(again.__enter__)
-        try:
-            await until(
-                lambda: d.states() == ["encrypted", "encrypted", "recording"],
-                "the two that ended while it was down finalised",
-                60,
-            )
+
+        async def end_third() -> None:
             phones.hang_up(legs[2])
-            await until(lambda: d.states() == ["encrypted"] * 3, "the third finalised", 60)
-        finally:
-            await asyncio.to_thread(again.__exit__, None, None, None)
-        assert "Traceback" not in first_log.read_text()
+
+        await serve_again_and_end_the_third(d, end_third)
 
     go(real, 3, scenario)
 

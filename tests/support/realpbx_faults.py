@@ -532,3 +532,35 @@ async def vault_full_while_two_calls_end(
 def plaintexts(d: Daemon) -> dict[str, bytes]:
     """Each recording's WAV as the PBX left it in the spool."""
     return {r.id: Path(r.spool_path).read_bytes() for r in d.rows(Recording)}
+
+
+# -- the daemon killed with calls recording (both PBXs) -------------------------------------
+
+
+async def kill_daemon(d: Daemon) -> None:
+    """SIGKILL ``callconsent serve`` and wait until it is gone."""
+    assert d.proc is not None
+    d.proc.kill()
+    await asyncio.to_thread(d.proc.wait, 30)
+
+
+async def serve_again_and_end_the_third(
+    d: Daemon, end_third: Callable[[], Awaitable[None]]
+) -> None:
+    """After a kill in which two of three recorded calls ended unheard: start the daemon
+    again; it finalises the two; then the third ends as usual and is finalised too. The
+    killed daemon's log holds no traceback."""
+    first_log, d.log = d.log, d.home / "serve-again.log"
+    again = serving(d.config, d.log)
+    d.proc = await asyncio.to_thread(again.__enter__)
+    try:
+        await until(
+            lambda: d.states() == ["encrypted", "encrypted", "recording"],
+            "the two that ended while it was down finalised",
+            60,
+        )
+        await end_third()
+        await until(lambda: d.states() == ["encrypted"] * 3, "the third finalised", 60)
+    finally:
+        await asyncio.to_thread(again.__exit__, None, None, None)
+    assert "Traceback" not in first_log.read_text()
