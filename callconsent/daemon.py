@@ -152,7 +152,13 @@ def _retention(app: App) -> Component:
     return RetentionPass(retention(app), app.config.retention.interval_s)
 
 
-COMPONENT_FACTORIES += [_watchdog, _metrics, _retention]
+def _heap_trim(app: App) -> Component:
+    from callconsent.heap import HeapTrim
+
+    return HeapTrim()
+
+
+COMPONENT_FACTORIES += [_watchdog, _metrics, _retention, _heap_trim]
 
 
 def _reload(app: App) -> None:
