@@ -1,4 +1,5 @@
-"""The store writer's hot statements, run on the DB-API cursor of the batch's connection.
+"""The store writer's hot statements, run on the DB-API cursor of the batch's connection (and
+the finalizer's per-recording reads, on a pooled connection's: :class:`Reading`).
 
 Why not ``Connection.execute``: even with its compiled cache, SQLAlchemy builds an execution
 context, result metadata and event dispatch for every statement, 15-50 µs each against the 2-5
