@@ -189,11 +189,20 @@ def test_a_light_read_gives_the_row_connection_execute_gives(ledger: Ledger, db:
     with db.reading() as r:
         row = r.first(Prepared(look), {"b_id": rec_id})
         missing = r.first(Prepared(look), {"b_id": "no-such-recording"})
+        raw = r.conn.connection.dbapi_connection
+        assert raw is not None
+        if db.dialect != "sqlite":  # psycopg opened one at the first statement
+            assert raw.info.transaction_status != raw.info.transaction_status.IDLE
     assert row is not None and missing is None
     assert vars(row) == by_core
     assert row.call_ended_at == AT and row.call_ended_at.utcoffset() == timedelta(0)
     assert row.closed_at == AT and row.state == "recording" and row.channels == 1
     assert row.number_enc == b"\x00\xffenc"
+    # and the read ended with it: its connection is back in the pool outside any transaction
+    if db.dialect == "sqlite":
+        assert not raw.in_transaction
+    else:
+        assert raw.info.transaction_status == raw.info.transaction_status.IDLE
 
 
 def test_a_light_read_counts_as_one_read_transaction(tmp_path, monkeypatch):
