@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import and_, or_, select
@@ -58,10 +59,17 @@ WARN_EVERY_S = 3600.0
 
 def reconcile(fin: Finalizing, *, full: bool = False) -> dict[str, int]:
     work: set[str] = set()
-    for tmp in [*fin.vault.temp_files(), *fin.spool.path.glob(".import-*.tmp")]:
+    on_disk: set[str] = set()
+    temps = fin.vault.temp_files(everywhere=full)  # never the whole vault, except at start-up
+    with os.scandir(fin.spool.path) as entries:  # the spool: what is being recorded
+        for e in entries:
+            if p := Spool.parse_name(e.name):
+                on_disk.add(p[0])
+            elif e.name.startswith(".import-") and e.name.endswith(".tmp"):
+                temps.append(Path(e.path))
+    for tmp in temps:
         if unused_temp(tmp):  # a writer that died; a live one holds its flock
             tmp.unlink(missing_ok=True)
-    on_disk = {p[0] for e in os.scandir(fin.spool.path) if (p := Spool.parse_name(e.name))}
     with fin.db.read() as s:
         pending = s.execute(
             select(Recording.id)

@@ -1,11 +1,15 @@
 """The vault: the directory of encrypted recordings (``<id>.ccrec``), written atomically and
 read back only after every segment authenticates.
 
-Writing: a temp file (``.<id>.<random>.tmp``, never a name a reader takes for a recording),
-fsync, rename, fsync the directory. A crash leaves either no file, a temp file (removed by
-reconciliation), or the whole file. Reading for a person (``recordings decrypt``) goes to a
-temp file beside the output that is renamed only after the last tag verified, so a tampered
-file yields no output at all.
+Writing: a temp file (``.writing/.<id>.<random>.tmp``, never a name a reader takes for a
+recording), fsync, rename into the vault, fsync the vault. A crash leaves either no file, a temp
+file (removed by reconciliation), or the whole file. The temp files have a directory of their
+own because reconciliation looks for dead writers' files every minute: listing the vault
+itself, which holds every recording kept, made each pass cost time and transient memory in
+proportion to the recordings kept (a daemon's RSS crept up with them: docs/reliability.md).
+
+Reading for a person (``recordings decrypt``) goes to a temp file beside the output that is
+renamed only after the last tag verified, so a tampered file yields no output at all.
 """
 
 from __future__ import annotations
@@ -57,11 +61,14 @@ def _write_all(write: Writer, fd: int, data: bytes) -> None:
 # In every vault: where it is missing (a network share not mounted), a file that cannot be
 # found proves nothing, and retention does not call it purged (recorder.governance.retention).
 MARKER = ".callconsent-vault"
+#: where ``seal`` writes before the rename; a subdirectory, so the rename stays on one file system
+TEMP_DIR = ".writing"
 
 
 class Vault:
     def __init__(self, path: Path, *, write: Writer = os.write) -> None:
         self.path = Path(path).absolute()
+        self.temp_path = self.path / TEMP_DIR
         self._write = write
 
     def ensure(self) -> None:
@@ -74,6 +81,7 @@ class Vault:
         marker = self.path / MARKER
         if not marker.exists():
             marker.write_text("callconsent vault: a purge trusts a missing file only here\n")
+        self.temp_path.mkdir(mode=0o750, exist_ok=True)
 
     def path_for(self, recording_id: str) -> Path:
         return self.path / f"{recording_id}{ff.SUFFIX}"
@@ -90,10 +98,13 @@ class Vault:
         Raises the writer's OSError (ENOSPC: disk full) after removing the temp file."""
         header = ff.Header(recording_id, os.urandom(ff.NONCE_PREFIX_SIZE))
         enc = ff.StreamEncryptor(data_key, header, slots)
-        tmp = self.path / f".{recording_id}.{secrets.token_hex(4)}.tmp"
-        fd = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640
-        )
+        tmp = self.temp_path / f".{recording_id}.{secrets.token_hex(4)}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(tmp, flags, 0o640)
+        except FileNotFoundError:  # a vault ensure() has not seen since it had a temp directory
+            self.temp_path.mkdir(mode=0o750, exist_ok=True)
+            fd = os.open(tmp, flags, 0o640)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # reconciliation leaves a temp file alone while held
             pt_hash, ct_hash, pt_size = hashlib.sha256(), hashlib.sha256(enc.header), 0
@@ -132,8 +143,15 @@ class Vault:
         fsync_dir(self.path)
         return True
 
-    def temp_files(self) -> list[Path]:
-        return [p for p in self.path.glob(".*.tmp") if p.is_file()]
+    def temp_files(self, *, everywhere: bool = False) -> list[Path]:
+        """Temp files of writers, live or dead (``unused_temp`` tells them apart). Only the
+        temp directory, which holds the writes in progress, unless ``everywhere``: the vault
+        itself too, where versions before the temp directory wrote them (a full reconcile,
+        at start-up, lists the vault anyway)."""
+        found = [p for p in self.temp_path.glob(".*.tmp") if p.is_file()]
+        if everywhere:
+            found += [p for p in self.path.glob(".*.tmp") if p.is_file()]
+        return found
 
     def recording_ids(self) -> set[str]:
         return {p.name[: -len(ff.SUFFIX)] for p in self.path.glob(f"*{ff.SUFFIX}") if p.is_file()}

@@ -31,7 +31,7 @@ from asterisk_flows import run
 from asterisk_harness import Harness
 from asterisk_sim import SimCall, hangup, press
 from diskfull import fill, free_bytes, tmpfs
-from recstore import make_rig
+from recstore import files_in, make_rig
 from wirefuzz import LogTap
 
 from recorder import metrics
@@ -136,7 +136,7 @@ def test_the_vault_disk_full_during_finalization_keeps_the_plaintext_then_resume
                     closed = [r for r in recs if r.state == "closed"]
                     assert len(closed) == 3 and [r.state for r in recs].count("recording") == 1
                     # nothing half-written: no ciphertext, no temp file, the plaintext final
-                    assert sorted(p.name for p in vault_dir.iterdir()) == [MARKER, "filler"]
+                    assert files_in(vault_dir) == [MARKER, "filler"]
                     written = {}
                     for r in closed:
                         assert wav_frames(Path(r.spool_path)) > 0  # final, readable

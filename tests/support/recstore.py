@@ -19,6 +19,11 @@ PASSPHRASE = b"correct horse battery staple"
 TEST_SCRYPT_N = 2**10  # the real cost (2**17) is paid by the CLI tests
 
 
+def files_in(directory: Path) -> list[str]:
+    """Every file under ``directory`` (the vault's temp directory too), by relative path."""
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+
+
 def write_wav(path: Path, seconds: float, rate: int = 8000, channels: int = 1) -> bytes:
     """A WAV of noise-like audio (incompressible, like real speech after encryption tests)."""
     frames = os.urandom(int(seconds * rate) * channels * 2)

@@ -63,7 +63,9 @@ def check_invariants(
             assert not (recovered and plaintext.exists()), f"{rid}: discarded audio remains"
     if not recovered:
         return
-    assert not [p.name for p in vault_dir.iterdir() if p.name.endswith(".tmp")], "temp left"
+    temp_dir = vault_dir / vault_mod.TEMP_DIR
+    left = [*vault_dir.iterdir(), *(temp_dir.iterdir() if temp_dir.exists() else [])]
+    assert not [p.name for p in left if p.name.endswith(".tmp")], "temp left"
     stored = {p.name.removesuffix(".ccrec") for p in vault_dir.glob("*.ccrec")}
     assert stored == {r for r, rec in rows.items() if rec.state == "encrypted"}, "orphans"
 

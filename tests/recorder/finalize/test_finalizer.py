@@ -15,7 +15,7 @@ from pathlib import Path
 import diskfull
 import pytest
 import sqlalchemy as sa
-from recstore import Rig, make_rig, write_wav
+from recstore import Rig, files_in, make_rig, write_wav
 
 from callconsent.app import App
 from recorder.finalize.finalizer import Finalizer, FinalizerError, FinalizerSettings, Outcome
@@ -155,7 +155,7 @@ def test_no_key_epoch_keeps_the_recording_pending_and_alarms(
     rec = row(rig.app, rid)
     assert rec.state == "closed" and "no key epoch" in rec.last_error
     assert path.read_bytes() == original
-    assert [p.name for p in rig.app.config.vault_dir.iterdir()] == [MARKER]
+    assert files_in(rig.app.config.vault_dir) == [MARKER]
     events = {r.getMessage() for r in caplog.records}
     assert {"recording_pending_no_key_epoch", "key_epochs_running_low"} <= events
 
@@ -187,7 +187,7 @@ def test_disk_full_leaves_plaintext_and_store_untouched(
     before[0].pop("_sa_instance_state"), after[0].pop("_sa_instance_state")
     assert before == after and after[0]["state"] == "closed"
     assert path.read_bytes() == original
-    assert [p.name for p in rig.app.config.vault_dir.iterdir()] == [MARKER]  # no temp file left
+    assert files_in(rig.app.config.vault_dir) == [MARKER]  # no temp file left
     failed = [r for r in caplog.records if r.getMessage() == "finalize_failed"]
     assert failed and "disk full" in failed[0].kv["error"]
 
@@ -207,17 +207,49 @@ def test_temp_files_are_removed_unless_a_writer_holds_them(rig: Rig) -> None:
     import fcntl
 
     vault = rig.app.config.vault_dir
-    stale = vault / ".0b7e4a52-2a0e-4f8e-9c55-0a1f0c3e2d11.dead.tmp"
+    temp = vault / vault_mod.TEMP_DIR
+    stale = temp / ".0b7e4a52-2a0e-4f8e-9c55-0a1f0c3e2d11.dead.tmp"
     stale.write_bytes(b"x")
-    live = vault / ".0b7e4a52-2a0e-4f8e-9c55-0a1f0c3e2d12.live.tmp"
+    live = temp / ".0b7e4a52-2a0e-4f8e-9c55-0a1f0c3e2d12.live.tmp"
     live.write_bytes(b"x")
+    # where versions before the temp directory wrote: looked at by the start-up pass only
+    older = vault / ".0b7e4a52-2a0e-4f8e-9c55-0a1f0c3e2d13.dead.tmp"
+    older.write_bytes(b"x")
     fd = os.open(live, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         rig.finalizer.reconcile()
-        assert not stale.exists() and live.exists()
+        assert not stale.exists() and live.exists() and older.exists()
+        rig.finalizer.reconcile(full=True)
+        assert not older.exists() and live.exists()
     finally:
         os.close(fd)
+
+
+def test_a_periodic_reconcile_never_lists_the_vault(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The vault holds every recording kept (millions, in time); a pass every minute that
+    listed it cost time and transient memory in proportion (the daemon's RSS crept up with
+    the recordings kept). Only the start-up pass looks at the whole vault."""
+    rid, path = rig.new_recording()
+    write_wav(path, 1)
+    rig.app.ledger.recording_closed(rid)
+    assert row(rig.app, rid).state == "encrypted"
+    listed: list[Path] = []
+    real = os.scandir
+
+    def scandir(where: object = ".") -> object:
+        listed.append(Path(os.fsdecode(where)).absolute())  # type: ignore[arg-type]
+        return real(where)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    rig.finalizer.reconcile()
+    vault = rig.app.config.vault_dir.absolute()
+    assert vault / vault_mod.TEMP_DIR in listed and rig.finalizer.spool.path.absolute() in listed
+    assert vault not in listed
+    rig.finalizer.reconcile(full=True)
+    assert vault in listed
 
 
 def test_the_finalizer_refuses_to_run_as_root(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -266,7 +298,7 @@ def test_a_really_full_file_system_leaves_everything_pending(rig: Rig, tiny_tmpf
     rig.app.ledger.recording_closed(rid)
     rec = row(rig.app, rid)
     assert rec.state == "closed" and rec.last_error is None
-    assert path.read_bytes() == original and list(tiny_tmpfs.iterdir()) == []
+    assert path.read_bytes() == original and files_in(tiny_tmpfs) == []
     assert actions(rig.app, rid) == ["recording.started", "recording.closed"]
 
 
