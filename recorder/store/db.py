@@ -123,11 +123,14 @@ class Database:
         pool's reset on return ends it. Counted as one read transaction, as before
         (``CALLCONSENT_STORE_STATS``)."""
         with self.engine.connect() as conn:
-            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            reading = Reading(conn, conn.connection.cursor())
             try:
-                yield Reading(conn, cursor)
+                yield reading
             finally:
-                cursor.close()
+                # an error closing it (the connection is gone) never hides the read's own
+                # error, as for the writer's cursor
+                with suppress(Exception):
+                    reading.cursor.close()
                 if self._reads is not None:
                     self._reads.inc()
 

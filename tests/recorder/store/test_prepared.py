@@ -230,3 +230,15 @@ def test_a_light_read_counts_as_one_read_transaction(tmp_path, monkeypatch):
         r.first(Prepared(sa.select(CALLS.c.id)), {})
     assert reads() == before + 2
     db.engine.dispose()
+
+
+def test_a_light_reads_own_error_is_the_one_raised(db: Database):
+    # closing the cursor of a connection that is gone fails too: that must not hide why
+    class GoneCursor:
+        def close(self) -> None:
+            raise RuntimeError("the connection is closed")
+
+    with pytest.raises(IntegrityError), db.reading() as r:
+        r.cursor.close()
+        r.cursor = GoneCursor()
+        raise IntegrityError("SELECT 1", {}, Exception("the read's own error"))
