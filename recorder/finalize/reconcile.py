@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from recorder import metrics
 from recorder.finalize.alarms import Alarms
 from recorder.finalize.spool import Spool
-from recorder.store.db import Database
+from recorder.store.db import Database, in_batches
 from recorder.store.models import Call, Recording, RecordingState
 from recorder.vault.directory import Vault, unused_temp
 from recorder.vault.expiry import RetentionRule
@@ -123,10 +123,7 @@ def check_runway(fin: Finalizing) -> float:
 
 def _states(session: Session, ids: set[str]) -> dict[str, str]:
     out: dict[str, str] = {}
-    batch = sorted(ids)
-    for i in range(0, len(batch), 500):
-        rows = session.execute(
-            select(Recording.id, Recording.state).where(Recording.id.in_(batch[i : i + 500]))
-        )
+    for part in in_batches(sorted(ids)):
+        rows = session.execute(select(Recording.id, Recording.state).where(Recording.id.in_(part)))
         out.update({rid: state for rid, state in rows})
     return out

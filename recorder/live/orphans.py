@@ -26,11 +26,12 @@ from recorder.live import callbook, spoolfiles, withdrawals
 from recorder.live.callbook import CallBook
 from recorder.live.port import RecordingFile
 from recorder.store import outage
+from recorder.store.db import in_batches
 from recorder.store.ledger import Ledger
 from recorder.store.models import Call, ConsentRecord, Recording
 
 log = logging.getLogger("callconsent.calls")
-_CHUNK = 500  # ids per IN list
+_CHUNK = 512  # ids per IN list (padded: recorder.store.db.in_batches)
 # a channel's existence as the PBX says: True, False, or None when it did not answer
 ChannelExists = withdrawals.ChannelExists
 
@@ -54,9 +55,7 @@ def open_calls(ledger: Ledger, pbx: str) -> list[OpenCall]:
             )
         ).all()
         channels: dict[str, set[str]] = {r.id: set() for r in rows}
-        ids = list(channels)
-        for i in range(0, len(ids), _CHUNK):
-            part = ids[i : i + _CHUNK]
+        for part in in_batches(list(channels), _CHUNK):
             for query in (
                 select(ConsentRecord.call_id, ConsentRecord.pbx_channel_id).where(
                     ConsentRecord.call_id.in_(part), ConsentRecord.pbx_channel_id.is_not(None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,19 @@ from recorder.store.prepared import Reading
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_CACHE_KIB = 2048  # page cache per connection (SQLite's default)
 PURGE_CACHE_KIB = 16384  # for a retention purge's transactions (Database.write(cache_kib=))
+
+
+def in_batches(ids: Sequence[str], size: int = 512) -> Iterator[list[str]]:
+    """``ids`` in lists for ``IN (...)``, each padded to a power of two by repeating its last
+    id (``IN`` ignores duplicates). Each list length is its own SQL text, and SQLite's driver
+    keeps up to 128 prepared statements per connection: a pass every minute with whatever
+    count it had kept a new statement each time, tens of KiB, and pinned the worker thread's
+    malloc heap above the pass's transient memory, so the daemon's RSS crept up minute after
+    minute (docs/reliability.md). Padded, a query has at most log2(``size``) texts."""
+    for i in range(0, len(ids), size):
+        part = list(ids[i : i + size])
+        width = 1 << (len(part) - 1).bit_length()
+        yield part + part[-1:] * (width - len(part))
 
 
 def sqlite_url(path: Path) -> str:

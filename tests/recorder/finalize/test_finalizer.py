@@ -252,6 +252,33 @@ def test_a_periodic_reconcile_never_lists_the_vault(
     assert vault in listed
 
 
+def test_reconcile_passes_with_any_spool_size_reuse_a_few_statements(rig: Rig) -> None:
+    """Each list length of an ``IN (...)`` is its own SQL text, which SQLite's driver
+    prepares and keeps (128 per connection): a pass every minute with whatever number of
+    spool files there were kept a new statement each time, and the daemon's RSS crept up
+    minute after minute (docs/reliability.md). Padded lists leave a handful of texts."""
+    import uuid
+
+    texts: set[str] = set()
+
+    def seen(conn: object, cursor: object, statement: str, *rest: object) -> None:
+        if "IN (" in statement:
+            texts.add(statement)
+
+    sa.event.listen(rig.app.db.engine, "before_cursor_execute", seen)
+    try:
+        spool = rig.finalizer.spool.path
+        for n in [*range(1, 40), 600]:
+            for p in spool.glob("*.wav"):
+                p.unlink()
+            for _ in range(n):
+                (spool / f"{uuid.uuid4()}.wav").touch()
+            rig.finalizer.reconcile()
+    finally:
+        sa.event.remove(rig.app.db.engine, "before_cursor_execute", seen)
+    assert texts and len(texts) <= 10, sorted(t.count("?") for t in texts)  # 1, 2, 4 … 512
+
+
 def test_the_finalizer_refuses_to_run_as_root(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     f = rig.finalizer
