@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import bindparam, select, update
 
 from recorder import metrics
 from recorder.finalize import reconcile as reconcile_mod
@@ -47,7 +47,7 @@ from recorder.finalize.workqueue import RecordingQueue
 from recorder.store import audit, outage, rowseal
 from recorder.store.ledger import SYSTEM_ACTOR, Ledger
 from recorder.store.models import Call, Recording, RecordingState
-from recorder.store.prepared import Prepared
+from recorder.store.prepared import Prepared, Reading
 from recorder.store.writer import Batch
 from recorder.vault import envelope
 from recorder.vault.directory import Sealed, Step, Vault, fsync_dir, unused_temp
@@ -62,14 +62,15 @@ _BLOCK = 1 << 20
 
 _RECORDINGS = Recording.__table__
 _CALLS = Call.__table__
-# Core reads, built once (the ORM's identity map and instances cost more than the reads):
-# the recording's row and its call's end, in one statement
-_LOOK = (
+# Core reads, built once and run on the DB-API cursor (Database.reading; the ORM's identity
+# map and instances, then SQLAlchemy's execution layer, cost more than the reads): the
+# recording's row and its call's end, in one statement
+_LOOK = Prepared(
     select(_RECORDINGS, _CALLS.c.ended_at.label("call_ended_at"))
     .outerjoin(_CALLS, _CALLS.c.id == _RECORDINGS.c.call_id)
     .where(_RECORDINGS.c.id == bindparam("b_id"))
 )
-_STATE = select(_RECORDINGS.c.state).where(_RECORDINGS.c.id == bindparam("b_id"))
+_STATE = Prepared(select(_RECORDINGS.c.state).where(_RECORDINGS.c.id == bindparam("b_id")))
 # closed -> encrypted, only if still closed (a discard during encryption wins)
 _ENCRYPTED = Prepared(  # run on the writer's cursor (recorder.store.prepared)
     update(_RECORDINGS)
@@ -222,8 +223,8 @@ class Finalizer:
     def process(self, recording_id: str) -> Outcome:
         """Bring one recording to where its row says it should be."""
         for _ in range(3):
-            with self.db.engine.connect() as conn:
-                rec = conn.execute(_LOOK, {"b_id": recording_id}).first()
+            with self.db.reading() as r:
+                rec = r.first(_LOOK, {"b_id": recording_id})
             if rec is None:
                 return Outcome.SKIPPED
             ended = rec.call_ended_at
@@ -260,11 +261,12 @@ class Finalizer:
                     return Outcome.BUSY
                 # one read: another process may have finished it meanwhile; and its key epoch
                 # (looked at only once the WAV is known final, as before)
-                with self.db.engine.connect() as conn:
-                    if conn.execute(_STATE, {"b_id": rec.id}).scalar() != S.CLOSED:
+                with self.db.reading() as r:
+                    now = r.first(_STATE, {"b_id": rec.id})
+                    if now is None or now.state != S.CLOSED:
                         return Outcome.RECHECK
                     expires = self.retention.expires_at(rec.retention_category, rec.started_at)
-                    epoch = self._epoch(expires, conn)
+                    epoch = self._epoch(expires, r)
                 return self._seal(rec, fd, ended, expires, epoch)
         except FileNotFoundError:
             return self._pending(rec, "the spool file is missing", error=True)
@@ -295,9 +297,9 @@ class Finalizer:
         """The call is over and the file has not changed for ``settle_s``."""
         return ended is not None and time.time() - os.fstat(fd).st_mtime >= self.settings.settle_s
 
-    def _epoch(self, expires: datetime, conn: Connection) -> Epoch | NoEpoch:
+    def _epoch(self, expires: datetime, r: Reading) -> Epoch | NoEpoch:
         try:
-            return self.keys.epoch_for(expires, conn)
+            return self.keys.epoch_for(expires, r)
         except NoEpoch as exc:
             return exc
 

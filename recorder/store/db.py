@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from recorder import metrics
 from recorder.store import outage
+from recorder.store.prepared import Reading
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_CACHE_KIB = 2048  # page cache per connection (SQLite's default)
@@ -113,6 +114,8 @@ class Database:
         # SQLite has one writer at a time: this process's writers queue here (woken at once)
         # rather than in SQLite's busy handler, which sleeps up to 100 ms between tries
         self._write_lock = threading.RLock() if self.dialect == "sqlite" else None
+        counting = counting_transactions()
+        self._reads = metrics.STORE_TRANSACTIONS.labels("rollback") if counting else None
 
     def write_lock(self) -> AbstractContextManager[object]:
         """Held around every write transaction of this process on SQLite (nothing on
@@ -124,6 +127,25 @@ class Database:
         """A read-only look; objects stay usable (detached) after the block."""
         with self._sessions() as session:
             yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Reading]:
+        """A light read: statements run with :class:`recorder.store.prepared.Prepared` on the
+        DB-API cursor. On SQLite each is its own read (the connections run in autocommit:
+        no ``BEGIN``), on PostgreSQL the driver opens a transaction at the first one; the
+        pool's reset on return ends it. Counted as one read transaction, as before
+        (``CALLCONSENT_STORE_STATS``)."""
+        with self.engine.connect() as conn:
+            reading = Reading(conn, conn.connection.cursor())
+            try:
+                yield reading
+            finally:
+                # an error closing it (the connection is gone) never hides the read's own
+                # error, as for the writer's cursor
+                with suppress(Exception):
+                    reading.cursor.close()
+                if self._reads is not None:
+                    self._reads.inc()
 
     @contextmanager
     def write(self, *, cache_kib: int | None = None) -> Iterator[Session]:

@@ -1,4 +1,5 @@
-"""The store writer's hot statements, run on the DB-API cursor of the batch's connection.
+"""The store writer's hot statements, run on the DB-API cursor of the batch's connection (and
+the finalizer's per-recording reads, on a pooled connection's: :class:`Reading`).
 
 Why not ``Connection.execute``: even with its compiled cache, SQLAlchemy builds an execution
 context, result metadata and event dispatch for every statement, 15-50 µs each against the 2-5
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 from sqlalchemy import Connection
@@ -162,6 +164,22 @@ def _absent(name: str, param: Any, column_default: Any, keys: frozenset[str]) ->
         raise KeyError(f"no value for the bound parameter {name!r}")
 
     return missing
+
+
+@dataclass(slots=True)
+class Reading:
+    """A read on a pooled connection's DB-API cursor (:meth:`recorder.store.db.Database.reading`):
+    the finalizer's per-recording looks, without SQLAlchemy's execution layer (and, on SQLite,
+    without the ``BEGIN``/``ROLLBACK`` pair ``Connection.execute`` adds around them)."""
+
+    conn: Connection
+    cursor: Any
+
+    def first(self, statement: Prepared, params: Mapping[str, Any]) -> SimpleNamespace | None:
+        """The statement's first row, its columns as attributes (as a ``Row`` gives them, with
+        the same values), or None."""
+        row = statement.first(self, params)
+        return None if row is None else SimpleNamespace(**row)
 
 
 def driver_call(b: Batchlike, what: str, call: Callable[[], Any]) -> Any:

@@ -26,6 +26,7 @@ from sqlalchemy import Connection, bindparam, select
 from recorder.store import audit
 from recorder.store.db import Database
 from recorder.store.models import KeyEpoch
+from recorder.store.prepared import Prepared, Reading
 from recorder.vault import envelope, expiry
 from recorder.vault.keydir import KeyDir
 
@@ -71,6 +72,7 @@ class Epoch:
 
 _EPOCHS = KeyEpoch.__table__
 _EPOCH = select(_EPOCHS).where(_EPOCHS.c.id == bindparam("b_id"))  # built once
+_EPOCH_ON_CURSOR = Prepared(_EPOCH)
 
 
 def private_name(epoch_id: str) -> str:
@@ -151,16 +153,19 @@ class KeyStore:
         finally:
             os.close(dir_fd)
 
-    def epoch(self, epoch_id: str, conn: Connection | None = None) -> Epoch | None:
+    def epoch(self, epoch_id: str, conn: Connection | Reading | None = None) -> Epoch | None:
         """One epoch (a Core read: the finalizer asks once per recording, on ``conn``, the
-        connection it already reads the recording's row with, if given)."""
+        read it already checks the recording's row with, if given)."""
         if conn is None:
             with self.db.engine.connect() as own:
                 return self.epoch(epoch_id, own)
-        row = conn.execute(_EPOCH, {"b_id": epoch_id}).first()
-        return Epoch.of(row) if row else None  # type: ignore[arg-type]
+        if isinstance(conn, Reading):
+            row: Any = conn.first(_EPOCH_ON_CURSOR, {"b_id": epoch_id})
+        else:
+            row = conn.execute(_EPOCH, {"b_id": epoch_id}).first()
+        return Epoch.of(row) if row else None
 
-    def epoch_for(self, expires_at: datetime, conn: Connection | None = None) -> Epoch:
+    def epoch_for(self, expires_at: datetime, conn: Connection | Reading | None = None) -> Epoch:
         """The live epoch a recording expiring then is sealed to."""
         found = self.epoch(expiry.epoch_id(expires_at), conn)
         if found is None or found.destroyed_at is not None:

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import enum
+from dataclasses import fields
+
 import pytest
 
 from consent_ivr import LegalBasis, Policy, PolicyBook, PolicyError, SilenceOutcome
@@ -59,3 +62,20 @@ def test_snapshot_is_plain_data() -> None:
     snap = Policy(name="x").snapshot()
     assert snap["mode"] == "consent" and snap["name"] == "x"
     assert all(isinstance(v, str | int | bool | type(None)) for v in snap.values())
+
+
+def test_snapshot_is_each_policys_own_and_a_fresh_dict() -> None:
+    # built once per policy (it is kept with every decision): the cache must never hand one
+    # policy's settings to another, nor let a caller's change reach the next decision
+    sales = Policy(name="sales", mode="always", legal_basis="contract", beep_interval_s=15)
+    service = Policy(name="service", stereo=True, withdraw_digit="9")
+    first = sales.snapshot()
+    assert first == {
+        f.name: (v.value if isinstance(v := getattr(sales, f.name), enum.Enum) else v)
+        for f in fields(Policy)
+    }
+    assert service.snapshot()["stereo"] is True and service.snapshot()["name"] == "service"
+    assert service.snapshot()["withdraw_digit"] == "9" and first["withdraw_digit"] is None
+    first["mode"] = "never"
+    assert sales.snapshot()["mode"] == "always"
+    assert sales.snapshot() is not sales.snapshot()

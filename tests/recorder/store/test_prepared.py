@@ -170,3 +170,75 @@ def test_a_failed_batch_leaves_nothing_and_the_next_one_commits(ledger: Ledger, 
     finally:
         other.dispose()
     assert (ids, audited) == ([kept], 0)
+
+
+def test_a_light_read_gives_the_row_connection_execute_gives(ledger: Ledger, db: Database):
+    # the finalizer's per-recording looks (Database.reading): a join with a label, every
+    # value as the column types give it (aware datetimes, JSON, bytes), or None
+    call_id, rec_id = str(uuid.uuid4()), str(uuid.uuid4())
+    with db.engine.begin() as conn:
+        conn.execute(sa.insert(CALLS), {**_call(call_id), "ended_at": AT})
+        conn.execute(sa.insert(RECORDINGS), {**_recording(rec_id, call_id), "closed_at": AT})
+    look = (
+        sa.select(RECORDINGS, CALLS.c.ended_at.label("call_ended_at"), CALLS.c.number_enc)
+        .outerjoin(CALLS, CALLS.c.id == RECORDINGS.c.call_id)
+        .where(RECORDINGS.c.id == sa.bindparam("b_id"))
+    )
+    with db.engine.connect() as conn:
+        by_core = conn.execute(look, {"b_id": rec_id}).one()._asdict()
+    with db.reading() as r:
+        row = r.first(Prepared(look), {"b_id": rec_id})
+        missing = r.first(Prepared(look), {"b_id": "no-such-recording"})
+        raw = r.conn.connection.dbapi_connection
+        assert raw is not None
+        if db.dialect != "sqlite":  # psycopg opened one at the first statement
+            assert raw.info.transaction_status != raw.info.transaction_status.IDLE
+    assert row is not None and missing is None
+    assert vars(row) == by_core
+    assert row.call_ended_at == AT and row.call_ended_at.utcoffset() == timedelta(0)
+    assert row.closed_at == AT and row.state == "recording" and row.channels == 1
+    assert row.number_enc == b"\x00\xffenc"
+    # and the read ended with it: its connection is back in the pool outside any transaction
+    if db.dialect == "sqlite":
+        assert not raw.in_transaction
+    else:
+        assert raw.info.transaction_status == raw.info.transaction_status.IDLE
+
+
+def test_a_light_read_counts_as_one_read_transaction(tmp_path, monkeypatch):
+    # the benchmark's reads per call (CALLCONSENT_STORE_STATS) stay comparable: a light read
+    # is one read, as the Connection it replaces was (its rollback counted)
+    from recorder import metrics
+    from recorder.store.db import sqlite_url
+    from recorder.store.migrate import upgrade
+
+    def reads() -> float:
+        value = metrics.REGISTRY.get_sample_value(
+            "callconsent_store_transactions_total", {"end": "rollback"}
+        )
+        return value or 0.0
+
+    monkeypatch.setenv("CALLCONSENT_STORE_STATS", "1")
+    db = Database(sqlite_url(tmp_path / "stats.db"))
+    upgrade(db)
+    before = reads()
+    with db.engine.connect() as conn:  # the way it was
+        conn.execute(sa.select(RECORDINGS.c.state)).first()
+    assert reads() == before + 1
+    with db.reading() as r:
+        assert r.first(Prepared(sa.select(RECORDINGS.c.state)), {}) is None
+        r.first(Prepared(sa.select(CALLS.c.id)), {})
+    assert reads() == before + 2
+    db.engine.dispose()
+
+
+def test_a_light_reads_own_error_is_the_one_raised(db: Database):
+    # closing the cursor of a connection that is gone fails too: that must not hide why
+    class GoneCursor:
+        def close(self) -> None:
+            raise RuntimeError("the connection is closed")
+
+    with pytest.raises(IntegrityError), db.reading() as r:
+        r.cursor.close()
+        r.cursor = GoneCursor()
+        raise IntegrityError("SELECT 1", {}, Exception("the read's own error"))
