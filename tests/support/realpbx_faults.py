@@ -41,6 +41,7 @@ from fake_pbx import make_prompts
 from freeswitch_real import CALLER, Real, install
 from panoramisk.message import Message
 from pbx_account import hand_over, pbx_dir, require_unprivileged
+from recstore import files_in
 
 from agi.ami import AmiClient, AmiError, AmiUnavailable
 from callconsent import config as config_mod
@@ -518,7 +519,7 @@ async def vault_full_while_two_calls_end(
     await until(lambda: d.lines("finalize_failed"), "finalize_failed said", 60)
     await asyncio.sleep(3.0)  # a few reconciliation passes on a full disk
     assert d.states() == ["closed"] * 2, d.states()
-    left = sorted(await asyncio.to_thread(os.listdir, vault))
+    left = await asyncio.to_thread(files_in, vault)  # the vault and its .writing/
     assert left == [MARKER, "filler"], left  # nothing half-written
     written = await asyncio.to_thread(plaintexts, d)
     filler.unlink()
