@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from callconsent import config as config_mod
-from callconsent import systemd
+from callconsent import heap, systemd
 from callconsent.app import App
 
 log = logging.getLogger("callconsent.daemon")
@@ -111,6 +111,7 @@ async def run(app: App, *, on_ready: Callable[[], None] | None = None) -> None:
                 extra={"kv": {"hint": "enable [asterisk] or [freeswitch] in the config"}},
             )
         names = ",".join(c.name for c in started) or "none"
+        heap.freeze_startup_objects()  # full collections no longer walk start-up's objects
         log.info("ready", extra={"kv": {"components": names}})
         systemd.notify(f"READY=1\nSTATUS=serving: {names}")
         if on_ready is not None:
