@@ -32,7 +32,7 @@ def freeze_startup_objects() -> int:
     """Once the daemon is ready: collect, then move every object alive into the collector's
     permanent generation (``gc.freeze``). The modules, the ORM's metadata, the policies and the
     components are about 100,000 objects that live as long as the process, and every full
-    collection walked them all: 56–61 ms of the event loop's time, measured in a daemon under
+    collection walked them all: 56–77 ms of the event loop's time, measured in a daemon under
     `bench/daemon_load.py --quick`, each a pause every call in progress waited out. Frozen
     objects are still freed by their reference counts; only a cycle among them would stay
     (a config reload's replaced policies, once per reload). Returns how many were frozen."""
