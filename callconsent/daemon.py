@@ -154,9 +154,7 @@ def _retention(app: App) -> Component:
 
 
 def _heap_trim(app: App) -> Component:
-    from callconsent.heap import HeapTrim
-
-    return HeapTrim()
+    return heap.HeapTrim()
 
 
 COMPONENT_FACTORIES += [_watchdog, _metrics, _retention, _heap_trim]

@@ -21,7 +21,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import bindparam, select
 
 from recorder.store import audit
 from recorder.store.db import Database
@@ -71,8 +71,7 @@ class Epoch:
 
 
 _EPOCHS = KeyEpoch.__table__
-_EPOCH = select(_EPOCHS).where(_EPOCHS.c.id == bindparam("b_id"))  # built once
-_EPOCH_ON_CURSOR = Prepared(_EPOCH)
+_EPOCH = Prepared(select(_EPOCHS).where(_EPOCHS.c.id == bindparam("b_id")))  # built once
 
 
 def private_name(epoch_id: str) -> str:
@@ -153,21 +152,18 @@ class KeyStore:
         finally:
             os.close(dir_fd)
 
-    def epoch(self, epoch_id: str, conn: Connection | Reading | None = None) -> Epoch | None:
-        """One epoch (a Core read: the finalizer asks once per recording, on ``conn``, the
-        read it already checks the recording's row with, if given)."""
-        if conn is None:
-            with self.db.engine.connect() as own:
+    def epoch(self, epoch_id: str, read: Reading | None = None) -> Epoch | None:
+        """One epoch (a read on the cursor: the finalizer asks once per recording, on
+        ``read``, the read it already checks the recording's row with, if given)."""
+        if read is None:
+            with self.db.reading() as own:
                 return self.epoch(epoch_id, own)
-        if isinstance(conn, Reading):
-            row: Any = conn.first(_EPOCH_ON_CURSOR, {"b_id": epoch_id})
-        else:
-            row = conn.execute(_EPOCH, {"b_id": epoch_id}).first()
+        row: Any = read.first(_EPOCH, {"b_id": epoch_id})
         return Epoch.of(row) if row else None
 
-    def epoch_for(self, expires_at: datetime, conn: Connection | Reading | None = None) -> Epoch:
+    def epoch_for(self, expires_at: datetime, read: Reading | None = None) -> Epoch:
         """The live epoch a recording expiring then is sealed to."""
-        found = self.epoch(expiry.epoch_id(expires_at), conn)
+        found = self.epoch(expiry.epoch_id(expires_at), read)
         if found is None or found.destroyed_at is not None:
             raise NoEpoch(
                 f"no key epoch {expiry.epoch_id(expires_at)} (the week the recording expires "
