@@ -172,18 +172,22 @@ def test_a_lazy_change_alone_is_committed_after_the_linger(ledger: Ledger, db: D
         other.dispose()
 
 
-def test_a_patient_change_waits_for_an_urgent_one_past_the_lazy_linger(
+def test_a_patient_change_waits_for_an_urgent_one_while_company_comes(
     ledger: Ledger, db: Database, monkeypatch
 ):
-    """A call's end (patient: nobody hears it) queued well past LINGER_S before the next
-    decision still shares the decision's commit."""
+    """A call's end (patient: nobody hears it) queued while calls are in progress, with jobs
+    still coming (each within LINGER_S of the one before), shares the next decision's
+    commit, past the wait of a lazy change queued with it."""
     from recorder.store import writer
 
     monkeypatch.setattr(writer, "PATIENT_S", 30.0)
+    monkeypatch.setattr(writer, "LINGER_S", 0.2)
     ledger.writer.run(_audit_job(0))  # the writer is up, and a call is in progress
     before = ledger.writer.batches
     patient = ledger.writer.submit(_audit_job(1), patient=True)
-    threading.Event().wait(5 * writer.LINGER_S)  # a lazy change would be committed by now
+    for _ in range(3):  # more company, 0.1 s apart: 0.3 s, past a lazy change's 0.2 s
+        threading.Event().wait(0.1)
+        ledger.writer.submit(_audit_job(9), patient=True)
     urgent = ledger.writer.submit(_audit_job(2))
     assert (patient.result(timeout=30), urgent.result(timeout=30)) == (1, 2)
     assert ledger.writer.batches == before + 1
@@ -213,6 +217,7 @@ def test_patient_changes_wait_for_company_even_with_no_call_in_progress(
     from recorder.store import writer
 
     monkeypatch.setattr(writer, "PATIENT_S", 30.0)
+    monkeypatch.setattr(writer, "LINGER_S", 5.0)  # the ends' wait for company outlasts the test
     monkeypatch.setattr(writer, "URGENT_RECENT_S", 0.0)  # no call is ever in progress
     ledger.writer.run(_audit_job(0))
     before = ledger.writer.batches
@@ -221,4 +226,25 @@ def test_patient_changes_wait_for_company_even_with_no_call_in_progress(
     encrypted = ledger.writer.submit(_audit_job(3), lazy=True)
     assert encrypted.result(timeout=10) == 3  # at once, not after the patient ones' 30 s
     assert [f.result(timeout=0) for f in ends] == [1, 2]
+    assert ledger.writer.batches == before + 1
+
+
+def test_patient_changes_with_no_call_in_progress_wait_only_while_company_comes(
+    ledger: Ledger, monkeypatch
+):
+    """With no call in progress, patient changes (the last calls' hangups, a burst of closes
+    after a PBX restart) share one commit while more keep coming, each within LINGER_S of the
+    one before, and are committed once none has come for LINGER_S: not PATIENT_S later."""
+    from recorder.store import writer
+
+    monkeypatch.setattr(writer, "PATIENT_S", 30.0)
+    monkeypatch.setattr(writer, "LINGER_S", 0.5)
+    monkeypatch.setattr(writer, "URGENT_RECENT_S", 0.0)  # no call is ever in progress
+    ledger.writer.run(_audit_job(0))
+    before = ledger.writer.batches
+    ends = []
+    for i in range(1, 5):  # 0.1 s apart, 0.3 s from the first to the last
+        ends.append(ledger.writer.submit(_audit_job(i), patient=True))
+        threading.Event().wait(0.1)
+    assert [f.result(timeout=10) for f in ends] == [1, 2, 3, 4]  # long before 30 s
     assert ledger.writer.batches == before + 1
