@@ -44,6 +44,18 @@ class ServerLimits:
     max_line: int = 65536
 
 
+def release_transport(transport: asyncio.BaseTransport | None) -> None:
+    """Python 3.11's socket transport keeps a bound method of itself (``_read_ready_cb``)
+    after it has closed: a reference cycle that only the cyclic collector's full pass frees,
+    so every closed connection (its transport, socket and extras) waited for one, and with
+    thousands of calls in progress that pass stops the event loop for 50-90 ms
+    (docs/performance.md). Python 3.12 drops the method in ``close()`` (CPython gh-100348);
+    this does the same once the connection is lost, when the transport reads no more. An
+    asyncio private attribute: no public call breaks the cycle; harmless where it is absent."""
+    if getattr(transport, "_read_ready_cb", None) is not None:
+        transport._read_ready_cb = None  # type: ignore[union-attr]
+
+
 class _AgiConnection(asyncio.BufferedProtocol):
     """One TCP connection: lines are cut as bytes arrive (no reader task per session) and
     fed first to the environment reader, then to the session.
@@ -113,6 +125,7 @@ class _AgiConnection(asyncio.BufferedProtocol):
                 return
 
     def connection_lost(self, exc: Exception | None) -> None:
+        release_transport(self.transport)
         if self._timer is not None:
             self._timer.cancel()
         if self.session is not None:

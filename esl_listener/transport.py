@@ -78,12 +78,19 @@ class FrameProtocol(asyncio.BufferedProtocol):
         return False  # close the transport; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # the cycles a closed connection would leave for the collector's full pass, which
+        # walks every call in progress (agi.server.release_transport says more; the adapters
+        # never import each other, so the lines are here too): Python 3.11's transport keeps
+        # a bound method of itself, and the connection and this protocol hold each other
+        if getattr(self.transport, "_read_ready_cb", None) is not None:
+            self.transport._read_ready_cb = None  # type: ignore[union-attr]
         if not self.lost.done():
             self.lost.set_result(None)
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
-        if self.conn is not None:
-            self.conn.connection_lost(exc)
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.connection_lost(exc)
 
     def pause_writing(self) -> None:
         self._paused = True

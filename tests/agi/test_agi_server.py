@@ -352,3 +352,36 @@ def test_the_520_usage_block_is_one_reply() -> None:
     assert isinstance(reply, p.Reply) and reply.code == 520
     assert "Waits up to" in reply.usage
     assert parser.feed(b"HANGUP\n") == p.HangupNotice()
+
+
+def test_a_closed_session_is_freed_without_the_cyclic_collector() -> None:
+    """Python 3.11's transport holds a bound method of itself after it closed; unless the
+    server drops it, every closed connection (transport, socket, extras) waits for the
+    collector's full pass, which walks every call in progress (agi.server.release_transport)."""
+    import gc
+    import weakref
+
+    refs: list[weakref.ref[asyncio.BaseTransport]] = []
+
+    async def handler(session: AgiSession) -> None:
+        refs.append(weakref.ref(session.transport))
+
+    async def scenario() -> None:
+        server = await started(handler)
+        try:
+            r, w = await talk(server.port, b"".join(ENV))
+            assert await asyncio.wait_for(r.read(), 5) == b""  # handled and closed by us
+            w.close()
+            for _ in range(50):  # connection_lost runs a loop turn after the close
+                await asyncio.sleep(0.01)
+                if refs and refs[0]() is None:
+                    break
+        finally:
+            await server.stop()
+
+    gc.disable()
+    try:
+        asyncio.run(scenario())
+        assert refs and refs[0]() is None, gc.get_referrers(refs[0]())
+    finally:
+        gc.enable()

@@ -82,3 +82,38 @@ def test_the_peer_closing_closes_the_connection() -> None:
         server.close()
 
     asyncio.run(main())
+
+
+def test_a_closed_connection_is_freed_without_the_cyclic_collector() -> None:
+    """Python 3.11's transport holds a bound method of itself after it closed; unless the
+    protocol drops it, every closed ESL connection waits for the collector's full pass
+    (agi.server.release_transport says why that matters)."""
+    import gc
+    import weakref
+
+    refs: list[weakref.ref[asyncio.BaseTransport]] = []
+
+    async def main() -> None:
+        async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"Content-Type: auth/request\n\n")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(peer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        protocol = await transport.open_connection("127.0.0.1", port)
+        assert protocol.transport is not None
+        refs.append(weakref.ref(protocol.transport))
+        conn = EslConnection.over(protocol)
+        await asyncio.wait_for(conn.closed.wait(), 5)
+        await conn.close()
+        del conn, protocol
+        server.close()
+        await server.wait_closed()
+
+    gc.disable()
+    try:
+        asyncio.run(main())
+        assert refs[0]() is None, gc.get_referrers(refs[0]())
+    finally:
+        gc.enable()
