@@ -65,14 +65,16 @@ def test_frames_split_across_reads_and_connections_arrive_whole() -> None:
     asyncio.run(main())
 
 
+async def _greets_then_closes(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A FreeSWITCH that asks for the password, then hangs up."""
+    writer.write(b"Content-Type: auth/request\n\n")
+    await writer.drain()
+    writer.close()
+
+
 def test_the_peer_closing_closes_the_connection() -> None:
     async def main() -> None:
-        async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            writer.write(b"Content-Type: auth/request\n\n")
-            await writer.drain()
-            writer.close()
-
-        server = await asyncio.start_server(peer, "127.0.0.1", 0)
+        server = await asyncio.start_server(_greets_then_closes, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         conn = EslConnection.over(await transport.open_connection("127.0.0.1", port))
         assert (await conn.greeting(5)).content_type == "auth/request"
@@ -94,12 +96,7 @@ def test_a_closed_connection_is_freed_without_the_cyclic_collector() -> None:
     refs: list[weakref.ref[asyncio.BaseTransport]] = []
 
     async def main() -> None:
-        async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            writer.write(b"Content-Type: auth/request\n\n")
-            await writer.drain()
-            writer.close()
-
-        server = await asyncio.start_server(peer, "127.0.0.1", 0)
+        server = await asyncio.start_server(_greets_then_closes, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         protocol = await transport.open_connection("127.0.0.1", port)
         assert protocol.transport is not None
