@@ -391,11 +391,6 @@ def main() -> int:
     all_results["freeswitch_sqlite"] = on_sqlite["freeswitch"]
     if args.postgres:
         args.no_long = True
-        # what the SQLite rounds wrote and removed (their database, 40,000 recordings in the
-        # spool and the vault) is written back first, not under the PostgreSQL rounds
-        t0 = time.monotonic()
-        os.sync()
-        print(f"(the SQLite rounds' files written back to disk: {time.monotonic() - t0:.1f} s)")
         with rig.postgres() as url:
             print("PostgreSQL", flush=True)
             all_results["postgresql"] = asyncio.run(whole_daemon(args, url, False))["asterisk"]
