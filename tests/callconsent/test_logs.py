@@ -15,6 +15,10 @@ from callconsent import logs
         ("caller +4915112345678 pressed 1", "caller …78 pressed 1"),
         ("number 0151 123 456 78 withheld", "number …78 withheld"),
         ("from (030) 1234-5678", "from …78"),
+        (
+            "caller +4915112345678 recording 00479980-f461-4b6c-aabc-66925068c45d",
+            "caller …78 recording 00479980-f461-4b6c-aabc-66925068c45d",
+        ),
     ],
 )
 def test_phone_numbers_are_masked(text: str, masked: str) -> None:
@@ -29,6 +33,8 @@ def test_phone_numbers_are_masked(text: str, masked: str) -> None:
         "at 2026-11-24 09:00",
         "port 4573",
         "recording 0b7e4a52-2a0e-4f8e-9c55-0a1f0c3e2d11",
+        "recording 00479980-f461-4b6c-aabc-66925068c45d",  # its first group all digits
+        "recording=12345678-1234-4234-8234-123456789012 encrypted",  # every group digits
     ],
 )
 def test_ids_dates_and_times_are_not_masked(text: str) -> None:
