@@ -7,7 +7,7 @@ import asyncio
 import logging
 import os
 
-from callconsent import __version__, config, logs
+from callconsent import __version__, config, heap, logs
 from callconsent.app import App
 from callconsent.daemon import run
 from callconsent.privileges import act_as_daemon
@@ -26,10 +26,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
+    capped = heap.limit_arenas()  # before any thread: each would get an arena of its own
     cfg = config.load(args.config)
     logs.setup(cfg.daemon.log_level, cfg.daemon.log_format)
+    arenas = heap.ARENA_MAX if capped else os.environ.get("MALLOC_ARENA_MAX", "glibc default")
     log.info(
-        "starting", extra={"kv": {"version": __version__, "config": cfg.source, "pid": os.getpid()}}
+        "starting",
+        extra={
+            "kv": {
+                "version": __version__,
+                "config": cfg.source,
+                "pid": os.getpid(),
+                "malloc_arenas": arenas,
+            }
+        },
     )
     if os.geteuid() == 0:
         who = act_as_daemon(cfg.daemon.user, config.state_paths(cfg), own=[cfg.data_dir])

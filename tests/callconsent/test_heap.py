@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -139,3 +140,58 @@ def test_the_daemon_freezes_once_started_before_it_says_ready(
     with caplog.at_level(logging.INFO, logger="callconsent.daemon"):
         asyncio.run(daemon.run(object(), on_ready=ready))  # type: ignore[arg-type]
     assert "ready" not in said["freeze"] and "ready" in said["on_ready"], said
+
+
+# Eight threads alive at once, each allocating: glibc gives each an arena of its own unless
+# capped. malloc_info() writes one <heap nr="…"> per arena in use.
+ARENAS = textwrap.dedent(
+    """
+    import ctypes, ctypes.util, sys, tempfile, threading
+    from callconsent import heap
+
+    capped = heap.limit_arenas() if sys.argv[1] == "cap" else None
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.fopen.restype = ctypes.c_void_p
+    libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    together = threading.Barrier(8)
+    kept = []
+
+    def work():
+        kept.append([bytearray(50_000) for _ in range(8)])  # malloc (not pymalloc) blocks
+        together.wait()
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with tempfile.NamedTemporaryFile() as f:
+        fp = libc.fopen(f.name.encode(), b"w")
+        libc.malloc_info(0, fp)
+        libc.fclose(fp)
+        print(capped, open(f.name).read().count("<heap nr="))
+    """
+)
+
+
+def _arenas(mode: str, env: dict[str, str] | None = None) -> tuple[str, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", ARENAS, mode], capture_output=True, text=True, check=True,
+        timeout=60, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    capped, heaps = out.stdout.split()
+    return capped, int(heaps)
+
+
+@pytest.mark.skipif(heap.HeapTrim().trim is None, reason="not glibc's malloc")
+def test_the_arena_cap_makes_threads_share_two_arenas() -> None:
+    env = {"MALLOC_ARENA_MAX": ""}
+    assert _arenas("none", env) == ("None", 9)  # the main arena and one per thread
+    assert _arenas("cap", env) == ("True", heap.ARENA_MAX)
+
+
+@pytest.mark.skipif(heap.HeapTrim().trim is None, reason="not glibc's malloc")
+def test_an_operators_malloc_arena_max_wins() -> None:
+    assert _arenas("cap", {"MALLOC_ARENA_MAX": "4"}) == ("False", 4)

@@ -90,6 +90,7 @@ def test_serve_starts_logs_where_and_stops_cleanly(workdir: Path, sig: signal.Si
     daemon = Daemon(config(workdir))
     daemon.wait_for("event=ready")
     assert "event=starting" in daemon.output and "event=store" in daemon.output
+    assert "malloc_arenas=2" in daemon.output  # callconsent/heap.py: limit_arenas
     assert f"data_dir={workdir / 'data'}" in daemon.output
     daemon.proc.send_signal(sig)
     assert daemon.finish() == 0, daemon.output
