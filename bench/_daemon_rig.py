@@ -61,6 +61,16 @@ class Daemon:
                     found[end] = int(float(line.split()[-1]))
         return found
 
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size
+
+    def log_events(self, event: str, since: int) -> list[str]:
+        """The daemon's log lines of ``event`` written after byte ``since`` (``log_size``)."""
+        with self.log_path.open("rb") as f:
+            f.seek(since)
+            text = f.read().decode(errors="replace")
+        return [line for line in text.splitlines() if f" event={event} " in f"{line} "]
+
     def log_tail(self, lines: int = 15) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 

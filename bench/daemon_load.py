@@ -156,6 +156,7 @@ async def run_round(
 ) -> dict[str, object]:
     peer = make_peer(f"{name}{int(time.time())}", prompt_s, talk_s)
     rss0, tx0, cpu0 = daemon.rss_mib(), daemon.transactions(), cpu_seconds(daemon.pid)
+    log0 = daemon.log_size()
     threads = ThreadCpu(daemon.pid)
     by_thread0 = threads.totals()
     follower = asyncio.ensure_future(threads.follow())
@@ -200,6 +201,12 @@ async def run_round(
         "rss_start_mib": round(rss0, 1),
         "rss_end_mib": round(daemon.rss_mib(), 1),
     }
+    # the store's slow batches, as the daemon says them (recorder/store/writer.py, by phase:
+    # another connection's lock, the statements, the disk's commit): where a max came from
+    slow = daemon.log_events("store_commit_slow", log0)
+    out["store_commit_slow"] = len(slow)
+    for line in slow[:5]:
+        print(f"    daemon: {line.split(' event=', 1)[-1]}", flush=True)
     if windows:
         out["windows"] = windows
     return out
@@ -322,7 +329,8 @@ async def whole_daemon(
 
 def summary(r: dict[str, object]) -> str:
     keys = ("calls", "failures", "calls_per_s", "turnaround_p99_ms", "turnaround_max_ms",
-            "digit_to_record_p99_ms", "cpu_ms_per_call", "tx_per_call", "rss_end_mib")  # fmt: skip
+            "digit_to_record_p99_ms", "cpu_ms_per_call", "tx_per_call", "rss_end_mib",
+            "store_commit_slow")  # fmt: skip
     return " ".join(f"{k}={r[k]}" for k in keys)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import threading
@@ -76,6 +77,11 @@ URGENT_RECENT_S = 0.1
 #: share commits with each other; and a burst of closes (a PBX restart) is committed once
 #: it is whole, not PATIENT_S later (bench/finalize.py).
 PATIENT_S = 0.05
+#: a batch slower than this, from taking the lock to its commit's end, says so in the log
+#: (``store_commit_slow``, split by phase): callers waited that long after their key press
+SLOW_S = 0.2
+#: at most one such line per this many seconds (the others are counted in the next one)
+SLOW_EVERY_S = 10.0
 #: the transactions are counted for the benchmark (db.py counts the others by engine events)
 COUNTING = counting_transactions()
 _T = TypeVar("_T")
@@ -190,6 +196,7 @@ class StoreWriter:
         self._queued_at = 0.0  # when the last job of any kind was queued
         self._due = math.inf  # when the lazy jobs queued must be committed (monotonic)
         self.batches = 0  # transactions committed (for tests and the benchmark)
+        self._slow_said_at, self._slow_unsaid = -math.inf, 0
 
     def submit(self, job: Job[_T], *, lazy: bool = False, patient: bool = False) -> Future[_T]:
         """Queue ``job``; its future resolves once it is committed. ``lazy``: nobody is
@@ -303,6 +310,31 @@ class StoreWriter:
                 with contextlib.suppress(RuntimeError):  # its loop has closed: nobody waits
                     loop.call_soon_threadsafe(_settle, waiters)
 
+    def _said_slow(self, jobs: int, times: tuple[float, ...]) -> None:
+        """One line for a slow batch, by phase: this process's other writers (``lock_ms``:
+        a purge's batch), the store's lock (``begin_ms``: SQLite's busy wait for another
+        connection or process, PostgreSQL's row lock on the audit tail), the statements, the
+        commit (the disk's fsync). At most one per SLOW_EVERY_S; ``more`` counts the rest."""
+        self._slow_unsaid += 1
+        if times[-1] - self._slow_said_at < SLOW_EVERY_S:
+            return
+        ms = [round((b - a) * 1000, 1) for a, b in itertools.pairwise(times)]
+        log.warning(
+            "store_commit_slow",
+            extra={
+                "kv": {
+                    "ms": round((times[-1] - times[0]) * 1000, 1),
+                    "lock_ms": ms[0],
+                    "begin_ms": ms[1],
+                    "statements_ms": ms[2],
+                    "commit_ms": ms[3],
+                    "jobs": jobs,
+                    "more": self._slow_unsaid - 1,
+                }
+            },
+        )
+        self._slow_said_at, self._slow_unsaid = times[-1], 0
+
     def _outcomes(self, live: list[tuple[Job[Any], Future[Any] | _LoopWaiter]]) -> None:
         try:
             try:
@@ -327,7 +359,9 @@ class StoreWriter:
             fut.set_result(result)
 
     def _transaction(self, jobs: list[Job[Any]]) -> list[Any]:
+        t0 = time.monotonic()
         with self.db.write_lock():
+            t_lock = time.monotonic()
             conn = self._connection()
             try:
                 with _cursor(conn) as cursor:
@@ -340,6 +374,7 @@ class StoreWriter:
                     if self.db.dialect == "sqlite":
                         _BEGIN_IMMEDIATE.run(batch, {})
                     found = _LOCK_HEAD.first(batch, {})
+                    t_begun = time.monotonic()
                     if found is not None:
                         batch.head = (found["seq"], found["hash"])
                     results = [job(batch) for job in jobs]
@@ -350,10 +385,14 @@ class StoreWriter:
                             _INSERT_HEAD.run(batch, {"id": 1, "seq": seq, "hash": digest})
                         else:
                             _MOVE_HEAD.run(batch, {"b_seq": seq, "b_hash": digest})
+                    t_commit = time.monotonic()
                     driver_call(batch, "COMMIT", conn.connection.dbapi_connection.commit)
             except BaseException:
                 self._drop_connection()  # whatever went wrong, the next batch starts afresh
                 raise
+        t_end = time.monotonic()
+        if t_end - t0 > SLOW_S:
+            self._said_slow(len(jobs), (t0, t_lock, t_begun, t_commit, t_end))
         outage.OUTAGE.clear()  # said once when the store is back after an outage
         if COUNTING:
             metrics.STORE_TRANSACTIONS.labels("commit").inc()

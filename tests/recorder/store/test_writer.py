@@ -5,9 +5,11 @@ to another connection) by the time its caller hears it is done."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import uuid
 
+import pytest
 from sqlalchemy import func, select
 
 from consent_ivr.evidence import ConsentEvidence
@@ -248,3 +250,63 @@ def test_patient_changes_with_no_call_in_progress_wait_only_while_company_comes(
         threading.Event().wait(0.1)
     assert [f.result(timeout=10) for f in ends] == [1, 2, 3, 4]  # long before 30 s
     assert ledger.writer.batches == before + 1
+
+
+def _hold_the_store_lock(db: Database, seconds: float) -> threading.Thread:
+    """Another connection (as another process would) holds the store's write lock: SQLite's
+    (BEGIN IMMEDIATE), PostgreSQL's audit tail row (FOR UPDATE); returns once it holds it."""
+    held = threading.Event()
+
+    def hold() -> None:
+        other = Database(db.url)
+        try:
+            conn = other.engine.connect().execution_options(sqlite_begin="IMMEDIATE")
+            with conn, conn.begin():
+                conn.exec_driver_sql(
+                    "SELECT seq FROM audit_head WHERE id = 1"
+                    + (" FOR UPDATE" if other.dialect == "postgresql" else "")
+                )
+                held.set()
+                threading.Event().wait(seconds)
+        finally:
+            other.dispose()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert held.wait(30)
+    return thread
+
+
+def test_a_batch_that_waited_for_the_stores_lock_says_so_in_one_line(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+):
+    """A caller's key press waited for another connection's lock: the log says how long, and
+    in which phase (not the disk's commit, not this process's own lock)."""
+    with caplog.at_level(logging.WARNING, logger="callconsent.store"):
+        ledger.writer.run(_audit_job(0))  # a quick batch (and the tail row exists)
+        assert not [r for r in caplog.records if r.getMessage() == "store_commit_slow"]
+        holder = _hold_the_store_lock(ledger.db, 0.4)
+        assert ledger.writer.run(_audit_job(1)) == 1
+        holder.join()
+    (line,) = [r for r in caplog.records if r.getMessage() == "store_commit_slow"]
+    assert line.kv["begin_ms"] >= 300 and line.kv["ms"] >= line.kv["begin_ms"], line.kv
+    assert line.kv["lock_ms"] < 100 and line.kv["commit_ms"] < 100, line.kv
+    assert (line.kv["jobs"], line.kv["more"]) == (1, 0)
+
+
+def test_slow_batches_are_said_at_most_once_per_interval_with_a_count(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    from recorder.store import writer
+
+    monkeypatch.setattr(writer, "SLOW_S", 0.0)  # every batch is slow
+    monkeypatch.setattr(writer, "SLOW_EVERY_S", 3600.0)
+    with caplog.at_level(logging.WARNING, logger="callconsent.store"):
+        for i in range(3):
+            ledger.writer.run(_audit_job(i))
+        said = [r.kv for r in caplog.records if r.getMessage() == "store_commit_slow"]
+        assert len(said) == 1 and said[0]["more"] == 0
+        monkeypatch.setattr(writer, "SLOW_EVERY_S", 0.0)
+        ledger.writer.run(_audit_job(3))
+    said = [r.kv for r in caplog.records if r.getMessage() == "store_commit_slow"]
+    assert [s["more"] for s in said] == [0, 2]  # the two unsaid are counted in the next
