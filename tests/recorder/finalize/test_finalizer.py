@@ -94,6 +94,46 @@ def test_a_headerless_stereo_raw_is_wrapped_with_its_rate_and_channels(
     assert len(out) == rec.plaintext_size
 
 
+def _fsyncs(rig: Rig, monkeypatch: pytest.MonkeyPatch, rid: str) -> list[tuple[str, list[str]]]:
+    """Every directory fsync the finalizer makes: which directory, and the recording's audit
+    actions committed by then."""
+    from recorder.finalize import finalizer as finalizer_mod
+
+    seen: list[tuple[str, list[str]]] = []
+    dirs = {rig.app.config.vault_dir: "vault", rig.app.spool.path: "spool"}
+
+    def fsync_dir(path: Path) -> None:
+        seen.append((dirs.get(Path(path), str(path)), actions(rig.app, rid)))
+        real(path)
+
+    real = vault_mod.fsync_dir
+    monkeypatch.setattr(vault_mod, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(finalizer_mod, "fsync_dir", fsync_dir)
+    return seen
+
+
+def test_what_is_made_durable_before_the_row_says_it(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An encryption: the ciphertext's name is durable before the row says ``encrypted``; the
+    plaintext's removal is left to the file system's next journal commit (a power cut brings
+    the name back, and reconciliation removes it: test_crash, killed after the commit). A
+    discard: the removal is durable before the audit row says the audio is destroyed."""
+    rid, path = rig.new_recording()
+    write_wav(path, 1)
+    seen = _fsyncs(rig, monkeypatch, rid)
+    rig.app.ledger.recording_closed(rid)
+    assert row(rig.app, rid).state == "encrypted" and not path.exists()
+    assert seen == [("vault", ["recording.started", "recording.closed"])]
+
+    gone, gone_path = rig.new_recording(ended=False)
+    write_wav(gone_path, 1)
+    seen = _fsyncs(rig, monkeypatch, gone)
+    rig.app.ledger.discard(gone, "consent_withdrawn")
+    assert not gone_path.exists()
+    assert seen == [("spool", ["recording.started", "recording.discarded"])]
+
+
 def test_a_discarded_recording_is_destroyed_unencrypted(rig: Rig) -> None:
     rid, path = rig.new_recording(ended=False)
     write_wav(path, 1)
