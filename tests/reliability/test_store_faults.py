@@ -51,6 +51,10 @@ def test_a_locked_database_delays_the_decision_and_loses_nothing(tmp_path: Path)
             records = tap.take()
         assert [c.gosub_retval for c in done] == ["granted"] * 3
         assert [r.levelname for r in records if r.levelno >= logging.ERROR] == []
+        # what they waited for, said once by the store's writer: the lock, not the disk
+        slow = [r.kv for r in records if r.getMessage() == "store_commit_slow"]
+        assert len(slow) == 1 and slow[0]["begin_ms"] >= 900 * LOCK_S, slow
+        assert slow[0]["commit_ms"] < 1000, slow
         for c in done:
             row = h.call_row(c.customer.linkedid)
             (decision,) = h.evidence(row.id)
