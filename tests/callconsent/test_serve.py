@@ -23,12 +23,21 @@ def interpreter_readable_by_others() -> bool:
     return daemon_account.interpreter_readable()
 
 
+#: every daemon a test started: one a failing test left running is killed after it
+STARTED: list[subprocess.Popen[str]] = []
+
+
 @pytest.fixture
 def workdir() -> Iterator[Path]:
     """A directory the daemon's account can reach even after it drops root."""
     path = Path(tempfile.mkdtemp(prefix="callconsent-serve-"))
     path.chmod(0o755)
     yield path
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
     subprocess.run(["rm", "-rf", str(path)], check=False)
 
 
@@ -58,6 +67,7 @@ class Daemon:
             cwd=cfg.parent,
             env={**os.environ, **(env or {})},
         )
+        STARTED.append(self.proc)
 
     def wait_for(self, needle: str, timeout: float = 30) -> str:
         deadline = time.monotonic() + timeout
