@@ -38,9 +38,10 @@ def limit_arenas(arenas: int = ARENA_MAX) -> bool:
     each is fragmented on its own: the store writer's, four finalizer workers' and asyncio's
     executor's. In 15-minute rounds of `bench/daemon_load.py` that free space grew by steps,
     memory nobody used (docs/performance.md). Two arenas: threads share, so their free
-    blocks are reused rather than kept per thread. ``MALLOC_ARENA_MAX`` in the environment,
-    an operator's own choice, wins. Returns whether the cap was set (False without glibc)."""
-    if os.environ.get("MALLOC_ARENA_MAX"):
+    blocks are reused rather than kept per thread. An operator's own choice in the
+    environment wins (:func:`operators_arenas`). Returns whether the cap was set (False
+    without glibc)."""
+    if operators_arenas():
         return False
     name = ctypes.util.find_library("c")
     try:
@@ -50,6 +51,14 @@ def limit_arenas(arenas: int = ARENA_MAX) -> bool:
     fn.argtypes = [ctypes.c_int, ctypes.c_int]
     fn.restype = ctypes.c_int
     return fn(_M_ARENA_MAX, arenas) == 1
+
+
+def operators_arenas() -> str | None:
+    """The arena setting an operator gave glibc in the environment, if any."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    return os.environ.get("MALLOC_ARENA_MAX") or (
+        tunables if "glibc.malloc.arena_max" in tunables else None
+    )
 
 
 def freeze_startup_objects() -> int:

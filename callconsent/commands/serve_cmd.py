@@ -29,7 +29,7 @@ def serve(args: argparse.Namespace) -> int:
     capped = heap.limit_arenas()  # before any thread: each would get an arena of its own
     cfg = config.load(args.config)
     logs.setup(cfg.daemon.log_level, cfg.daemon.log_format)
-    arenas = heap.ARENA_MAX if capped else os.environ.get("MALLOC_ARENA_MAX", "glibc default")
+    arenas = heap.ARENA_MAX if capped else heap.operators_arenas() or "glibc default"
     log.info(
         "starting",
         extra={

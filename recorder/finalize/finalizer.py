@@ -434,8 +434,8 @@ class Finalizer:
         its row already ``encrypted`` and the ciphertext durable, which is the crash matrix's
         "killed after the commit": reconciliation removes it, at start-up and at every pass
         (tests/recorder/finalize/test_crash.py). The directory fsync cost each recording of
-        a burst of closes a journal commit of its own (bench/finalize.py: burst p99 over the
-        format's minimum work 1.28-1.35 with it, 1.09-1.17 without). A discarded or purged
+        a burst of closes a journal commit of its own (bench/finalize.py, full runs: burst p99
+        over the format's minimum work 1.22-1.38 with it, 1.04-1.26 without). A discarded or purged
         recording's removal stays durable before its audit row says it is gone."""
         try:
             st = os.stat(path, follow_symlinks=False)

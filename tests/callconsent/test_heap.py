@@ -193,5 +193,12 @@ def test_the_arena_cap_makes_threads_share_two_arenas() -> None:
 
 
 @pytest.mark.skipif(heap.HeapTrim().trim is None, reason="not glibc's malloc")
-def test_an_operators_malloc_arena_max_wins() -> None:
-    assert _arenas("cap", {"MALLOC_ARENA_MAX": "4"}) == ("False", 4)
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"MALLOC_ARENA_MAX": "4"},
+        {"MALLOC_ARENA_MAX": "", "GLIBC_TUNABLES": "glibc.malloc.arena_max=4"},
+    ],
+)
+def test_an_operators_arena_setting_wins(env: dict[str, str]) -> None:
+    assert _arenas("cap", env) == ("False", 4)
