@@ -43,7 +43,7 @@ def run(config_file: Path, *args: str) -> int:
 def snapshot(rig: Rig) -> tuple[list[tuple[str, str]], list[str | None], int]:
     """Recording states, epochs' destruction times, audit rows: what a preview must not move."""
     with rig.app.db.read() as s:
-        states = sorted(s.execute(sa.select(Recording.id, Recording.state)).tuples())
+        states = sorted(tuple(r) for r in s.execute(sa.select(Recording.id, Recording.state)))
         destroyed = list(s.scalars(sa.select(KeyEpoch.destroyed_at).order_by(KeyEpoch.id)))
         audit_rows = s.scalar(sa.select(sa.func.count()).select_from(AuditEntry))
     return states, [str(d) for d in destroyed], int(audit_rows or 0)
