@@ -23,6 +23,7 @@ import gc
 import logging
 import os
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("callconsent.daemon")
 
@@ -32,33 +33,26 @@ ARENA_MAX = 2
 _M_ARENA_MAX = -8  # mallopt's parameter number (glibc's malloc.h)
 
 
-def limit_arenas(arenas: int = ARENA_MAX) -> bool:
+def limit_arenas(arenas: int = ARENA_MAX) -> str:
     """Cap glibc's malloc arenas, before the daemon starts any thread. Each thread that
     allocates gets an arena of its own, up to eight per core, and the free space left inside
     each is fragmented on its own: the store writer's, four finalizer workers' and asyncio's
     executor's. In 15-minute rounds of `bench/daemon_load.py` that free space grew by steps,
     memory nobody used (docs/performance.md). Two arenas: threads share, so their free
-    blocks are reused rather than kept per thread. An operator's own choice in the
-    environment wins (:func:`operators_arenas`). Returns whether the cap was set (False
-    without glibc)."""
-    if operators_arenas():
-        return False
-    name = ctypes.util.find_library("c")
-    try:
-        fn = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError, TypeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn(_M_ARENA_MAX, arenas) == 1
-
-
-def operators_arenas() -> str | None:
-    """The arena setting an operator gave glibc in the environment, if any."""
+    blocks are reused rather than kept per thread. An operator's own setting in the
+    environment (``MALLOC_ARENA_MAX``, or ``glibc.malloc.arena_max`` in ``GLIBC_TUNABLES``)
+    wins. Returns the setting in effect, for the log: the cap, the operator's, or the C
+    library's default (one without mallopt's cap: musl)."""
     tunables = os.environ.get("GLIBC_TUNABLES", "")
-    return os.environ.get("MALLOC_ARENA_MAX") or (
+    operators = os.environ.get("MALLOC_ARENA_MAX") or (
         tunables if "glibc.malloc.arena_max" in tunables else None
     )
+    if operators:
+        return operators
+    mallopt = _libc("mallopt", [ctypes.c_int, ctypes.c_int])
+    if mallopt is None or mallopt(_M_ARENA_MAX, arenas) != 1:
+        return "libc default"
+    return str(arenas)
 
 
 def freeze_startup_objects() -> int:
@@ -74,15 +68,20 @@ def freeze_startup_objects() -> int:
     return gc.get_freeze_count()
 
 
-def _malloc_trim() -> Callable[[], int] | None:
-    name = ctypes.util.find_library("c")
+def _libc(name: str, argtypes: list[Any]) -> Callable[..., int] | None:
+    """A function of the C library (an int result), or None where it has none (musl)."""
     try:
-        fn = ctypes.CDLL(name).malloc_trim
+        fn = getattr(ctypes.CDLL(ctypes.util.find_library("c")), name)
     except (OSError, AttributeError, TypeError):
         return None
-    fn.argtypes = [ctypes.c_size_t]
+    fn.argtypes = argtypes
     fn.restype = ctypes.c_int
-    return lambda: int(fn(0))
+    return fn
+
+
+def _malloc_trim() -> Callable[[], int] | None:
+    fn = _libc("malloc_trim", [ctypes.c_size_t])
+    return None if fn is None else lambda: int(fn(0))
 
 
 class HeapTrim:

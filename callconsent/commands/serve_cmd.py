@@ -26,10 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    capped = heap.limit_arenas()  # before any thread: each would get an arena of its own
+    arenas = heap.limit_arenas()  # before any thread: each would get an arena of its own
     cfg = config.load(args.config)
     logs.setup(cfg.daemon.log_level, cfg.daemon.log_format)
-    arenas = heap.ARENA_MAX if capped else heap.operators_arenas() or "glibc default"
     log.info(
         "starting",
         extra={
