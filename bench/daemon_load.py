@@ -10,7 +10,15 @@ Rounds (one daemon, one database, in this order):
 * steady: calls arrive at ``--rate`` per second for ``--steady-s``, each lasting ``--call-s``
   (prompt + talk): ``rate × call-s`` calls up at once (2,000 by default);
 * long: the same arrival rate for ``--long-s``, reported per window: calls completed, p99
-  turnaround, daemon CPU per call and RSS, so a slowdown or growth over time shows.
+  turnaround, daemon CPU per call and RSS, so a slowdown or growth over time shows;
+* one core: the issue's "≥ 400 full calls/s on one core" measured as it reads. The daemon's
+  threads are pinned to one CPU and the load generator to the others; short calls
+  (``ONE_CORE_CALL_S``) arrive at rising rates (``ONE_CORE_RATES``), each step a round of its
+  own, measured once it is steady (from one call length in to the last arrival): calls
+  completed per second, daemon CPU per call, how busy the core was (daemon CPU seconds per
+  second) and how busy the generator was. The capacity is the highest rate that one core
+  still carries: completions keep up with arrivals (≥ 0.95), no failure, turnaround p99 ≤
+  20 ms.
 
 Figures: turnaround (from our reply written to the daemon's next command read) p50/p99/max,
 accept digit → ``EXEC MixMonitor`` p99, daemon CPU-ms per call (``/proc/<pid>/stat``, until
@@ -49,7 +57,16 @@ GOALS = {
     "cpu_ms_per_call": 2.0,
     "long_throughput_ratio": 0.95,
     "rss_growth_mib": 5.0,
+    "one_core_calls_per_s": 400.0,
 }
+
+#: the one-core round: rising arrival rates (calls/s) of 2 s calls (prompt 0.5 s), each for
+#: ``ONE_CORE_STEP_S``; ``--quick`` runs one short step at the goal's rate
+ONE_CORE_RATES = (200, 300, 400, 500)
+ONE_CORE_RATES_QUICK = (400,)
+ONE_CORE_CALL_S = 2.0
+ONE_CORE_STEP_S = 12.0
+ONE_CORE_STEP_S_QUICK = 4.0
 
 
 #: the daemon's threads by kernel name (``recorder.store.writer.name_os_thread``); the event
@@ -153,6 +170,7 @@ async def run_round(
     prompt_s: float,
     talk_s: float,
     window_s: float = 0.0,
+    say_windows: bool = True,
 ) -> dict[str, object]:
     peer = make_peer(f"{name}{int(time.time())}", prompt_s, talk_s)
     rss0, tx0, cpu0 = daemon.rss_mib(), daemon.transactions(), cpu_seconds(daemon.pid)
@@ -164,7 +182,7 @@ async def run_round(
     windows: list[dict[str, float]] = []
     watcher = None
     if window_s:
-        watcher = asyncio.ensure_future(watch(daemon, peer, start, window_s, windows))
+        watcher = asyncio.ensure_future(watch(daemon, peer, start, window_s, windows, say_windows))
     with no_full_collections():  # the generator's own pauses are not the daemon's
         tasks = await arrive(peer, calls, rate)
         await asyncio.wait(tasks, timeout=prompt_s + talk_s + 120)
@@ -213,7 +231,12 @@ async def run_round(
 
 
 async def watch(
-    daemon: rig.Daemon, peer: Any, start: float, window_s: float, out: list[dict[str, float]]
+    daemon: rig.Daemon,
+    peer: Any,
+    start: float,
+    window_s: float,
+    out: list[dict[str, float]],
+    say: bool = True,
 ) -> None:
     """Per window: calls completed, p99 turnaround, daemon CPU per call, RSS at its end."""
     t_mark, c_mark, cpu_mark = 0, 0, cpu_seconds(daemon.pid)
@@ -228,16 +251,121 @@ async def watch(
                 "completed": n,
                 "p99_ms": pct(turns, 0.99),
                 "cpu_ms_per_call": round((cpu - cpu_mark) * 1000 / max(n, 1), 2),
+                "cpu_s": round(cpu - cpu_mark, 3),
                 "rss_mib": round(daemon.rss_mib(), 1),
             }
         )
         w = out[-1]
-        print(
-            f"    window t={w['t_s']}s completed={w['completed']} p99_ms={w['p99_ms']}"
-            f" cpu_ms_per_call={w['cpu_ms_per_call']} rss_mib={w['rss_mib']}",
-            flush=True,
-        )
+        if say:
+            print(
+                f"    window t={w['t_s']}s completed={w['completed']} p99_ms={w['p99_ms']}"
+                f" cpu_ms_per_call={w['cpu_ms_per_call']} rss_mib={w['rss_mib']}",
+                flush=True,
+            )
         t_mark, c_mark, cpu_mark = len(peer.turnaround), done, cpu
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` on ``cpus``; threads started later inherit it from their
+    creator (the daemon's event loop starts its store writer and executor threads)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):  # ended meanwhile
+            os.sched_setaffinity(int(tid), cpus)
+
+
+async def one_core(
+    daemon: rig.Daemon, make_peer: Any, args: argparse.Namespace
+) -> dict[str, object] | None:
+    """The daemon on one CPU, the generator on the others, at rising rates (see above)."""
+    everywhere = os.sched_getaffinity(0)
+    if len(everywhere) < 2:
+        print("  one core: skipped (the generator needs a CPU of its own)", flush=True)
+        return None
+    daemon_cpu = max(everywhere)
+    generator = everywhere - {daemon_cpu}
+    steps: list[dict[str, object]] = []
+    seconds = ONE_CORE_STEP_S_QUICK if args.quick else ONE_CORE_STEP_S
+    prompt_s = ONE_CORE_CALL_S / 4
+    window_s = ONE_CORE_CALL_S / 2
+    pin(daemon.pid, {daemon_cpu})
+    os.sched_setaffinity(0, generator)
+    try:
+        for rate in ONE_CORE_RATES_QUICK if args.quick else ONE_CORE_RATES:
+            calls = int(rate * seconds)
+            print(f"  round one core at {rate} calls/s: {calls} calls ...", flush=True)
+            own0 = os.times()
+            r = await run_round(
+                daemon, make_peer, f"core{rate}", calls, rate, prompt_s,
+                ONE_CORE_CALL_S - prompt_s, window_s, say_windows=False,
+            )  # fmt: skip
+            own1 = os.times()
+            # steady: from one call length in (calls end as they arrive) to the last arrival
+            ws = [w for w in r.pop("windows") if ONE_CORE_CALL_S < w["t_s"] <= seconds]  # type: ignore[attr-defined]
+            span = window_s * len(ws)
+            done = sum(w["completed"] for w in ws)
+            cpu = sum(w["cpu_s"] for w in ws)
+            r["offered_calls_per_s"] = rate
+            r["steady_completed_per_s"] = round(done / span, 1) if span else 0.0
+            r["steady_cpu_ms_per_call"] = round(cpu * 1000 / max(done, 1), 2)
+            r["daemon_core_busy"] = round(cpu / span, 2) if span else float("nan")
+            wall = max(float(r["calls"]) / max(float(r["calls_per_s"]), 1e-9), 1e-9)  # type: ignore[arg-type]
+            r["generator_busy"] = round(
+                (own1.user + own1.system - own0.user - own0.system) / wall, 2
+            )
+            r["met"] = bool(
+                r["failures"] == 0
+                and r["turnaround_p99_ms"] <= GOALS["steady_p99_ms"]  # type: ignore[operator]
+                and r["steady_completed_per_s"] >= 0.95 * rate  # type: ignore[operator]
+            )
+            steps.append(r)
+            print(
+                f"    {summary(r)} steady_completed_per_s={r['steady_completed_per_s']}"
+                f" steady_cpu_ms_per_call={r['steady_cpu_ms_per_call']}"
+                f" daemon_core_busy={r['daemon_core_busy']}"
+                f" generator_busy={r['generator_busy']} met={r['met']}",
+                flush=True,
+            )
+            if not r["met"]:
+                break
+    finally:
+        pin(daemon.pid, everywhere)
+        os.sched_setaffinity(0, everywhere)
+    met = [s for s in steps if s["met"]]
+    top = steps[-1]
+    return {
+        "daemon_cpu": daemon_cpu,
+        "steps": steps,
+        "calls_per_s": met[-1]["offered_calls_per_s"] if met else 0,
+        "top_completed_per_s": top["steady_completed_per_s"],
+        "top_cpu_ms_per_call": top["steady_cpu_ms_per_call"],
+        "top_core_busy": top["daemon_core_busy"],
+    }
+
+
+def print_one_core(core: dict[str, object]) -> None:
+    print(
+        f"\nthe daemon on one core (CPU {core['daemon_cpu']}), the generator on the others,"
+        f" {ONE_CORE_CALL_S:g} s calls; done/s, cpu and core busy while steady"
+    )
+    print(
+        f"{'offered/s':>9} {'done/s':>7} {'calls':>6} {'fail':>5} {'peak':>5} {'p99 ms':>7}"
+        f" {'max ms':>8} {'dig>rec p99':>11} {'cpu ms/call':>11} {'core busy':>9}"
+        f" {'generator busy':>14} {'met':>5}"
+    )
+    for r in core["steps"]:  # type: ignore[attr-defined]
+        print(
+            f"{r['offered_calls_per_s']:>9} {r['steady_completed_per_s']:>7} {r['calls']:>6}"
+            f" {r['failures']:>5} {r['peak_concurrent']:>5} {r['turnaround_p99_ms']:>7}"
+            f" {r['turnaround_max_ms']:>8} {r['digit_to_record_p99_ms']:>11}"
+            f" {r['steady_cpu_ms_per_call']:>11} {r['daemon_core_busy']:>9}"
+            f" {r['generator_busy']:>14} {r['met']!s:>5}"
+        )
+    print(
+        f"capacity on one core (the highest rate carried with the steady goals met):"
+        f" {core['calls_per_s']} calls/s; at the top step {core['top_completed_per_s']}"
+        f" calls/s done, {core['top_cpu_ms_per_call']} CPU-ms per call,"
+        f" the core {core['top_core_busy']} busy"
+    )
 
 
 def call_seconds(args: argparse.Namespace) -> float:
@@ -279,10 +407,14 @@ async def rounds(
 
 
 async def whole_daemon(
-    args: argparse.Namespace, database_url: str | None, freeswitch: bool
+    args: argparse.Namespace,
+    database_url: str | None,
+    freeswitch: bool,
+    one_core_round: bool = False,
 ) -> dict[str, dict[str, object]]:
     """One daemon, its Asterisk adapter (FastAGI + AMI) and, with ``freeswitch``, its
-    FreeSWITCH adapter (ESL) too; the Asterisk rounds, then the FreeSWITCH ones."""
+    FreeSWITCH adapter (ESL) too; the Asterisk rounds (and with ``one_core_round`` the
+    one-core steps), then the FreeSWITCH ones."""  # fmt: skip
     ami = ap.ami_server(rig.AMI_USER, rig.AMI_SECRET)
     await ami.start()
     fs = fp.LoadFreeSwitch(rig.ESL_PASSWORD)
@@ -311,6 +443,10 @@ async def whole_daemon(
 
             print("  Asterisk (FastAGI + AMI)", flush=True)
             out["asterisk"] = await rounds(daemon, asterisk_peer, args, long=not args.no_long)
+            if one_core_round:
+                core = await one_core(daemon, asterisk_peer, args)
+                if core is not None:
+                    out["one_core"] = core
             if freeswitch:
                 print("  FreeSWITCH (ESL)", flush=True)
                 # --quick: a short steady round only (the simulator is a slower generator)
@@ -389,13 +525,17 @@ def main() -> int:
     parser.add_argument("--steady-s", type=float, default=None)
     parser.add_argument("--long-s", type=float, default=None)
     parser.add_argument("--no-long", action="store_true", help="skip the long round")
+    parser.add_argument("--no-one-core", action="store_true", help="skip the one-core round")
     args = parser.parse_args()
     raise_fd_limit()
     load0 = loadavg()
     all_results: dict[str, dict[str, object]] = {}
     print("SQLite", flush=True)
-    on_sqlite = asyncio.run(whole_daemon(args, None, freeswitch=True))
+    on_sqlite = asyncio.run(
+        whole_daemon(args, None, freeswitch=True, one_core_round=not args.no_one_core)
+    )
     all_results["sqlite"] = on_sqlite["asterisk"]
+    core = on_sqlite.get("one_core")
     all_results["freeswitch_sqlite"] = on_sqlite["freeswitch"]
     if args.postgres:
         args.no_long = True
@@ -416,6 +556,8 @@ def main() -> int:
     }
     for db, results in all_results.items():
         print_table(f"whole daemon, {titles[db]}", results)  # type: ignore[arg-type]
+    if core:
+        print_one_core(core)
     print("\nthe limit, same number of calls:")
     fa, sf = limits["fastagi_alone"], limits["store_floor"]
     print(f"  FastAGI server alone (agi_load consent script, no store): {fa}")
@@ -435,7 +577,11 @@ def main() -> int:
         "tx_per_call": steady["tx_per_call"],
         "long_throughput_ratio": ratio,
         "rss_growth_mib": growth,
+        "one_core_calls_per_s": core["calls_per_s"] if core else None,
+        "one_core_top_completed_per_s": core["top_completed_per_s"] if core else None,
+        "one_core_top_cpu_ms_per_call": core["top_cpu_ms_per_call"] if core else None,
         "results": all_results,
+        "one_core": core,
         "limits": limits,
         "loadavg_before": load0,
         "loadavg_after": load1,
