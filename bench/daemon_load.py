@@ -14,11 +14,12 @@ Rounds (one daemon, one database, in this order):
 * one core: the issue's "≥ 400 full calls/s on one core" measured as it reads. The daemon's
   threads are pinned to one CPU and the load generator to the others; short calls
   (``ONE_CORE_CALL_S``) arrive at rising rates (``ONE_CORE_RATES``), each step a round of its
-  own, measured once it is steady (from one call length in to the last arrival): calls
-  completed per second, daemon CPU per call, how busy the core was (daemon CPU seconds per
-  second) and how busy the generator was. The capacity is the highest rate that one core
-  still carries: completions keep up with arrivals (≥ 0.95), no failure, turnaround p99 ≤
-  20 ms.
+  own: calls completed per second while steady (from one call length in to the last
+  arrival), how busy the core was then, the daemon's CPU per call over the whole step (until
+  it is idle again: encryptions that fell behind are done after the last call and count),
+  the core that rate needs (rate × CPU per call), and how busy the generator was. The
+  capacity is the highest rate one core carries: no failure, turnaround p99 ≤ 20 ms,
+  completions keeping up (≥ 0.95 of arrivals), and no more than the one core needed.
 
 Figures: turnaround (from our reply written to the daemon's next command read) p50/p99/max,
 accept digit → ``EXEC MixMonitor`` p99, daemon CPU-ms per call (``/proc/<pid>/stat``, until
@@ -306,8 +307,8 @@ async def one_core(
             cpu = sum(w["cpu_s"] for w in ws)
             r["offered_calls_per_s"] = rate
             r["steady_completed_per_s"] = round(done / span, 1) if span else 0.0
-            r["steady_cpu_ms_per_call"] = round(cpu * 1000 / max(done, 1), 2)
             r["daemon_core_busy"] = round(cpu / span, 2) if span else float("nan")
+            r["cores_needed"] = round(rate * r["cpu_ms_per_call"] / 1000, 2)  # type: ignore[operator]
             wall = max(float(r["calls"]) / max(float(r["calls_per_s"]), 1e-9), 1e-9)  # type: ignore[arg-type]
             r["generator_busy"] = round(
                 (own1.user + own1.system - own0.user - own0.system) / wall, 2
@@ -316,12 +317,12 @@ async def one_core(
                 r["failures"] == 0
                 and r["turnaround_p99_ms"] <= GOALS["steady_p99_ms"]  # type: ignore[operator]
                 and r["steady_completed_per_s"] >= 0.95 * rate  # type: ignore[operator]
+                and r["cores_needed"] <= 1.0  # type: ignore[operator]
             )
             steps.append(r)
             print(
                 f"    {summary(r)} steady_completed_per_s={r['steady_completed_per_s']}"
-                f" steady_cpu_ms_per_call={r['steady_cpu_ms_per_call']}"
-                f" daemon_core_busy={r['daemon_core_busy']}"
+                f" daemon_core_busy={r['daemon_core_busy']} cores_needed={r['cores_needed']}"
                 f" generator_busy={r['generator_busy']} met={r['met']}",
                 flush=True,
             )
@@ -337,7 +338,8 @@ async def one_core(
         "steps": steps,
         "calls_per_s": met[-1]["offered_calls_per_s"] if met else 0,
         "top_completed_per_s": top["steady_completed_per_s"],
-        "top_cpu_ms_per_call": top["steady_cpu_ms_per_call"],
+        "top_cpu_ms_per_call": top["cpu_ms_per_call"],
+        "top_cores_needed": top["cores_needed"],
         "top_core_busy": top["daemon_core_busy"],
     }
 
@@ -345,26 +347,26 @@ async def one_core(
 def print_one_core(core: dict[str, object]) -> None:
     print(
         f"\nthe daemon on one core (CPU {core['daemon_cpu']}), the generator on the others,"
-        f" {ONE_CORE_CALL_S:g} s calls; done/s, cpu and core busy while steady"
+        f" {ONE_CORE_CALL_S:g} s calls; done/s and core busy while steady, cpu over the whole step"
     )
     print(
         f"{'offered/s':>9} {'done/s':>7} {'calls':>6} {'fail':>5} {'peak':>5} {'p99 ms':>7}"
         f" {'max ms':>8} {'dig>rec p99':>11} {'cpu ms/call':>11} {'core busy':>9}"
-        f" {'generator busy':>14} {'met':>5}"
+        f" {'cores needed':>12} {'generator busy':>14} {'met':>5}"
     )
     for r in core["steps"]:  # type: ignore[attr-defined]
         print(
             f"{r['offered_calls_per_s']:>9} {r['steady_completed_per_s']:>7} {r['calls']:>6}"
             f" {r['failures']:>5} {r['peak_concurrent']:>5} {r['turnaround_p99_ms']:>7}"
             f" {r['turnaround_max_ms']:>8} {r['digit_to_record_p99_ms']:>11}"
-            f" {r['steady_cpu_ms_per_call']:>11} {r['daemon_core_busy']:>9}"
-            f" {r['generator_busy']:>14} {r['met']!s:>5}"
+            f" {r['cpu_ms_per_call']:>11} {r['daemon_core_busy']:>9}"
+            f" {r['cores_needed']:>12} {r['generator_busy']:>14} {r['met']!s:>5}"
         )
     print(
         f"capacity on one core (the highest rate carried with the steady goals met):"
         f" {core['calls_per_s']} calls/s; at the top step {core['top_completed_per_s']}"
         f" calls/s done, {core['top_cpu_ms_per_call']} CPU-ms per call,"
-        f" the core {core['top_core_busy']} busy"
+        f" the core {core['top_core_busy']} busy, {core['top_cores_needed']} cores needed"
     )
 
 
