@@ -285,11 +285,11 @@ def test_a_batch_that_waited_for_the_stores_lock_says_so_in_one_line(
     with caplog.at_level(logging.WARNING, logger="callconsent.store"):
         ledger.writer.run(_audit_job(0))  # a quick batch (and the tail row exists)
         assert not [r for r in caplog.records if r.getMessage() == "store_commit_slow"]
-        holder = _hold_the_store_lock(ledger.db, 0.4)
+        holder = _hold_the_store_lock(ledger.db, 0.15)  # just past the steady goal's 100 ms
         assert ledger.writer.run(_audit_job(1)) == 1
         holder.join()
     (line,) = [r for r in caplog.records if r.getMessage() == "store_commit_slow"]
-    assert line.kv["begin_ms"] >= 300 and line.kv["ms"] >= line.kv["begin_ms"], line.kv
+    assert line.kv["begin_ms"] >= 100 and line.kv["ms"] >= line.kv["begin_ms"], line.kv
     assert line.kv["lock_ms"] < 100 and line.kv["commit_ms"] < 100, line.kv
     assert (line.kv["jobs"], line.kv["more"]) == (1, 0)
 
