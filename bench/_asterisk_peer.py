@@ -8,6 +8,14 @@ for ``talk_s``; then Asterisk closes the file (a final WAV header) and the AMI s
 simulator's, :class:`asterisk_sim_ami.SimAmi`) sends ``Hangup`` for the customer leg, as in
 production. Channels are protocol callbacks on one shared buffer (as ``agi_load.py``'s), so the
 generator costs the two cores as little as it can.
+
+Over AMI each call sends what Asterisk 22 sent for the captured consent call
+(``asterisk/ami-accept_brief.log``, :class:`CallEvents`): 70 events of every class (channel
+states, each AGI command's start and end, dialplan steps, variable sets, DTMF, the hangups).
+The daemon's AMI user is the one we ship (``dialplan/asterisk/manager_callconsent.conf``:
+``read = call`` and its ``eventfilter`` lines), so the daemon gets what an installation that
+follows our docs gets; ``--ami-user all`` makes it a ``read = all`` user without filters
+(the lab's ``test`` user), where the daemon's own login (``Events: call``) is the only filter.
 """
 
 from __future__ import annotations
@@ -23,11 +31,49 @@ from _common import ROOT, connect_loopback
 
 sys.path.insert(0, str(ROOT / "tests" / "sim"))
 
-from asterisk_captures import fixture, parse_agi_capture
-from asterisk_sim_ami import AmiUser, SimAmi
+from asterisk_captures import fixture, parse_agi_capture, parse_ami_capture
+from asterisk_sim_ami import AmiUser, SimAmi, manager_conf_user, message
 
 CAMPAIGN = "sales"
 WAV_SECONDS = 0.5  # what MixMonitor "recorded" (8 kHz, 16 bit, mono): 8,000 bytes
+
+
+#: the captured call's uniqueids (the AGI channel, the customer leg; the other Local half)
+#: and channel name, replaced by each call's own
+_CAPTURED = {"1795345505.1": "@@UID@@", "1795345505.0": "@@OTHER@@"}
+_CAPTURED_CHANNEL = "Local/s@consent-in-00000000"
+#: in the capture but not part of a caller's call: the login's events, the lab's Originate
+_NOT_THE_CALL = {"FullyBooted", "SuccessfulAuth", "OriginateResponse"}
+
+#: (event class, event name, the event with @@…@@ where the call's ids go)
+Chunk = list[tuple[str, str, bytes]]
+
+
+class CallEvents:
+    """The AMI events of the captured consent call, by when Asterisk sent them: ``before``
+    the AGI script, ``commands`` (one chunk per AGI command, from its ``AGIExecStart`` to the
+    next: its end, the variables it set, the DTMF), ``after`` it (the hangups)."""
+
+    def __init__(self) -> None:
+        events: Chunk = []
+        for m in parse_ami_capture(fixture("asterisk/ami-accept_brief.log")):
+            name = m.get("Event")
+            if m.direction != "RX" or not name or name in _NOT_THE_CALL:
+                continue
+            pairs = []
+            for key, value in m.headers:
+                if key.endswith(("Uniqueid", "Linkedid")) and value in _CAPTURED:
+                    value = _CAPTURED[value]
+                pairs.append((key, value.replace(_CAPTURED_CHANNEL, "@@CHANNEL@@")))
+            events.append((str(m.get("Privilege")).split(",")[0], name, message(*pairs)))
+        starts = [i for i, (_, n, _) in enumerate(events) if n == "AGIExecStart"]
+        last_end = max(i for i, (_, n, _) in enumerate(events) if n == "AGIExecEnd")
+        self.before = events[: starts[0]]
+        self.commands = [
+            events[a:b] for a, b in zip(starts, [*starts[1:], last_end + 1], strict=True)
+        ]
+        self.after = events[last_end + 1 :]
+        self.count = len(events)
 
 
 class LoadAmi(SimAmi):
@@ -36,9 +82,29 @@ class LoadAmi(SimAmi):
     def _send(self, client, data: bytes) -> None:  # type: ignore[no-untyped-def]
         client.writer.write(data)
 
+    def send_events(self, chunk: Chunk, uid: str, n: int) -> None:
+        """One call's events (with its ids) to each session that asked for their class."""
+        for client in self._clients:
+            if client.user:
+                data = b"".join(e for c, name, e in chunk if client.wants(c, name))
+                if data:
+                    client.writer.write(
+                        data.replace(b"@@UID@@", uid.encode())
+                        .replace(b"@@OTHER@@", f"{uid}o".encode())
+                        .replace(b"@@CHANNEL@@", f"Local/s@consent-in-{n:08x}".encode())
+                    )
 
-def ami_server(user: str, secret: str) -> LoadAmi:
-    return LoadAmi(sim=None, users={user: AmiUser(secret, {"call"})})  # type: ignore[arg-type]
+
+def shipped_user(secret: str) -> AmiUser:
+    """The AMI user of ``dialplan/asterisk/manager_callconsent.conf``."""
+    conf = (ROOT / "dialplan" / "asterisk" / "manager_callconsent.conf").read_text()
+    return manager_conf_user(conf, "callconsent", secret)
+
+
+def ami_server(user: str, secret: str, shipped: bool = True) -> LoadAmi:
+    """``shipped``: the user we ship; else a ``read = all`` user with no filter."""
+    ami_user = shipped_user(secret) if shipped else AmiUser(secret, {"call"})
+    return LoadAmi(sim=None, users={user: ami_user})  # type: ignore[arg-type]
 
 
 def environment_template(agi_port: int) -> bytes:
@@ -82,6 +148,7 @@ class Peer:
         self.env = environment_template(agi_port).decode()
         self.run = run  # unique per round: linkedids never repeat across rounds
         self.wav = final_wav()
+        self.events = CallEvents()
         self.buffer = memoryview(bytearray(65536))
         self.turnaround: list[float] = []
         self.digit_to_record: list[float] = []
@@ -92,7 +159,7 @@ class Peer:
         self.n += 1
         uid = f"{self.run}.{self.n}"
         loop = asyncio.get_running_loop()
-        channel = _Channel(self, uid, loop.create_future())
+        channel = _Channel(self, uid, self.n, loop.create_future())
         if not await connect_loopback(self.agi_port, channel):
             self.failures += 1
             return
@@ -111,8 +178,9 @@ class Peer:
 
 
 class _Channel(asyncio.BufferedProtocol):
-    def __init__(self, peer: Peer, uid: str, closed: asyncio.Future[None]) -> None:
-        self.peer, self.uid, self.closed = peer, uid, closed
+    def __init__(self, peer: Peer, uid: str, n: int, closed: asyncio.Future[None]) -> None:
+        self.peer, self.uid, self.n, self.closed = peer, uid, n, closed
+        self.ami_chunks = list(peer.events.commands)  # one sent with each AGI command
         self.rest = b""
         self.sent = 0.0
         self.digit_sent = 0.0
@@ -127,8 +195,12 @@ class _Channel(asyncio.BufferedProtocol):
             "DYNAMIC_FEATURES": "",
         }
 
+    def ami(self, chunk: Chunk) -> None:
+        self.peer.ami.send_events(chunk, self.uid, self.n)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.ami(self.peer.events.before)
         self.transport.write(self.peer.env.replace("{uid}", self.uid).encode())
         self.sent = time.perf_counter()
 
@@ -143,6 +215,8 @@ class _Channel(asyncio.BufferedProtocol):
     def line(self, line: bytes) -> None:
         now = time.perf_counter()
         self.peer.turnaround.append(now - self.sent)
+        if self.ami_chunks:
+            self.ami(self.ami_chunks.pop(0))
         if line.startswith(b"GET FULL VARIABLE"):
             exprs = line.decode().split('"')[1].split("|")
             out = []
@@ -185,16 +259,13 @@ class _Channel(asyncio.BufferedProtocol):
             self.sent = time.perf_counter()
 
     def hang_up(self) -> None:
-        self.peer.ami.emit(
-            "Hangup",
-            [
-                ("Channel", f"PJSIP/caller-{self.uid}"),
-                ("Uniqueid", self.uid),
-                ("Linkedid", self.uid),
-                ("Cause", "16"),
-                ("Cause-txt", "Normal Clearing"),
-            ],
-        )
+        """The rest of the call's AMI events: chunks of AGI commands it did not send (the
+        capture's call ran more of them), then the hangups (its customer leg's ``Hangup``
+        ends the call in the daemon)."""
+        for chunk in self.ami_chunks:
+            self.ami(chunk)
+        self.ami_chunks = []
+        self.ami(self.peer.events.after)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None

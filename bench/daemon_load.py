@@ -2,7 +2,10 @@
 ``--postgres`` a throwaway PostgreSQL server), driven by a load generator playing Asterisk's
 FastAGI side and AMI (``bench/_asterisk_peer.py``): each caller hears the consent prompt,
 presses 1, ``MixMonitor`` starts, the caller talks, hangs up (AMI ``Hangup``), the recording is
-closed, finalized (encrypted) and the call ends, as in production.
+closed, finalized (encrypted) and the call ends, as in production. Over AMI each call sends
+the 70 events Asterisk 22 sent for a captured consent call, to the AMI user we ship
+(``read = call`` and its event filters); ``--ami-user all``: a ``read = all`` user without
+filters, where only the daemon's login (``Events: call``) filters.
 
 Rounds (one daemon, one database, in this order):
 
@@ -30,7 +33,7 @@ In the same run, the limit (``bench/_limits.py``): the same number of sessions t
 FastAGI server alone (``bench/agi_load.py``'s consent script, no store), and a bare SQLAlchemy
 Core insert of the rows one call stores, in one transaction per call.
 
-    .venv/bin/python bench/daemon_load.py [--quick] [--postgres]
+    .venv/bin/python bench/daemon_load.py [--quick] [--postgres] [--ami-user all]
 """
 
 from __future__ import annotations
@@ -417,7 +420,7 @@ async def whole_daemon(
     """One daemon, its Asterisk adapter (FastAGI + AMI) and, with ``freeswitch``, its
     FreeSWITCH adapter (ESL) too; the Asterisk rounds (and with ``one_core_round`` the
     one-core steps), then the FreeSWITCH ones."""  # fmt: skip
-    ami = ap.ami_server(rig.AMI_USER, rig.AMI_SECRET)
+    ami = ap.ami_server(rig.AMI_USER, rig.AMI_SECRET, shipped=args.ami_user == "shipped")
     await ami.start()
     fs = fp.LoadFreeSwitch(rig.ESL_PASSWORD)
     await fs.start()
@@ -528,6 +531,12 @@ def main() -> int:
     parser.add_argument("--long-s", type=float, default=None)
     parser.add_argument("--no-long", action="store_true", help="skip the long round")
     parser.add_argument("--no-one-core", action="store_true", help="skip the one-core round")
+    parser.add_argument(
+        "--ami-user",
+        choices=("shipped", "all"),
+        default="shipped",
+        help="the daemon's AMI user: ours (read=call, event filters) or read=all, no filter",
+    )
     args = parser.parse_args()
     raise_fd_limit()
     load0 = loadavg()
@@ -565,11 +574,13 @@ def main() -> int:
     print(f"  FastAGI server alone (agi_load consent script, no store): {fa}")
     print(f"  bare SQLAlchemy Core insert of one call's rows, one transaction per call: {sf}")
     print(f"load average before {' '.join(load0)}, after {' '.join(load1)} (2 shared cores)")
+    print(f"AMI user: {args.ami_user} (see bench/_asterisk_peer.py)")
     window_s = plan(args)["long"]["window_s"]
     ratio, growth = long_figures(all_results["sqlite"].get("long"), call_s, window_s)  # type: ignore[arg-type]
     figures = {
         "bench": "daemon_load",
         "quick": args.quick,
+        "ami_user": args.ami_user,
         "steady_p99_ms": steady["turnaround_p99_ms"],
         "steady_max_ms": steady["turnaround_max_ms"],
         "digit_to_record_p99_ms": steady["digit_to_record_p99_ms"],

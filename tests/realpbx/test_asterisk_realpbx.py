@@ -15,8 +15,10 @@ import pytest
 from asterisk_real import Lab
 from asterisk_real_harness import Real, fields, go, lab_or_skip, size
 from error_lines import no_error_lines
+from panoramisk.message import Message
 from recstore import make_rig
 
+from agi.ami import AmiClient
 from agi.closure import header_final
 from recorder.finalize.finalizer import FinalizerSettings
 
@@ -48,6 +50,33 @@ def test_real_accept(lab: Lab, tmp_path: Path) -> None:
 
     with no_error_lines():  # ordinary hangups are no crash (issue 14, point 2)
         go(lab, tmp_path, scenario)
+
+
+def test_real_asterisk_sends_our_login_call_events_only(lab: Lab, tmp_path: Path) -> None:
+    """Our AMI login asks for ``call`` events (``Events: call``): logged in as the lab's
+    ``read = all`` user without event filters, a real consent call brings it the hangups, and
+    none of the AGI, dialplan and DTMF events the observer (``Events: on``) sees."""
+    got: list[tuple[str, str]] = []
+
+    async def scenario(r: Real) -> None:
+        t = lab.target
+
+        def note(m: Message) -> None:
+            got.append((str(m.get("Event")), str(m.get("Privilege"))))
+
+        ours = AmiClient(t.host, t.port, t.user, t.secret, name="ours", on_event=note)
+        assert await ours.start()
+        try:
+            started, _ = await r.call("accept", talk=1.0)
+        finally:
+            await ours.stop()
+        assert started["Status"] == "granted"
+        seen = {str(m.get("Event")) for m in r.events}
+        assert {"AGIExecStart", "VarSet", "Newexten", "Hangup"} <= seen  # what Asterisk sent
+        assert ("Hangup", "call,all") in got
+        assert [e for e in got if not e[1].startswith("call,")] == []
+
+    go(lab, tmp_path, scenario)
 
 
 def test_real_decline(lab: Lab, tmp_path: Path) -> None:

@@ -88,7 +88,9 @@ async def call(lab: Lab, db: Path) -> None:
     then until the daemon has encrypted its recording."""
     events: list[Message] = []
     t = lab.target
-    observer = AmiClient(t.host, t.port, t.user, t.secret, on_event=events.append, name="test")
+    observer = AmiClient(
+        t.host, t.port, t.user, t.secret, on_event=events.append, event_classes="on", name="test"
+    )
     assert await observer.start()
     token = secrets.token_hex(6)
     try:

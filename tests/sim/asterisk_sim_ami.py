@@ -1,7 +1,11 @@
 """The AMI side of the simulated Asterisk: a TCP server speaking AMI as Asterisk 22 did in the
 captures (banner, responses, event header order), with per-user write classes: a
 ``write=call`` user gets ``Permission denied`` for ``MixMonitor``, ``Originate`` and
-``Command`` (capture ``s6_callonly_perms``).
+``Command`` (capture ``s6_callonly_perms``). A session gets an event if its class is one
+the login's ``Events`` header asked for, as Asterisk 22's ``set_eventmask`` reads it (``on``:
+all, ``off``: none, ``call,system``: those classes; ``FullyBooted`` is a ``system`` event),
+one the user may read (manager.conf ``read``), and, if the user has ``eventfilter`` include
+lines, an event they name (``dialplan/asterisk/manager_callconsent.conf``).
 """
 
 from __future__ import annotations
@@ -36,17 +40,72 @@ def message(*pairs: tuple[str, str]) -> bytes:
     return b"".join(f"{k}: {v}\r\n".encode() for k, v in pairs) + b"\r\n"
 
 
+#: every event class (Asterisk 22 manager.c ``perms``): what ``Events: on`` asks for
+ALL_CLASSES = frozenset(
+    {"system", "call", "log", "verbose", "command", "agent", "user", "config", "dtmf",
+     "reporting", "cdr", "dialplan", "originate", "agi", "cc", "aoc", "test", "security",
+     "message"}
+)  # fmt: skip
+
+
+def event_mask(value: str | None) -> frozenset[str]:
+    """The classes a login's ``Events`` header asks for (manager.c ``strings_to_mask``):
+    none given keeps every class; a true word all, a false one none; otherwise the classes
+    named (a name Asterisk does not know adds none)."""
+    word = (value or "").strip().lower()
+    if not word:
+        return ALL_CLASSES
+    if word.isdigit():
+        return ALL_CLASSES if int(word) else frozenset()
+    if word in ("yes", "true", "y", "t", "1", "on"):
+        return ALL_CLASSES
+    if word in ("no", "false", "n", "f", "0", "off"):
+        return frozenset()
+    return frozenset(c.strip() for c in word.split(",")) & ALL_CLASSES
+
+
 @dataclass
 class AmiUser:
     secret: str
     write: set[str]
+    read: frozenset[str] = ALL_CLASSES
+    #: manager.conf ``eventfilter(action(include),name(X))`` lines: only these events
+    events: frozenset[str] | None = None
+
+
+def manager_conf_user(conf: str, section: str, secret: str) -> AmiUser:
+    """A manager.conf user as the simulator needs it: its ``write`` and ``read`` classes and
+    the events its ``eventfilter(action(include),name(…))`` lines let through."""
+    body = conf.split(f"[{section}]", 1)[1].split("\n[", 1)[0]
+    classes: dict[str, frozenset[str]] = {}
+    names: set[str] = set()
+    for line in body.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() in ("read", "write"):
+            classes[key.strip()] = frozenset(c.strip() for c in value.split(",")) & ALL_CLASSES
+        elif key.startswith("eventfilter(action(include),name("):
+            names.add(key.split("name(", 1)[1].split(")", 1)[0])
+    return AmiUser(
+        secret,
+        set(classes.get("write", ALL_CLASSES)),
+        classes.get("read", ALL_CLASSES),
+        frozenset(names) or None,
+    )
 
 
 @dataclass
 class _Client:
     writer: asyncio.StreamWriter
     user: str | None = None
-    events: bool = True
+    events: frozenset[str] = ALL_CLASSES  # the classes its login asked for and it may read
+    names: frozenset[str] | None = None  # its user's event filter
+
+    def wants(self, category: str, name: str) -> bool:
+        return (
+            bool(self.user)
+            and category in self.events
+            and (self.names is None or name in self.names)
+        )
 
 
 @dataclass
@@ -83,15 +142,15 @@ class SimAmi:
     def logged_in(self) -> list[str]:
         return [c.user for c in self._clients if c.user]
 
-    def emit(self, event: str, pairs: list[tuple[str, str]]) -> None:
+    def emit(self, event: str, pairs: list[tuple[str, str]], category: str = "call") -> None:
         data = message(
             ("Event", event),
-            ("Privilege", "call,all"),
+            ("Privilege", f"{category},all"),
             ("Timestamp", f"{time.time():.6f}"),
             *pairs,
         )
         for client in self._clients:
-            if client.user and client.events:
+            if client.wants(category, event):
                 self._send(client, data)
 
     def _send(self, client: _Client, data: bytes) -> None:
@@ -130,9 +189,10 @@ class SimAmi:
             if self.refuse_logins or user is None or user.secret != h.get("secret"):
                 return [message(("Response", "Error"), aid, ("Message", "Authentication failed"))]
             client.user = h["username"]
-            client.events = h.get("events", "on").lower() != "off"
+            client.events = event_mask(h.get("events")) & user.read
+            client.names = user.events
             out = [message(("Response", "Success"), aid, ("Message", "Authentication accepted"))]
-            if client.events:
+            if "system" in client.events:
                 out.append(
                     message(
                         ("Event", "FullyBooted"),
