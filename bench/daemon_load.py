@@ -66,7 +66,7 @@ GOALS = {
 
 #: the one-core round: rising arrival rates (calls/s) of 2 s calls (prompt 0.5 s), each for
 #: ``ONE_CORE_STEP_S``; ``--quick`` runs one short step at the goal's rate
-ONE_CORE_RATES = (200, 300, 400, 500)
+ONE_CORE_RATES = (100, 150, 200, 250, 300, 400, 500)
 ONE_CORE_RATES_QUICK = (400,)
 ONE_CORE_CALL_S = 2.0
 ONE_CORE_STEP_S = 12.0
