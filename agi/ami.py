@@ -136,9 +136,10 @@ EVENT_CLASSES = "call"
 
 
 class AmiClient:
-    """One AMI login. ``on_event(message)`` gets every event of ``event_classes`` (the login's
-    ``Events``: :data:`EVENT_CLASSES`; the tests' observers ask for ``on``); ``on_ready()``
-    runs after each successful login (to re-check calls whose events we may have missed)."""
+    """One AMI login. ``events`` is its ``Events`` header: :data:`EVENT_CLASSES`, ``off`` (a
+    login for actions only), or ``on`` (the tests' observers); ``on_event(message)`` gets
+    each event sent; ``on_ready()`` runs after each successful login (to re-check calls
+    whose events we may have missed)."""
 
     def __init__(
         self,
@@ -149,8 +150,7 @@ class AmiClient:
         *,
         on_event: Callable[[Message], None] | None = None,
         on_ready: Callable[[], None] | None = None,
-        events: bool = True,
-        event_classes: str = EVENT_CLASSES,
+        events: str = EVENT_CLASSES,
         name: str = "ami",
         backoff: tuple[float, float] = (0.5, 30.0),
         action_timeout_s: float = 5.0,
@@ -169,7 +169,7 @@ class AmiClient:
             port=port,
             username=user,
             secret=secret,
-            events=event_classes if events else "off",
+            events=events,
             ping_delay=10,
             ping_interval=10,
             forgetable_actions=OUR_ACTIONS,
@@ -177,7 +177,7 @@ class AmiClient:
             protocol_factory=_GuardedProtocol,
         )
         self.manager.client = self
-        if events:
+        if events != "off":
             self.manager.register_event("*", self._dispatch)
 
     @property

@@ -45,7 +45,7 @@ class AsteriskService:
                 options.ami_port,
                 options.ami_system_user,
                 options.ami_system_secret,
-                events=False,
+                events="off",
                 name="ami-system",
             )
         self.adapter = AsteriskAdapter(

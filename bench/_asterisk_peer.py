@@ -31,7 +31,7 @@ from _common import ROOT, connect_loopback
 
 sys.path.insert(0, str(ROOT / "tests" / "sim"))
 
-from asterisk_captures import fixture, parse_agi_capture, parse_ami_capture
+from asterisk_captures import call_events, fixture, parse_agi_capture
 from asterisk_sim_ami import AmiUser, SimAmi, manager_conf_user, message
 
 CAMPAIGN = "sales"
@@ -42,8 +42,9 @@ WAV_SECONDS = 0.5  # what MixMonitor "recorded" (8 kHz, 16 bit, mono): 8,000 byt
 #: and channel name, replaced by each call's own
 _CAPTURED = {"1795345505.1": "@@UID@@", "1795345505.0": "@@OTHER@@"}
 _CAPTURED_CHANNEL = "Local/s@consent-in-00000000"
-#: in the capture but not part of a caller's call: the login's events, the lab's Originate
-_NOT_THE_CALL = {"FullyBooted", "SuccessfulAuth", "OriginateResponse"}
+#: in the capture but not part of a caller's call: the lab's Originate (``call_events`` leaves
+#: out the login's)
+_NOT_THE_CALL = {"OriginateResponse"}
 
 #: (event class, event name, the event with @@…@@ where the call's ids go)
 Chunk = list[tuple[str, str, bytes]]
@@ -56,16 +57,16 @@ class CallEvents:
 
     def __init__(self) -> None:
         events: Chunk = []
-        for m in parse_ami_capture(fixture("asterisk/ami-accept_brief.log")):
-            name = m.get("Event")
-            if m.direction != "RX" or not name or name in _NOT_THE_CALL:
+        for name, category, headers in call_events("asterisk/ami-accept_brief.log"):
+            if name in _NOT_THE_CALL:
                 continue
-            pairs = []
-            for key, value in m.headers:
+            stamp = f"{time.time():.6f}"  # when this generator started: nobody reads it
+            pairs = [("Event", name), ("Privilege", f"{category},all"), ("Timestamp", stamp)]
+            for key, value in headers:
                 if key.endswith(("Uniqueid", "Linkedid")) and value in _CAPTURED:
                     value = _CAPTURED[value]
                 pairs.append((key, value.replace(_CAPTURED_CHANNEL, "@@CHANNEL@@")))
-            events.append((str(m.get("Privilege")).split(",")[0], name, message(*pairs)))
+            events.append((category, name, message(*pairs)))
         starts = [i for i, (_, n, _) in enumerate(events) if n == "AGIExecStart"]
         last_end = max(i for i, (_, n, _) in enumerate(events) if n == "AGIExecEnd")
         self.before = events[: starts[0]]

@@ -297,12 +297,12 @@ async def one_core(
         for rate in ONE_CORE_RATES_QUICK if args.quick else ONE_CORE_RATES:
             calls = int(rate * seconds)
             print(f"  round one core at {rate} calls/s: {calls} calls ...", flush=True)
-            own0 = os.times()
+            own0, t0 = os.times(), time.monotonic()
             r = await run_round(
                 daemon, make_peer, f"core{rate}", calls, rate, prompt_s,
                 ONE_CORE_CALL_S - prompt_s, window_s, say_windows=False,
             )  # fmt: skip
-            own1 = os.times()
+            own1, wall = os.times(), time.monotonic() - t0  # the round, and its idle wait
             # steady: from one call length in (calls end as they arrive) to the last arrival
             ws = [w for w in r.pop("windows") if ONE_CORE_CALL_S < w["t_s"] <= seconds]  # type: ignore[attr-defined]
             span = window_s * len(ws)
@@ -312,7 +312,6 @@ async def one_core(
             r["steady_completed_per_s"] = round(done / span, 1) if span else 0.0
             r["daemon_core_busy"] = round(cpu / span, 2) if span else float("nan")
             r["cores_needed"] = round(rate * r["cpu_ms_per_call"] / 1000, 2)  # type: ignore[operator]
-            wall = max(float(r["calls"]) / max(float(r["calls_per_s"]), 1e-9), 1e-9)  # type: ignore[arg-type]
             r["generator_busy"] = round(
                 (own1.user + own1.system - own0.user - own0.system) / wall, 2
             )

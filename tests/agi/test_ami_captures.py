@@ -163,7 +163,7 @@ def test_every_captured_action_reply_is_understood(
     async def send() -> object:
         server = AmiReplayServer([], {action_key(headers): response})
         await server.start()
-        client = AmiClient("127.0.0.1", server.port, "callconsent", "x", events=False)
+        client = AmiClient("127.0.0.1", server.port, "callconsent", "x", events="off")
         try:
             assert await client.start()
             return await client.action(name, **args)

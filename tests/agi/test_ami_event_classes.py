@@ -9,7 +9,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from asterisk_captures import fixture, parse_ami_capture
+from asterisk_captures import call_events
 from asterisk_sim_ami import ALL_CLASSES, AmiUser, SimAmi, event_mask, manager_conf_user
 from panoramisk.message import Message
 
@@ -19,16 +19,7 @@ SHIPPED = Path(__file__).resolve().parents[2] / "dialplan" / "asterisk" / "manag
 
 
 def _captured_call() -> list[tuple[str, str, list[tuple[str, str]]]]:
-    """(event, class, headers) of every event of the capture's consent call, in order."""
-    out = []
-    for m in parse_ami_capture(fixture("asterisk/ami-accept_brief.log")):
-        name = m.get("Event")
-        if m.direction != "RX" or not name or name in ("FullyBooted", "SuccessfulAuth"):
-            continue
-        category = str(m.get("Privilege")).split(",")[0]
-        rest = [(k, v) for k, v in m.headers if k not in ("Event", "Privilege", "Timestamp")]
-        out.append((name, category, rest))
-    return out
+    return call_events("asterisk/ami-accept_brief.log")
 
 
 def _replay(user: AmiUser) -> tuple[list[dict[str, str]], list[Message]]:

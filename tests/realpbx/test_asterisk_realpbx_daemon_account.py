@@ -89,7 +89,7 @@ async def call(lab: Lab, db: Path) -> None:
     events: list[Message] = []
     t = lab.target
     observer = AmiClient(
-        t.host, t.port, t.user, t.secret, on_event=events.append, event_classes="on", name="test"
+        t.host, t.port, t.user, t.secret, on_event=events.append, events="on", name="test"
     )
     assert await observer.start()
     token = secrets.token_hex(6)

@@ -157,6 +157,23 @@ def parse_ami_capture(path: Path) -> list[AmiMessage]:
     return out
 
 
+#: what Asterisk sends a session at its login, not for a call
+LOGIN_EVENTS = frozenset({"FullyBooted", "SuccessfulAuth"})
+
+
+def call_events(name: str) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """(event, class, headers less Event, Privilege and Timestamp) of each event of a one-call
+    AMI capture, in order, the login's left out."""
+    out = []
+    for m in parse_ami_capture(fixture(name)):
+        event = m.get("Event")
+        if m.direction != "RX" or not event or event in LOGIN_EVENTS:
+            continue
+        rest = [(k, v) for k, v in m.headers if k not in ("Event", "Privilege", "Timestamp")]
+        out.append((event, str(m.get("Privilege")).split(",")[0], rest))
+    return out
+
+
 def summaries(name: str) -> Iterator[dict]:
     """The JSON lines of ``asterisk/agi-summary.jsonl`` or ``ami-summary.jsonl``."""
     for line in read_text(fixture(name)).splitlines():

@@ -51,15 +51,16 @@ ALL_CLASSES = frozenset(
 def event_mask(value: str | None) -> frozenset[str]:
     """The classes a login's ``Events`` header asks for (manager.c ``strings_to_mask``):
     none given keeps every class; a true word all, a false one none; otherwise the classes
-    named (a name Asterisk does not know adds none)."""
+    named (a name Asterisk does not know adds none). A number is a bitmask there; here 0 is
+    none and any other all (no test sends one)."""
     word = (value or "").strip().lower()
     if not word:
         return ALL_CLASSES
     if word.isdigit():
         return ALL_CLASSES if int(word) else frozenset()
-    if word in ("yes", "true", "y", "t", "1", "on"):
+    if word in ("yes", "true", "y", "t", "on"):
         return ALL_CLASSES
-    if word in ("no", "false", "n", "f", "0", "off"):
+    if word in ("no", "false", "n", "f", "off"):
         return frozenset()
     return frozenset(c.strip() for c in word.split(",")) & ALL_CLASSES
 

@@ -272,7 +272,7 @@ async def real(
         lab.target.user,
         lab.target.secret,
         on_event=events.append,
-        event_classes="on",  # the tests watch UserEvents, dialplan and bridge events too
+        events="on",  # the tests watch UserEvents, dialplan and bridge events too
         name="test-observer",
     )
     for tap in taps:

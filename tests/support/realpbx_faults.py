@@ -290,7 +290,7 @@ class AsteriskPhones:
         t = lab.target
         self.events: list[Message] = []
         self.ami = AmiClient(t.host, t.port, t.user, t.secret, on_event=self.events.append,
-                             event_classes="on", name="test-phones")  # fmt: skip
+                             events="on", name="test-phones")  # fmt: skip
         self.tokens: list[str] = []
 
     async def start(self) -> None:
