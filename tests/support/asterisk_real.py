@@ -4,7 +4,7 @@ into it.
 ``CALLCONSENT_ASTERISK=ami://user:secret@host:port?conf=<etc dir>&spool=<dir>`` names a running
 Asterisk whose ``extensions.conf``, ``features.conf`` (inside ``[applicationmap]``) and
 ``manager.conf`` ``#tryinclude`` the drop-ins ``extensions_callconsent.conf``,
-``features_callconsent.conf`` and ``manager_callconsent.conf`` (see ``/work/pbx/README.md``);
+``features_callconsent.conf`` and ``manager_callconsent.conf`` (see ``/opt/pbx/README.txt``);
 for the Queue tests, app_queue loaded and ``queues.conf`` including ``queues_callconsent.conf``.
 The AMI user there must have ``write=all`` (the test originates calls and reloads modules).
 

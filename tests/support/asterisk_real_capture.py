@@ -7,7 +7,7 @@ becomes a fixture the simulator is checked against (``tests/fixtures/asterisk-re
   tap dials our server) and writes down every line, byte for byte;
 * :class:`AmiTap` is one more AMI login that writes down every event of our test calls.
 
-Run as a script against the lab (``source /work/pbx/env``) to record the fixtures again::
+Run as a script against the lab (``source /opt/pbx/env.sh``) to record the fixtures again::
 
     .venv/bin/python tests/asterisk_real_capture.py tests/fixtures/asterisk-real
 
