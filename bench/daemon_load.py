@@ -24,6 +24,10 @@ Rounds (one daemon, one database, in this order):
   capacity is the highest rate one core carries: no failure, turnaround p99 ≤ 20 ms,
   completions keeping up (≥ 0.95 of arrivals), and no more than the one core needed.
 
+``--daemon-cpu N`` pins the daemon's threads to CPU N for every round, as ``CPUAffinity=N`` in
+its systemd unit would (``deploy/callconsent.service``), and the generator to the other CPUs:
+the same calls with the GIL's hand-offs between threads kept on one CPU.
+
 Figures: turnaround (from our reply written to the daemon's next command read) p50/p99/max,
 accept digit → ``EXEC MixMonitor`` p99, daemon CPU-ms per call (``/proc/<pid>/stat``, until
 the daemon is idle again after the round), store transactions per call (the daemon counts
@@ -33,7 +37,7 @@ In the same run, the limit (``bench/_limits.py``): the same number of sessions t
 FastAGI server alone (``bench/agi_load.py``'s consent script, no store), and a bare SQLAlchemy
 Core insert of the rows one call stores, in one transaction per call.
 
-    .venv/bin/python bench/daemon_load.py [--quick] [--postgres] [--ami-user all]
+    .venv/bin/python bench/daemon_load.py [--quick] [--postgres] [--ami-user all] [--daemon-cpu N]
 """
 
 from __future__ import annotations
@@ -277,11 +281,27 @@ def pin(pid: int, cpus: set[int]) -> None:
             os.sched_setaffinity(int(tid), cpus)
 
 
+def pin_daemon(pid: int, cpu: int) -> None:
+    """``--daemon-cpu``: every thread of the daemon on ``cpu`` for all its rounds (as
+    ``CPUAffinity=`` in its systemd unit would, deploy/callconsent.service), the generator on
+    the other CPUs."""
+    ours = os.sched_getaffinity(0)
+    if cpu not in ours or len(ours) < 2:
+        raise SystemExit(
+            f"--daemon-cpu {cpu}: expected one of the CPUs {sorted(ours)}, with another left "
+            "for the load generator"
+        )
+    pin(pid, {cpu})
+    os.sched_setaffinity(0, ours - {cpu})
+    print(f"  the daemon on CPU {cpu}, the load generator on {sorted(ours - {cpu})}", flush=True)
+
+
 async def one_core(
     daemon: rig.Daemon, make_peer: Any, args: argparse.Namespace
 ) -> dict[str, object] | None:
     """The daemon on one CPU, the generator on the others, at rising rates (see above)."""
-    everywhere = os.sched_getaffinity(0)
+    daemon_before, ours_before = os.sched_getaffinity(daemon.pid), os.sched_getaffinity(0)
+    everywhere = daemon_before | ours_before  # --daemon-cpu pinned both already
     if len(everywhere) < 2:
         print("  one core: skipped (the generator needs a CPU of its own)", flush=True)
         return None
@@ -331,8 +351,8 @@ async def one_core(
             if not r["met"]:
                 break
     finally:
-        pin(daemon.pid, everywhere)
-        os.sched_setaffinity(0, everywhere)
+        pin(daemon.pid, daemon_before)
+        os.sched_setaffinity(0, ours_before)
     met = [s for s in steps if s["met"]]
     top = steps[-1]
     return {
@@ -436,6 +456,8 @@ async def whole_daemon(
                 if any(c.user for c in ami._clients) and (fs.inbound_clients or not freeswitch):
                     break
                 await asyncio.sleep(0.05)
+            if args.daemon_cpu is not None:
+                pin_daemon(daemon.pid, args.daemon_cpu)
 
             def asterisk_peer(run: str, prompt_s: float, talk_s: float) -> ap.Peer:
                 return ap.Peer(agi_port, ami, prompt_s, talk_s, run)
@@ -536,6 +558,14 @@ def main() -> int:
         default="shipped",
         help="the daemon's AMI user: ours (read=call, event filters) or read=all, no filter",
     )
+    parser.add_argument(
+        "--daemon-cpu",
+        type=int,
+        default=None,
+        metavar="N",
+        help="pin the daemon's threads to CPU N for every round (as systemd's CPUAffinity=N "
+        "would), the load generator to the other CPUs",
+    )
     args = parser.parse_args()
     raise_fd_limit()
     load0 = loadavg()
@@ -574,12 +604,15 @@ def main() -> int:
     print(f"  bare SQLAlchemy Core insert of one call's rows, one transaction per call: {sf}")
     print(f"load average before {' '.join(load0)}, after {' '.join(load1)} (2 shared cores)")
     print(f"AMI user: {args.ami_user} (see bench/_asterisk_peer.py)")
+    if args.daemon_cpu is not None:
+        print(f"the daemon's threads pinned to CPU {args.daemon_cpu} (--daemon-cpu)")
     window_s = plan(args)["long"]["window_s"]
     ratio, growth = long_figures(all_results["sqlite"].get("long"), call_s, window_s)  # type: ignore[arg-type]
     figures = {
         "bench": "daemon_load",
         "quick": args.quick,
         "ami_user": args.ami_user,
+        "daemon_cpu": args.daemon_cpu,
         "steady_p99_ms": steady["turnaround_p99_ms"],
         "steady_max_ms": steady["turnaround_max_ms"],
         "digit_to_record_p99_ms": steady["digit_to_record_p99_ms"],
