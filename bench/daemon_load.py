@@ -286,11 +286,6 @@ def pin_daemon(pid: int, cpu: int) -> None:
     ``CPUAffinity=`` in its systemd unit would, deploy/callconsent.service), the generator on
     the other CPUs."""
     ours = os.sched_getaffinity(0)
-    if cpu not in ours or len(ours) < 2:
-        raise SystemExit(
-            f"--daemon-cpu {cpu}: expected one of the CPUs {sorted(ours)}, with another left "
-            "for the load generator"
-        )
     pin(pid, {cpu})
     os.sched_setaffinity(0, ours - {cpu})
     print(f"  the daemon on CPU {cpu}, the load generator on {sorted(ours - {cpu})}", flush=True)
@@ -567,6 +562,12 @@ def main() -> int:
         "would), the load generator to the other CPUs",
     )
     args = parser.parse_args()
+    cpus = os.sched_getaffinity(0)
+    if args.daemon_cpu is not None and (args.daemon_cpu not in cpus or len(cpus) < 2):
+        parser.error(
+            f"--daemon-cpu {args.daemon_cpu}: expected one of the CPUs {sorted(cpus)}, with "
+            "another left for the load generator"
+        )
     raise_fd_limit()
     load0 = loadavg()
     all_results: dict[str, dict[str, object]] = {}
