@@ -86,14 +86,13 @@ class LoadAmi(SimAmi):
     def send_events(self, chunk: Chunk, uid: str, n: int) -> None:
         """One call's events (with its ids) to each session that asked for their class."""
         for client in self._clients:
-            if client.user:
-                data = b"".join(e for c, name, e in chunk if client.wants(c, name))
-                if data:
-                    client.writer.write(
-                        data.replace(b"@@UID@@", uid.encode())
-                        .replace(b"@@OTHER@@", f"{uid}o".encode())
-                        .replace(b"@@CHANNEL@@", f"Local/s@consent-in-{n:08x}".encode())
-                    )
+            if data := b"".join(e for c, name, e in chunk if client.wants(c, name)):
+                self._send(
+                    client,
+                    data.replace(b"@@UID@@", uid.encode())
+                    .replace(b"@@OTHER@@", f"{uid}o".encode())
+                    .replace(b"@@CHANNEL@@", f"Local/s@consent-in-{n:08x}".encode()),
+                )
 
 
 def shipped_user(secret: str) -> AmiUser:
