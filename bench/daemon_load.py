@@ -97,11 +97,18 @@ def thread_kind(pid: int, tid: int, comm: str) -> str:
 class ThreadCpu:
     """The daemon's CPU by thread (``/proc/<pid>/task/*/stat``), sampled often enough that a
     thread ending (the store writer stops after 2 s idle) loses at most one interval, which
-    ``other`` then holds (the process total is exact)."""
+    ``other`` then holds (the process total is exact).
+
+    Also how often each thread was scheduled in (``/proc/<pid>/task/*/schedstat``, its third
+    field): every wake-up is a switch, and across CPUs an interrupt between them, which a
+    VM pays dearly for. A thread that gives up the GIL for a system call while another
+    wants it is scheduled in again when it gets it back: the count shows that convoy
+    (docs/performance.md, stop 27)."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.seen: dict[int, tuple[str, float]] = {}  # tid -> (kind, cpu seconds)
+        # tid -> (kind, cpu seconds, times scheduled in)
+        self.seen: dict[int, tuple[str, float, int]] = {}
         self.sample()
 
     def sample(self) -> None:
@@ -109,7 +116,9 @@ class ThreadCpu:
             try:
                 with open(f"/proc/{self.pid}/task/{tid_s}/stat") as f:
                     head, _, rest = f.read().rpartition(")")
-            except OSError:  # ended meanwhile
+                with open(f"/proc/{self.pid}/task/{tid_s}/schedstat") as f:
+                    runs = int(f.read().split()[2])
+            except (OSError, IndexError, ValueError):  # ended meanwhile
                 continue
             fields = rest.split()
             tid = int(tid_s)
@@ -117,12 +126,20 @@ class ThreadCpu:
             self.seen[tid] = (
                 thread_kind(self.pid, tid, comm),
                 (int(fields[11]) + int(fields[12])) / _CLK,
+                runs,
             )
 
     def totals(self) -> dict[str, float]:
         out = dict.fromkeys(THREADS, 0.0)
-        for kind, cpu in self.seen.values():
+        for kind, cpu, _ in self.seen.values():
             out[kind] += cpu
+        return out
+
+    def runs(self) -> dict[str, int]:
+        """Times scheduled in, by kind of thread (a thread ended unsampled: its last sample)."""
+        out = dict.fromkeys(THREADS, 0)
+        for kind, _, runs in self.seen.values():
+            out[kind] += runs
         return out
 
     async def follow(self, every_s: float = 0.25) -> None:
@@ -184,7 +201,7 @@ async def run_round(
     rss0, tx0, cpu0 = daemon.rss_mib(), daemon.transactions(), cpu_seconds(daemon.pid)
     log0 = daemon.log_size()
     threads = ThreadCpu(daemon.pid)
-    by_thread0 = threads.totals()
+    by_thread0, runs0 = threads.totals(), threads.runs()
     follower = asyncio.ensure_future(threads.follow())
     start = time.monotonic()
     windows: list[dict[str, float]] = []
@@ -221,6 +238,9 @@ async def run_round(
         "cpu_ms_per_call": round(cpu * 1000 / max(done, 1), 2),
         "cpu_ms_per_call_by_thread": {
             k: round(v * 1000 / max(done, 1), 2) for k, v in by_thread.items()
+        },
+        "scheduled_per_call_by_thread": {
+            k: round((v - runs0[k]) / max(done, 1), 1) for k, v in threads.runs().items()
         },
         "tx_per_call": round((tx["commit"] - tx0["commit"]) / max(done, 1), 2),
         "reads_per_call": round((tx["rollback"] - tx0["rollback"]) / max(done, 1), 2),
@@ -510,6 +530,10 @@ def print_table(title: str, results: dict[str, dict[str, object]]) -> None:
     for name, r in results.items():
         by = r["cpu_ms_per_call_by_thread"]
         print(f"  {name:<31}" + " ".join(f"{by[k]:>12}" for k in THREADS))  # type: ignore[index]
+    print("times scheduled in per call by thread:" + " ".join(f"{k:>12}" for k in THREADS))
+    for name, r in results.items():
+        by = r["scheduled_per_call_by_thread"]
+        print(f"  {name:<36}" + " ".join(f"{by[k]:>12}" for k in THREADS))  # type: ignore[index]
     long = results.get("long")
     if long and long.get("windows"):
         print("long round by window: t_s completed p99_ms cpu_ms/call rss_MiB")
@@ -619,6 +643,7 @@ def main() -> int:
         "digit_to_record_p99_ms": steady["digit_to_record_p99_ms"],
         "cpu_ms_per_call": steady["cpu_ms_per_call"],
         "cpu_ms_per_call_by_thread": steady["cpu_ms_per_call_by_thread"],
+        "scheduled_per_call_by_thread": steady["scheduled_per_call_by_thread"],
         "calls_per_s": steady["calls_per_s"],
         "tx_per_call": steady["tx_per_call"],
         "long_throughput_ratio": ratio,
