@@ -60,7 +60,11 @@ WARN_EVERY_S = 3600.0
 def reconcile(fin: Finalizing, *, full: bool = False) -> dict[str, int]:
     work: set[str] = set()
     on_disk: set[str] = set()
-    temps = fin.vault.temp_files(everywhere=full)  # never the whole vault, except at start-up
+    temps = fin.vault.temp_files()  # the temp directory; the whole vault only at start-up:
+    in_vault: set[str] = set()
+    if full:
+        in_vault, old_temps = fin.vault.listing()  # one pass over what it keeps
+        temps += old_temps
     with os.scandir(fin.spool.path) as entries:  # the spool: what is being recorded
         for e in entries:
             if p := Spool.parse_name(e.name):
@@ -90,8 +94,8 @@ def reconcile(fin: Finalizing, *, full: bool = False) -> dict[str, int]:
             log.warning("spool_file_unknown", extra={"kv": {"recording": rid, "kept": True}})
         work.update(rid for rid, st in known.items() if st != S.RECORDING)
         if full:
-            in_vault = _states(s, fin.vault.recording_ids())
-            work.update(r for r, st in in_vault.items() if st != S.ENCRYPTED)
+            kept = _states(s, in_vault)
+            work.update(r for r, st in kept.items() if st != S.ENCRYPTED)
     for rid in sorted(work):
         fin.submit(rid)
     check_runway(fin)

@@ -146,15 +146,33 @@ class Vault:
     def temp_files(self, *, everywhere: bool = False) -> list[Path]:
         """Temp files of writers, live or dead (``unused_temp`` tells them apart). Only the
         temp directory, which holds the writes in progress, unless ``everywhere``: the vault
-        itself too, where versions before the temp directory wrote them (a full reconcile,
-        at start-up, lists the vault anyway)."""
+        itself too, where versions before the temp directory wrote them (a full reconcile
+        takes both from :meth:`listing`)."""
         found = [p for p in self.temp_path.glob(".*.tmp") if p.is_file()]
         if everywhere:
-            found += [p for p in self.path.glob(".*.tmp") if p.is_file()]
+            found += self.listing()[1]
         return found
 
     def recording_ids(self) -> set[str]:
-        return {p.name[: -len(ff.SUFFIX)] for p in self.path.glob(f"*{ff.SUFFIX}") if p.is_file()}
+        return self.listing()[0]
+
+    def listing(self) -> tuple[set[str], list[Path]]:
+        """The recordings in the vault (their ids) and the temp files in the vault itself,
+        in one pass over the directory. It holds every recording kept: ``glob`` and
+        ``is_file`` cost a ``stat`` per file on top of reading the directory, twice when the
+        start-up reconcile asked for both (300,000 files: 2.8 s against 0.6 s with a cold
+        cache, docs/performance.md, stop 27). ``is_file`` follows a symlink, as before."""
+        ids: set[str] = set()
+        temps: list[Path] = []
+        with os.scandir(self.path) as entries:
+            for e in entries:
+                name = e.name
+                if name.startswith("."):
+                    if name.endswith(".tmp") and e.is_file():
+                        temps.append(Path(e.path))
+                elif name.endswith(ff.SUFFIX) and e.is_file():
+                    ids.add(name[: -len(ff.SUFFIX)])
+        return ids, temps
 
 
 def unused_temp(path: Path) -> bool:

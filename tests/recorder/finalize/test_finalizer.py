@@ -289,7 +289,9 @@ def test_a_periodic_reconcile_never_lists_the_vault(
     assert vault / vault_mod.TEMP_DIR in listed and rig.finalizer.spool.path.absolute() in listed
     assert vault not in listed
     rig.finalizer.reconcile(full=True)
-    assert vault in listed
+    # the start-up pass: once, for its recordings and the temp files of older versions both
+    # (each listing of millions of files costs seconds at start-up, before calls are taken)
+    assert listed.count(vault) == 1
 
 
 def test_reconcile_passes_with_any_spool_size_reuse_a_few_statements(rig: Rig) -> None:
