@@ -148,6 +148,7 @@ class Finalizer:
         self.queue = RecordingQueue(self.process, log)
         self.alarms = Alarms(spool.path, self.settings.spool_full_bytes)
         self._periodic: asyncio.Task[None] | None = None
+        self.started_up = asyncio.Event()  # set once the start-up pass has succeeded
         self._spool_watch: asyncio.Task[None] | None = None
         self.stats: dict[str, float] = dict.fromkeys(
             ("encrypted", "destroyed", "failed", "pending", "repaired"), 0
@@ -158,9 +159,13 @@ class Finalizer:
     # -- the daemon component and the ledger's sink --------------------------------------------
 
     async def start(self) -> None:
+        """Workers up, then the start-up reconcile in the background: it reads every
+        recording kept in the vault (seconds for hundreds of thousands, docs/performance.md,
+        stop 27), and calls need not wait for it: what it finds is left over from before, and
+        the queue takes new closes meanwhile."""
         self.vault.ensure()
         self.queue.start(self.settings.workers, "finalizer")
-        await asyncio.to_thread(self.reconcile, full=True)
+        self.started_up = asyncio.Event()
         self._periodic = asyncio.create_task(self._reconcile_periodically())
         self._spool_watch = asyncio.create_task(self._watch_spool())
         log.info(
@@ -199,15 +204,25 @@ class Finalizer:
         self.queue.submit(recording_id)
 
     async def _reconcile_periodically(self) -> None:
+        """The start-up pass (``full``: the vault too) at once, then a pass every
+        ``reconcile_interval_s``; the full pass again until one has succeeded."""
+        full = True
         while True:
-            await asyncio.sleep(self.settings.reconcile_interval_s)
             try:
-                await asyncio.to_thread(self.reconcile)
+                started = time.monotonic()
+                found = await asyncio.to_thread(self.reconcile, full=full)
+                if full:
+                    seconds = round(time.monotonic() - started, 2)
+                    kv = {"queued": found["queued"], "seconds": seconds}
+                    log.info("startup_reconcile_done", extra={"kv": kv})
+                    self.started_up.set()
+                full = False
             except Exception as exc:
                 if not outage.is_unavailable(exc):
                     log.exception("reconcile_failed")
                 else:  # the store is away: said once with the calls, not a traceback a pass
                     outage.OUTAGE.report(exc, "reconcile")
+            await asyncio.sleep(self.settings.reconcile_interval_s)
 
     async def _watch_spool(self) -> None:
         """The PBX writes into the spool: its file system filling up cuts recordings short."""

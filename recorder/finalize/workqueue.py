@@ -24,9 +24,11 @@ class RecordingQueue:
         self._lock = threading.Lock()
         self._queued: set[str] = set()
         self._again: set[str] = set()
+        self._stopped = False
         self.errors = 0
 
     def start(self, workers: int, name: str) -> None:
+        self._stopped = False
         self._pool = ThreadPoolExecutor(
             workers, thread_name_prefix=name, initializer=name_os_thread, initargs=(f"cc-{name}",)
         )
@@ -35,6 +37,7 @@ class RecordingQueue:
         """Work in progress completes; what is still queued is dropped (it stays pending in
         the store and is found again by the next reconciliation)."""
         if self._pool is not None:
+            self._stopped = True  # first: a submit that sees no pool drops its work
             pool, self._pool = self._pool, None
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -44,9 +47,13 @@ class RecordingQueue:
         return self._pool is not None
 
     def submit(self, recording_id: str) -> None:
+        """Queue (workers running), do it now (never started: the CLI), or drop it (stopped:
+        a reconcile pass still running in its thread at shutdown; it stays pending in the
+        store for the next start)."""
         pool = self._pool
         if pool is None:
-            self._work_fn(recording_id)
+            if not self._stopped:
+                self._work_fn(recording_id)
             return
         with self._lock:
             if recording_id in self._queued:

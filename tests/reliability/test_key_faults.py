@@ -95,6 +95,7 @@ def test_missing_keys_keep_plaintext_pending_alarmed_once_then_finalised(
         no_epoch = RetentionRule(default_days=200, max_days=365)  # epochs reach 4 weeks
         rig = make_rig(h.app, settings=settings, retention=no_epoch, weeks=4)
         await rig.finalizer.start()
+        await asyncio.wait_for(rig.finalizer.started_up.wait(), 10)  # its runway warning
         endpoint = MetricsServer("127.0.0.1", 0, h.app.db)
         await endpoint.start()
         try:

@@ -19,6 +19,7 @@ from recstore import Rig, files_in, make_rig, write_wav
 
 from callconsent.app import App
 from recorder.finalize.finalizer import Finalizer, FinalizerError, FinalizerSettings, Outcome
+from recorder.store import outage
 from recorder.store.models import AuditEntry, Recording
 from recorder.vault import directory as vault_mod
 from recorder.vault import fileformat as ff
@@ -427,7 +428,7 @@ def test_the_periodic_reconciliation_says_a_store_outage_once_without_a_tracebac
     failures = [OperationalError("SELECT 1", {}, Exception("connection refused"))] * 5
     failures.append(ValueError("a bug"))
 
-    def reconcile() -> None:
+    def reconcile(*, full: bool = False) -> None:
         raise failures.pop(0) if failures else RuntimeError("done")
 
     rig.finalizer.reconcile = reconcile  # type: ignore[method-assign]
@@ -454,3 +455,69 @@ def test_the_periodic_reconciliation_says_a_store_outage_once_without_a_tracebac
     assert [s for s in said if s[1] == "store_unavailable_again"][:4] == [
         ("DEBUG", "store_unavailable_again", False)
     ] * 4
+
+
+def test_the_start_up_pass_runs_in_the_background_and_stays_full_until_it_succeeds(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The start-up pass reads every recording kept in the vault (seconds for hundreds of
+    thousands): ``start`` returns before it ends, so the daemon takes calls meanwhile. A pass
+    that failed (the store away at start-up) leaves the next one full, so the vault is looked
+    at once the store is back; after that, the passes leave the vault alone."""
+    from sqlalchemy.exc import OperationalError
+
+    rig = make_rig(app, settings=FinalizerSettings(reconcile_interval_s=0.02))
+    release = threading.Event()
+    passes: list[bool] = []
+    failures = [OperationalError("SELECT 1", {}, Exception("connection refused"))] * 2
+
+    def reconcile(*, full: bool = False) -> dict[str, int]:
+        passes.append(full)
+        release.wait(10)  # the start-up pass is long
+        if failures:
+            raise failures.pop(0)
+        return {"queued": 3}
+
+    rig.finalizer.reconcile = reconcile  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        await asyncio.wait_for(rig.finalizer.start(), 2)  # not held up by the pass
+        try:
+            assert passes == [True] and not release.is_set()
+            release.set()
+            await asyncio.wait_for(rig.finalizer.started_up.wait(), 5)
+            assert passes == [True, True, True]  # set by the pass that succeeded
+            for _ in range(200):
+                if len(passes) >= 5:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            await rig.finalizer.stop()
+
+    with caplog.at_level(logging.INFO):
+        try:
+            asyncio.run(scenario())
+        finally:
+            outage.OUTAGE.clear()
+    assert passes[:5] == [True, True, True, False, False], passes
+    done = [r for r in caplog.records if r.getMessage() == "startup_reconcile_done"]
+    assert len(done) == 1 and done[0].kv["queued"] == 3  # type: ignore[attr-defined]
+
+
+def test_a_pass_still_running_at_shutdown_queues_nothing_and_does_nothing_itself(
+    rig: Rig,
+) -> None:
+    """A stopped queue drops what a late pass hands it (it stays ``closed`` in the store for
+    the next start); it never finalizes in the pass's thread while the daemon shuts down."""
+    rid, path = rig.new_recording()
+    write_wav(path, 1)
+
+    async def scenario() -> None:
+        await rig.finalizer.start()
+        await rig.finalizer.stop()
+
+    asyncio.run(scenario())
+    rig.app.ledger.sink = None  # the close is recorded; nobody is told
+    rig.app.ledger.recording_closed(rid)
+    rig.finalizer.submit(rid)  # a pass that was still running hands it over
+    assert row(rig.app, rid).state == "closed" and path.exists()
