@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from unittest.mock import MagicMock
 
-import httpx
+import httpx2 as httpx
 import pyotp
 import pytest
 import sqlalchemy as sa

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from conftest import PASSWORD, World
-from httpx import Response
+from httpx2 import Response
 from starlette.testclient import TestClient
 
 from recorder.store.db import Database
