@@ -143,18 +143,11 @@ class Vault:
         fsync_dir(self.path)
         return True
 
-    def temp_files(self, *, everywhere: bool = False) -> list[Path]:
-        """Temp files of writers, live or dead (``unused_temp`` tells them apart). Only the
-        temp directory, which holds the writes in progress, unless ``everywhere``: the vault
-        itself too, where versions before the temp directory wrote them (a full reconcile
-        takes both from :meth:`listing`)."""
-        found = [p for p in self.temp_path.glob(".*.tmp") if p.is_file()]
-        if everywhere:
-            found += self.listing()[1]
-        return found
-
-    def recording_ids(self) -> set[str]:
-        return self.listing()[0]
+    def temp_files(self) -> list[Path]:
+        """Temp files of writers, live or dead (``unused_temp`` tells them apart), in the temp
+        directory, which holds the writes in progress. Versions before it wrote them into the
+        vault itself: :meth:`listing` has those (the start-up reconcile)."""
+        return [p for p in self.temp_path.glob(".*.tmp") if p.is_file()]
 
     def listing(self) -> tuple[set[str], list[Path]]:
         """The recordings in the vault (their ids) and the temp files in the vault itself,
