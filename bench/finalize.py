@@ -194,6 +194,9 @@ def main() -> None:
             # each load's three sides one after the other, round after round: the disk's and
             # the host's drift over a run falls on all three alike, not on whichever ran last
             await fin.start()
+            # the start-up reconcile runs in the background: done before the first round, or
+            # it adopts the round's recordings (their calls ended, their files final) itself
+            await fin.started_up.wait()
             try:
                 for _ in range(rounds):
                     for load, interval in loads.items():
