@@ -196,7 +196,7 @@ def main() -> None:
             await fin.start()
             # the start-up reconcile runs in the background: done before the first round, or
             # it adopts the round's recordings (their calls ended, their files final) itself
-            await fin.started_up.wait()
+            await asyncio.wait_for(fin.started_up.wait(), 60)  # failing: see the log
             try:
                 for _ in range(rounds):
                     for load, interval in loads.items():

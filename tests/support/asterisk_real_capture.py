@@ -9,7 +9,7 @@ becomes a fixture the simulator is checked against (``tests/fixtures/asterisk-re
 
 Run as a script against the lab (``source /opt/pbx/env.sh``) to record the fixtures again::
 
-    .venv/bin/python tests/asterisk_real_capture.py tests/fixtures/asterisk-real
+    .venv/bin/python tests/support/asterisk_real_capture.py tests/fixtures/asterisk-real
 
 The scenarios are the realpbx tests' flows, and one flow as it was before the adapter held a
 beeping recording back (the prompt stall of Asterisk 22.11, see ``docs/asterisk.md``).
