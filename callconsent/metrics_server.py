@@ -12,37 +12,25 @@ from typing import Any
 from prometheus_client import start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 
 from recorder.metrics import REGISTRY
 from recorder.store.db import Database
-from recorder.store.models import Recording, RecordingState
+from recorder.store.models import END_STATES, WORKING_STATES, RecordingState, recordings_by_state
 
 log = logging.getLogger("callconsent.metrics")
 
 S = RecordingState
-#: states a recording ends in: their rows are kept (the purged as tombstones), so they grow
-#: with every call ever recorded. Counting them walks that part of the state index: 115 ms
-#: a scrape for 2 million recordings on SQLite (docs/performance.md, stop 27), at every
-#: scrape, for ever longer. They are counted at most every END_STATES_EVERY_S; the states a
-#: recording works through (calls in progress, the finalizer's backlog: what alerts watch)
-#: at every scrape, by a range of the index as short as they are few.
-END_STATES = (S.ENCRYPTED, S.DISCARDED, S.PURGED)
-WORKING_STATES = tuple(s for s in S if s not in END_STATES)
+#: encrypted, discarded and purged (models.END_STATES) grow with every call ever recorded, and
+#: counting them at every scrape took ever longer (115 ms a scrape for 2 million recordings on
+#: SQLite, docs/performance.md, stop 27): they are counted at most every END_STATES_EVERY_S.
+#: The states a recording works through (calls in progress, the finalizer's backlog: what
+#: alerts watch) at every scrape, by a range of the index as short as they are few.
 END_STATES_EVERY_S = 300.0
 
 
 def _counts(db: Database, states: tuple[RecordingState, ...]) -> dict[str, int]:
-    counts = dict.fromkeys((s.value for s in states), 0)
-    query = (
-        select(Recording.state, func.count())
-        .where(Recording.state.in_([s.value for s in states]))
-        .group_by(Recording.state)
-    )
     with db.read() as s:
-        for state, n in s.execute(query):
-            counts[state] = n
-    return counts
+        return recordings_by_state(s, states)
 
 
 class RecordingsByState(Collector):
