@@ -1,53 +1,120 @@
 """The dashboard's numbers: consent outcomes per campaign per day, recordings by state,
-storage used, the next purge and the key-epoch runway."""
+storage used, the next purge and the key-epoch runway.
+
+What grows with every call is kept (:mod:`web.kept`): the outcomes of the 29 days before
+today, the recordings in their end states and the storage they use are counted by a pass in
+the background at most every :data:`TOTALS_MAX_AGE_S` and on a new UTC day. At every load, by
+short ranges of an index: today's outcomes (those since the kept pass's day), the recordings
+in progress or waiting for the finalizer, and the next purge."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import String, func, select
+from sqlalchemy import Row, String, func, select
+from sqlalchemy.orm import Session
 
-from recorder.store.models import Call, Recording
-from web.services import Services
+from recorder.store.db import Database
+from recorder.store.models import (
+    END_STATES,
+    WORKING_STATES,
+    Call,
+    Recording,
+    RecordingState,
+    recordings_by_state,
+)
+from web.kept import Kept
 
-DAYS = 30
+if TYPE_CHECKING:
+    from web.services import Services
+
+DAYS = 30  # today and the 29 UTC days before it
 OUTCOMES = ("granted", "declined", "no_input", "withdrawn", "not_required")
+TOTALS_MAX_AGE_S = 300.0
+WAIT_S = 1.0  # a page waits at most this long for a pass; then it shows the one before
+
+
+@dataclass(frozen=True)
+class Totals:
+    """What a pass counted. ``outcomes`` are the calls started before ``until`` (the start of
+    the UTC day the pass ran) within the window."""
+
+    until: datetime
+    outcomes: list[tuple[str, str, str, int]]  # campaign, day, consent status, calls
+    ends: dict[str, int]  # recordings by end state
+    stored_bytes: int
+
+
+def _day_start(day: date) -> datetime:
+    return datetime.combine(day, time(), UTC)
+
+
+def _outcomes(
+    s: Session, since: datetime, until: datetime | None = None
+) -> Sequence[Row[tuple[str, str, str, int]]]:
+    day = func.substr(func.cast(Call.started_at, String()), 1, 10)
+    query = select(Call.campaign, day, Call.consent_status, func.count()).where(
+        Call.started_at >= since
+    )
+    if until is not None:
+        query = query.where(Call.started_at < until)
+    return s.execute(query.group_by(Call.campaign, day, Call.consent_status)).all()
+
+
+def _next_purge(s: Session) -> datetime | None:
+    return s.scalar(
+        select(func.min(Recording.expires_at)).where(
+            Recording.state == RecordingState.ENCRYPTED, Recording.legal_hold.is_(False)
+        )
+    )
+
+
+def counter(db: Database) -> Kept[Totals]:
+    def count(today: Hashable) -> Totals:
+        assert isinstance(today, date)
+        until = _day_start(today)
+        with db.read() as s:
+            rows = _outcomes(s, until - timedelta(days=DAYS - 1), until)
+            ends = recordings_by_state(s, END_STATES)
+            stored = s.scalar(
+                select(func.coalesce(func.sum(Recording.ciphertext_size), 0)).where(
+                    Recording.state == RecordingState.ENCRYPTED
+                )
+            )
+        return Totals(until, [(c, str(d), st, n) for c, d, st, n in rows], ends, int(stored or 0))
+
+    return Kept("dashboard", count, max_age_s=TOTALS_MAX_AGE_S, wait_s=WAIT_S)
 
 
 def collect(services: Services) -> dict[str, Any]:
-    since = datetime.now(UTC) - timedelta(days=DAYS)
-    day = func.substr(func.cast(Call.started_at, String()), 1, 10)
+    today = datetime.now(UTC).date()
+    snap = services.dashboard_totals.get(today)
+    kept = snap.result.value if snap.result is not None else None
     with services.db.read() as s:
-        outcome_rows = s.execute(
-            select(Call.campaign, day, Call.consent_status, func.count())
-            .where(Call.started_at >= since)
-            .group_by(Call.campaign, day, Call.consent_status)
-        ).all()
-        states = dict(
-            s.execute(select(Recording.state, func.count()).group_by(Recording.state)).all()
-        )
-        stored = s.scalar(
-            select(func.coalesce(func.sum(Recording.ciphertext_size), 0)).where(
-                Recording.state == "encrypted"
-            )
-        )
-        next_purge = s.scalar(
-            select(func.min(Recording.expires_at)).where(
-                Recording.state == "encrypted", Recording.legal_hold.is_(False)
-            )
-        )
+        # since the kept pass's day: today, and yesterday too until a pass ran today
+        live = _outcomes(s, kept.until if kept else _day_start(today))
+        working = recordings_by_state(s, WORKING_STATES)
+        next_purge = _next_purge(s)
+    first_day = (today - timedelta(days=DAYS - 1)).isoformat()
     outcomes: dict[str, dict[str, dict[str, int]]] = {}
-    for campaign, d, status, n in outcome_rows:
-        if status in OUTCOMES:
-            outcomes.setdefault(campaign, {}).setdefault(str(d), {})[status] = n
+    for campaign, d, status, n in [*(kept.outcomes if kept else ()), *live]:
+        if status in OUTCOMES and str(d) >= first_day:
+            counts = outcomes.setdefault(campaign, {}).setdefault(str(d), {})
+            counts[status] = counts.get(status, 0) + n
     facts = {name: _safe(fn) for name, fn in services.facts.items()}
     return {
         "outcomes": outcomes,
         "outcome_names": list(OUTCOMES),
-        "states": states,
-        "stored_bytes": int(stored or 0),
+        "states": {**working, **(kept.ends if kept else {})},
+        "stored_bytes": kept.stored_bytes if kept else None,
         "next_purge": next_purge.isoformat() if next_purge else None,
+        # the kept part: when its pass started, whether a newer one is running, why one failed
+        "totals_as_of": snap.result.started.isoformat(timespec="seconds") if kept else None,
+        "totals_running": snap.running_since is not None,
+        "totals_error": snap.error,
         **facts,
     }
 

@@ -14,12 +14,19 @@ import argon2
 
 from recorder.governance.custody import Custody
 from recorder.governance.subjects import Subjects
-from recorder.store.audit import AuditContext
+from recorder.store import audit
+from recorder.store.audit import AuditContext, AuditReport
 from recorder.store.db import Database
 from recorder.store.numbers import NumberProtector
 from recorder.vault.keystore import KeyStore, PrivateKeys
+from web import dashboard
 from web.accounts import Accounts
+from web.kept import Kept
 from web.sharing import ShareLinks
+
+#: the audit page checks the whole chain again when it is opened this long after the last
+#: check started (16 µs an audit row: a minute for 4 million rows, docs/web.md)
+AUDIT_CHECK_MAX_AGE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,21 @@ class Services:
     facts: dict[str, Callable[[], Any]] = field(default_factory=dict)
     hasher: argon2.PasswordHasher | None = None
     started_at: datetime | None = None
+    #: the audit page's check of the whole chain and the dashboard's totals (web.kept)
+    audit_check: Kept[AuditReport] = field(init=False, repr=False)
+    dashboard_totals: Kept[dashboard.Totals] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        db = self.db
+
+        def verify_all(_key: object) -> AuditReport:
+            with db.read() as s:
+                return audit.verify(s)
+
+        self.audit_check = Kept(
+            "audit-check", verify_all, max_age_s=AUDIT_CHECK_MAX_AGE_S, wait_s=dashboard.WAIT_S
+        )
+        self.dashboard_totals = dashboard.counter(db)
 
     @property
     def accounts(self) -> Accounts:

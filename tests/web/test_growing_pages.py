@@ -1,0 +1,183 @@
+"""The pages that read what grows with every call (the audit page's check of the whole chain,
+the dashboard's totals) keep it (web.kept): a page never waits for a long pass, what is kept
+is counted again after its age, and what a page reads at every load is short ranges of
+indexes however much the store keeps."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Hashable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from conftest import ON_BOTH_STORES, World, add_call
+
+from recorder.store.models import Call, Recording
+from web import dashboard
+from web.kept import Kept
+
+
+def _data(page: str) -> dict[str, Any]:
+    found = re.search(r'id="dashboard-data">(.*?)</script>', page, re.S)
+    assert found, "no dashboard data in the page"
+    return json.loads(found.group(1))
+
+
+def _age(kept: Kept[Any], seconds: float) -> None:
+    """Make what ``kept`` holds ``seconds`` older."""
+    now = kept.clock()
+    kept.clock = lambda: now + seconds
+
+
+def _hold(kept: Kept[Any]) -> threading.Event:
+    """Hold ``kept``'s passes until the returned event is set."""
+    release, compute = threading.Event(), kept._compute
+
+    def held(key: Hashable) -> Any:
+        assert release.wait(10)
+        return compute(key)
+
+    kept._compute = held
+    return release
+
+
+def test_the_audit_page_shows_its_rows_while_a_long_check_runs(world: World) -> None:
+    c = world.client("dpo")
+    check = world.services.audit_check
+    release = _hold(check)
+    check.wait_s = 0.05
+    page = c.get("/audit").text
+    assert "the first check of the whole chain is running" in page
+    assert "recording.encrypted" in page.split("<table")[1]  # the rows are there all the same
+    assert "chain intact" not in page
+    release.set()
+    check.wait_s = 5
+    page = c.get("/audit").text
+    assert "chain intact" in page and "is running" not in page
+
+
+@ON_BOTH_STORES
+def test_the_dashboard_counts_today_at_once_and_keeps_the_days_before(world: World) -> None:
+    c = world.client("supervisor")
+    today = datetime.now(UTC).date()
+    data = _data(c.get("/dashboard").text)
+    assert data["outcomes"] == {"sales": {today.isoformat(): {"granted": 2}}}
+    assert data["states"] == {
+        "recording": 0, "closed": 0, "encrypted": 2, "discarded": 0, "purged": 0,
+    }  # fmt: skip
+    stored = data["stored_bytes"]
+    assert stored > 0 and data["totals_as_of"] and data["totals_error"] is None
+
+    # a call today: counted at the next load; one three days ago: by the next pass
+    add_call(world.rig, "alice")
+    earlier, _rid, _wav = add_call(world.rig, "alice", campaign="support")
+    three_days_ago = datetime.now(UTC) - timedelta(days=3)
+    with world.services.db.write() as s:
+        s.execute(sa.update(Call).where(Call.id == earlier).values(started_at=three_days_ago))
+    data = _data(c.get("/dashboard").text)
+    assert data["outcomes"] == {"sales": {today.isoformat(): {"granted": 3}}}
+    assert data["states"]["encrypted"] == 2 and data["stored_bytes"] == stored
+
+    _age(world.services.dashboard_totals, dashboard.TOTALS_MAX_AGE_S)
+    data = _data(c.get("/dashboard").text)
+    assert data["outcomes"] == {
+        "sales": {today.isoformat(): {"granted": 3}},
+        "support": {three_days_ago.date().isoformat(): {"granted": 1}},
+    }
+    assert data["states"]["encrypted"] == 4 and data["stored_bytes"] > stored
+
+
+def test_the_dashboard_shows_today_while_the_first_count_runs(world: World) -> None:
+    totals = world.services.dashboard_totals
+    release = _hold(totals)
+    totals.wait_s = 0.05
+    page = world.client("supervisor").get("/dashboard").text
+    data = _data(page)
+    assert data["outcomes"] == {"sales": {datetime.now(UTC).date().isoformat(): {"granted": 2}}}
+    assert data["stored_bytes"] is None and data["totals_as_of"] is None
+    assert "encrypted" not in data["states"] and data["states"]["recording"] == 0
+    assert "being counted" in page
+    release.set()
+
+
+def test_the_window_is_today_and_the_29_days_before(world: World) -> None:
+    c = world.client("supervisor")
+    today = datetime.now(UTC).date()
+    for days in (29, 30):
+        call, _rid, _wav = add_call(world.rig, "alice", campaign=f"back{days}")
+        at = datetime.combine(today - timedelta(days=days), datetime.min.time(), UTC)
+        with world.services.db.write() as s:
+            s.execute(sa.update(Call).where(Call.id == call).values(started_at=at))
+    data = _data(c.get("/dashboard").text)
+    assert (today - timedelta(days=29)).isoformat() in data["outcomes"]["back29"]
+    assert "back30" not in data["outcomes"]
+
+
+class Steps:
+    """SQLite's virtual-machine steps the statements run, in thousands (its progress handler,
+    set on each connection a statement runs on): what a statement reads, whatever the plan's
+    words say (a search of the state index can walk every encrypted recording)."""
+
+    def __init__(self, db: Any) -> None:
+        self.db, self.thousands, self.conns = db, 0, set[Any]()
+
+    def _tick(self) -> int:
+        self.thousands += 1
+        return 0  # go on
+
+    def _before(self, conn: Any, *_: Any) -> None:
+        raw = conn.connection.driver_connection
+        raw.set_progress_handler(self._tick, 1000)
+        self.conns.add(raw)
+
+    def __enter__(self) -> Steps:
+        sa.event.listen(self.db.engine, "before_cursor_execute", self._before)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        sa.event.remove(self.db.engine, "before_cursor_execute", self._before)
+        for raw in self.conns:
+            raw.set_progress_handler(None, 0)
+
+
+def _copies(db: Any, table: sa.Table, row_id: str, n: int, **values: str) -> None:
+    """``n`` copies of one row of ``table`` (SQLite), new ids, ``values`` set (SQL)."""
+    cols = [col.name for col in table.columns]
+    fresh = {"id": "lower(hex(randomblob(16)))", "pbx_call_id": "lower(hex(randomblob(10)))"}
+    picked = ", ".join(values.get(c) or fresh.get(c) or f"t.{c}" for c in cols)
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql(
+            f"WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < {n}) "
+            f"INSERT INTO {table.name} ({', '.join(cols)}) SELECT {picked} FROM {table.name} t, k "
+            "WHERE t.id = ?",
+            (row_id,),
+        )
+
+
+def test_a_dashboard_load_reads_the_same_whatever_the_store_keeps(world: World) -> None:
+    """20,000 calls of ten days ago and 20,000 encrypted recordings more: a load reads as
+    much as before, once the totals are kept; the pass that counts them reads them all."""
+    if world.services.db.dialect != "sqlite":
+        pytest.skip("SQLite's progress handler counts what a statement reads")
+    c, db = world.client("supervisor"), world.services.db
+    c.get("/dashboard")  # the totals, counted now and kept
+
+    def load() -> int:
+        with Steps(db) as steps:
+            assert _data(c.get("/dashboard").text)["states"]["encrypted"] >= 2
+        return steps.thousands
+
+    before = load()
+    ten_days_ago = (datetime.now(UTC) - timedelta(days=10)).strftime("'%Y-%m-%d %H:%M:%S.%f'")
+    _copies(db, Call.__table__, world.calls["alice"], 20_000, started_at=ten_days_ago)
+    _copies(db, Recording.__table__, world.recordings["alice"], 20_000)
+    after = load()
+    assert after <= before + 5, (before, after)
+    _age(world.services.dashboard_totals, dashboard.TOTALS_MAX_AGE_S)  # the pass, in the load
+    counted = load()
+    assert counted > after + 40, (after, counted)  # what it reads grows with the store
+    assert _data(c.get("/dashboard").text)["states"]["encrypted"] == 20_002
