@@ -260,5 +260,11 @@ CREATE INDEX ix_login_failures_address_at ON login_failures (address, at);
 
 UPDATE alembic_version SET version_num='0006' WHERE alembic_version.version_num = '0005';
 
+-- Running upgrade 0006 -> 0007
+
+CREATE INDEX ix_audit_log_person_actor ON audit_log (actor, seq) WHERE actor NOT IN ('callconsent', 'retention');
+
+UPDATE alembic_version SET version_num='0007' WHERE alembic_version.version_num = '0006';
+
 COMMIT;
 

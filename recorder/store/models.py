@@ -211,10 +211,28 @@ class KeyEpoch(Base):
     destroyed_at: Mapped[datetime | None]  # private key destroyed (crypto-shredding)
 
 
+#: the actors that write an audit row for every call and every purged recording: the daemon
+#: (``recorder.store.calljobs.SYSTEM_ACTOR``) and retention. The audit log's index by actor
+#: (migration 0007) leaves their rows out: it is for finding what a person did, and the
+#: daemon's writes do not maintain it. A query by a person's name says PEOPLE_ONLY as well, so
+#: that the planner may use the index (it must see that the query implies the index's WHERE).
+BULK_ACTORS = ("callconsent", "retention")
+PEOPLE_ONLY = "actor NOT IN ('callconsent', 'retention')"
+
+
 class AuditEntry(Base):
     """Append-only, hash-chained: ``hash = SHA-256(canonical row incl. prev_hash)``."""
 
     __tablename__ = "audit_log"
+    __table_args__ = (
+        Index(
+            "ix_audit_log_person_actor",
+            "actor",
+            "seq",
+            sqlite_where=text(PEOPLE_ONLY),
+            postgresql_where=text(PEOPLE_ONLY),
+        ),
+    )
 
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     at: Mapped[datetime]
