@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 USER, PASSWORD = "bench", "a long bench password"
+DPO = "benchdpo"  # the audit page's reader (same password)
 AGENTS, CAMPAIGNS = 200, 20
 CONSENT = [("granted", 60), ("declined", 15), ("no_input", 10), ("withdrawn", 5)]
 CONSENT += [("not_required", 10)]
@@ -44,6 +45,7 @@ class Dataset:
     campaign: str
     since: str  # a week in the middle of the data
     until: str
+    audit_rows: int  # the audit log's rows
     built_s: float
 
     @property
@@ -54,7 +56,8 @@ class Dataset:
 def dataset(calls: int, recordings: int, long_seconds: float) -> Dataset:
     from recorder.store import migrate
 
-    name = f"web-{migrate.head_revision()}-{calls}c-{recordings}r-{int(long_seconds)}s"
+    # "a1": one audit row a call (the pages that read the whole log: the audit page's check)
+    name = f"web-{migrate.head_revision()}-{calls}c-{recordings}r-{int(long_seconds)}s-a1"
     root = ROOT / "bench" / "out" / name
     ready = root / "ready.json"
     if ready.exists():
@@ -87,9 +90,11 @@ def _build(root: Path, n_calls: int, n_recordings: int, long_seconds: float) -> 
         tone_wav(plain / "long.wav", long_seconds)
         accounts = Accounts(app.db, app.audit_ctx)
         accounts.add(USER, "supervisor", PASSWORD, actor="bench")
+        accounts.add(DPO, "dpo", PASSWORD, actor="bench")
         _, token = accounts.create_token(USER, "bench", 366, actor="bench")
         epoch = rig.keys.store.epochs()[0].id
         facts = _bulk_rows(app, n_calls - 1, n_recordings - 1, epoch)
+        audit_rows = _audit_rows(app, n_calls)
     finally:
         app.close()
     return Dataset(
@@ -101,6 +106,7 @@ def _build(root: Path, n_calls: int, n_recordings: int, long_seconds: float) -> 
         long_size=long.wav_size,
         plain_dir=str(plain),
         token=token,
+        audit_rows=audit_rows,
         built_s=0.0,
         **facts,
     )
@@ -172,6 +178,32 @@ def _bulk_rows(app: object, n_calls: int, n_recordings: int, epoch: str) -> dict
         "since": middle.isoformat(),
         "until": (middle + timedelta(days=6)).isoformat(),
     }
+
+
+def _audit_rows(app: object, n: int) -> int:
+    """``n`` more rows at the tail of the audit chain (``audit.append_many``: hashes and all,
+    as the daemon writes them, 5,000 a transaction); the whole log's rows."""
+    from recorder.store import audit
+    from recorder.store.models import AuditHead
+
+    db, ctx = app.db, app.audit_ctx  # type: ignore[attr-defined]
+    actions = ("call.opened", "consent.granted", "recording.started", "recording.encrypted")
+    for start in range(0, n, 5000):
+        rows = [
+            {
+                "actor": "daemon",
+                "action": actions[i % len(actions)],
+                "subject_type": "call",
+                "subject_id": str(uuid.UUID(int=i, version=4)),
+                "details": {"campaign": f"campaign{i % CAMPAIGNS:02d}"},
+            }
+            for i in range(start, min(n, start + 5000))
+        ]
+        with db.write() as s:
+            audit.append_many(s, ctx, rows)
+    with db.read() as s:
+        head = s.get(AuditHead, 1)
+        return head.seq if head else 0
 
 
 def _recording_row(rid: str, cid: str, at: datetime, epoch: str) -> dict[str, object]:

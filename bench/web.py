@@ -9,6 +9,10 @@
   segment by segment) against the same server sending the plaintext WAV as a plain file.
 - 50 players streaming at once, ours against that plain file; every range's bytes are
   checked equal to the plaintext's.
+- The pages that read what grows with every call: the dashboard (its totals before today kept
+  by a pass in the background) and the audit page (its check of the whole chain, one audit row
+  a call here, likewise), each against the statements it runs at every load, directly; and
+  what each page computed in the request before (the pass itself, timed directly).
 
 The server is ``callconsent web`` itself (``cli.main([... "web"])``) with one route added for
 the limit: the plaintext WAV served by Starlette's StaticFiles (``/bench-plain``).
@@ -227,6 +231,85 @@ def stream(
     return total / elapsed / 1e6, [d for _, d in results]
 
 
+def growing_pages(
+    db: Any, supervisor: Http, dpo: Http, person: str, n: int, budget_s: float
+) -> dict[str, Any]:
+    """The dashboard and the audit page in turns with the statements they run at every load;
+    first what each computed in the request before this change (its pass, directly), and the
+    first load of each, which starts the server's pass and waits for it at most 1 s."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import func, select, text
+
+    from recorder.store import audit
+    from recorder.store.models import PEOPLE_ONLY, WORKING_STATES, AuditEntry, recordings_by_state
+    from web import dashboard
+
+    today = datetime.now(UTC).date()
+    t0 = time.perf_counter()
+    totals = dashboard.counter(db)._compute(today)
+    dashboard_pass_ms = (time.perf_counter() - t0) * 1000
+    t0 = time.perf_counter()
+    with db.read() as s:
+        report = audit.verify(s)
+    audit_check_s = time.perf_counter() - t0
+    # the chain holds; the bulk rows (no audit rows of their own) are its content problems
+    assert report.rows and not report.problems, report.problems[:3]
+    first: dict[str, float] = {}
+    for name, client, url in (("dashboard", supervisor, "/dashboard"), ("audit", dpo, "/audit")):
+        t0 = time.perf_counter()
+        status, body, _ = client.request("GET", url)
+        first[name] = (time.perf_counter() - t0) * 1000
+        assert status == 200, f"{url}: {status} {body[:300]!r}"
+    deadline = time.monotonic() + 30 + 3 * audit_check_s
+    while b"is running" in dpo.request("GET", "/audit")[1]:  # the server's check, done
+        assert time.monotonic() < deadline, "the audit page's check did not end"
+        time.sleep(0.2)
+
+    def dashboard_live() -> None:
+        with db.read() as s:  # what collect() reads at every load (web/dashboard.py)
+            dashboard._outcomes(s, totals.until)
+            recordings_by_state(s, WORKING_STATES)
+            dashboard._next_purge(s)
+
+    def audit_rows(actor: str | None = None) -> None:
+        q = select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(100)
+        if actor:  # a person (the bench's user made its token): web/queries.py's statement
+            q = q.where(AuditEntry.actor == actor, text(PEOPLE_ONLY))
+        with db.read() as s:
+            assert s.scalars(q).all() or not actor, f"no audit rows by {actor}"
+
+    samples = timed(
+        {
+            "dashboard query": dashboard_live,
+            "dashboard page": lambda: supervisor.request("GET", "/dashboard"),
+            "audit query": audit_rows,
+            "audit page": lambda: dpo.request("GET", "/audit"),
+            "by person query": lambda: audit_rows(person),
+            "by person page": lambda: dpo.request("GET", f"/audit?actor={person}"),
+        },
+        n,
+        budget_s,
+    )
+    with db.read() as s:
+        rows = s.scalar(select(func.count()).select_from(AuditEntry))
+    return {
+        "samples": samples,
+        "first": first,
+        "dashboard_pass_ms": dashboard_pass_ms,
+        "audit_check_s": audit_check_s,
+        "audit_rows": rows,
+    }
+
+
+def passes_logged(log: Path) -> dict[str, int]:
+    """The server's background passes, by name (``kept_pass_done name=...`` in its log)."""
+    found: dict[str, int] = {}
+    for m in re.finditer(r"kept_pass_done\b.*?name=(\S+)", log.read_text(errors="replace")):
+        found[m.group(1)] = found.get(m.group(1), 0) + 1
+    return found
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="100,000 calls, fewer samples")
@@ -239,7 +322,7 @@ def main() -> int:
     if args.serve:
         return serve(args.serve, args.port, args.plain)
 
-    from _webdata import PASSWORD, USER, dataset
+    from _webdata import DPO, PASSWORD, USER, dataset
     from _webquery import DirectQuery
 
     n_calls = args.calls or (100_000 if args.quick else 1_000_000)
@@ -301,10 +384,13 @@ def main() -> int:
         if not args.quick:  # a second round each, the better kept (a shared machine)
             ours_mb = max(ours_mb, stream(port, audio, cookie, ranges)[0])
             plain_mb = max(plain_mb, stream(port, plain, "", ranges)[0])
+        dpo = Http(port, {"Cookie": log_in(port, DPO, PASSWORD)})
+        grown = growing_pages(direct.db, page, dpo, USER, samples, budget)
     finally:
         proc.terminate()
         proc.wait(timeout=20)
-    return report(ds, rows, fb_ours, fb_plain, ours_mb, plain_mb, stream_bytes)
+    grown["passes"] = passes_logged(Path(ds.root) / "web.log")
+    return report(ds, rows, fb_ours, fb_plain, ours_mb, plain_mb, stream_bytes, grown)
 
 
 def report(
@@ -315,6 +401,7 @@ def report(
     ours_mb: float,
     plain_mb: float,
     stream_bytes: int,
+    grown: dict[str, Any],
 ) -> int:
     rounds = min(len(r["page"]) for r in rows)
     print(f"\ncalls page and API, {ds.calls:,} calls ({rounds}+ requests each, in turns)")
@@ -347,8 +434,31 @@ def report(
         f"{f'{PLAYERS} players x {stream_bytes >> 20} MiB at once':<38}"
         f"{ours_mb:>6.0f}MB/s{plain_mb:>8.0f}MB/s   ratio {ratio_stream:.2f}"
     )
+    g = grown["samples"]
+    print(
+        f"\npages that read what grows ({grown['audit_rows']:,} audit rows; in turns, "
+        f"{len(g['audit page'])} each)"
+    )
+    print(
+        f"{'':<12}{'at every load p50/p99':>24}{'page p50/p99':>16}{'ratio':>7}{'first load':>12}"
+    )
+    grown_ratio = 0.0
+    for name in ("dashboard", "audit", "by person"):
+        q, pg = g[f"{name} query"], g[f"{name} page"]
+        grown_ratio = max(grown_ratio, p99(pg) / p99(q))
+        print(
+            f"{name:<12}{p50(q):>16.1f}/{p99(q):<7.1f}{p50(pg):>8.1f}/{p99(pg):<7.1f}"
+            f"{p99(pg) / p99(q):>7.1f}"
+            + (f"{grown['first'][name]:>10.0f}ms" if name in grown["first"] else f"{'-':>12}")
+        )
+    print(
+        "computed in the request before: the dashboard's totals "
+        f"{grown['dashboard_pass_ms']:.0f} ms,"
+        f" the audit check {grown['audit_check_s']:.1f} s; passes in the server: {grown['passes']}"
+    )
+    grown_p99 = max(p99(g["dashboard page"]), p99(g["audit page"]), p99(g["by person page"]))
     goals = {
-        "pages p99 <= 100 ms": pages_p99 <= 100,
+        "pages p99 <= 100 ms": max(pages_p99, grown_p99) <= 100,
         "pages <= 2x the direct query": worst_ratio <= 2,
         "first byte <= 50 ms": p50(fb_ours) <= 50,
         "streaming >= 0.5x plain": ratio_stream >= 0.5,
@@ -373,6 +483,14 @@ def report(
                 "stream_mb_s": round(ours_mb, 1),
                 "plain_mb_s": round(plain_mb, 1),
                 "stream_ratio_to_plain": round(ratio_stream, 2),
+                "dashboard_p99_ms": round(p99(g["dashboard page"]), 1),
+                "audit_page_p99_ms": round(p99(g["audit page"]), 1),
+                "audit_by_person_p99_ms": round(p99(g["by person page"]), 1),
+                "grown_pages_ratio_to_query": round(grown_ratio, 2),
+                "dashboard_pass_ms": round(grown["dashboard_pass_ms"], 1),
+                "audit_check_s": round(grown["audit_check_s"], 2),
+                "audit_rows": grown["audit_rows"],
+                "background_passes": grown["passes"],
                 "per_filter_p99_ms": {
                     r["filter"]: [round(p99(r[k]), 1) for k in ("query", "page", "api")]
                     for r in rows
