@@ -41,9 +41,16 @@ class Snapshot(Generic[T]):
     error: str | None  # the newest pass failed (its exception); ``result`` is the one before
 
 
+#: a pass runs again no sooner than its own length divided by this: a long one (the audit
+#: check of a log of millions of rows) keeps a thread of the web process busy, holding the
+#: GIL the requests also need, at most a tenth of the time
+BUSY_SHARE = 0.1
+
+
 class Kept(Generic[T]):
-    """``compute(key)`` again when a page asks and the newest pass is ``max_age_s`` old or
-    was for another key; never two passes at once."""
+    """``compute(key)`` again when a page asks and the newest pass is ``max_age_s`` old (or
+    ten times its own length, if longer: :data:`BUSY_SHARE`) or was for another key; never
+    two passes at once."""
 
     def __init__(
         self,
@@ -74,7 +81,9 @@ class Kept(Generic[T]):
         if self._error is not None:
             return True  # the store was away: try again at the next page, not in max_age_s
         r = self._result
-        return r is None or r.key != key or self.clock() - self._result_at >= self.max_age_s
+        if r is None or r.key != key:
+            return True
+        return self.clock() - self._result_at >= max(self.max_age_s, r.seconds / BUSY_SHARE)
 
     def _start(self, key: Hashable) -> None:
         self._running_since = datetime.now(UTC)

@@ -91,3 +91,16 @@ def test_a_failed_pass_keeps_the_result_before_it_and_is_tried_again() -> None:
     compute.fail = None  # no max_age_s to wait: the next page tries again
     snap = kept.get()
     assert snap.error is None and snap.result is not None and snap.result.value == (None, 3)
+
+
+def test_a_long_pass_runs_again_no_sooner_than_ten_times_its_length() -> None:
+    compute, clock = Counting(), Clock()
+    kept = Kept("t", compute, max_age_s=60, wait_s=5, clock=clock)
+    snap = kept.get()
+    assert snap.result is not None
+    # as if the pass had taken 30 s: the next one 300 s after it started, not 60
+    object.__setattr__(snap.result, "seconds", 30.0)
+    clock.now += 299
+    assert kept.get().result.value == (None, 1)  # type: ignore[union-attr]
+    clock.now += 1
+    assert kept.get().result.value == (None, 2)  # type: ignore[union-attr]
