@@ -241,3 +241,16 @@ def test_the_audit_log_by_a_person_reads_the_same_whatever_the_daemon_wrote(
     after, seqs_after = load()
     assert seqs and seqs_after == seqs
     assert after <= before + 5, (before, after)
+
+
+def test_the_audit_page_names_the_first_problems_and_counts_them_all(world: World) -> None:
+    """25 recording rows inserted behind the audit log's back: the count of all, the first 20
+    named (the check's process hands back no more), and where to see the rest."""
+    if world.services.db.dialect != "sqlite":
+        pytest.skip("the rows are copied with SQLite's randomblob")
+    _copies(world.services.db, Recording.__table__, world.recordings["alice"], 25)
+    page = world.client("dpo").get("/audit").text
+    assert "chain intact" in page and "25 tampered" in page
+    named = re.findall(r'<p class="error">(recordings [^<]*)</p>', page)
+    assert len(named) == 20 and all("inserted without an audit row" in n for n in named), named
+    assert "the first 20 of each shown" in page and "audit verify</code> names them all" in page
