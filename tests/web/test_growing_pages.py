@@ -254,3 +254,19 @@ def test_the_audit_page_names_the_first_problems_and_counts_them_all(world: Worl
     named = re.findall(r'<p class="error">(recordings [^<]*)</p>', page)
     assert len(named) == 20 and all("inserted without an audit row" in n for n in named), named
     assert "the first 20 of each shown" in page and "audit verify</code> names them all" in page
+
+
+def test_the_audit_page_says_when_the_check_could_not_run(world: World) -> None:
+    check = world.services.audit_check
+
+    def fails(_key: Hashable) -> Any:
+        raise OSError("the store is away")
+
+    check._compute = fails
+    page = world.client("dpo").get("/audit").text
+    verdict = re.search(r'<p id="verify" class="error">([^<]*)</p>', page)
+    assert verdict, "no verdict in the page, or not shown as an error"
+    assert verdict.group(1) == (
+        "audit verify: the whole chain could not be checked; "
+        "the last check failed (OSError: the store is away)"
+    )
