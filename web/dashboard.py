@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Row, String, func, select
+from sqlalchemy import ColumnElement, Row, String, func, select
 from sqlalchemy.orm import Session
 
 from recorder.store.db import Database
@@ -55,7 +55,13 @@ def _day_start(day: date) -> datetime:
 def _outcomes(
     s: Session, since: datetime, until: datetime | None = None
 ) -> Sequence[Row[tuple[str, str, str, int]]]:
-    day = func.substr(func.cast(Call.started_at, String()), 1, 10)
+    day: ColumnElement[str]
+    if s.get_bind().dialect.name == "postgresql":
+        # the UTC day: a timestamptz cast to text is in the session's time zone, the server's
+        # default (Debian's initdb takes the host's), and the window is cut at UTC midnight
+        day = func.to_char(func.timezone("UTC", Call.started_at), "YYYY-MM-DD")
+    else:  # SQLite keeps UTC as text
+        day = func.substr(func.cast(Call.started_at, String()), 1, 10)
     query = select(Call.campaign, day, Call.consent_status, func.count()).where(
         Call.started_at >= since
     )

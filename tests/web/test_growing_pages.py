@@ -270,3 +270,35 @@ def test_the_audit_page_says_when_the_check_could_not_run(world: World) -> None:
         "audit verify: the whole chain could not be checked; "
         "the last check failed (OSError: the store is away)"
     )
+
+
+@ON_BOTH_STORES
+def test_the_days_are_utc_days_whatever_the_servers_time_zone(world: World) -> None:
+    """A call at 00:30 UTC today is today's, also where the database server's time zone is
+    UTC-10, where it is 14:30 yesterday (PostgreSQL casts a timestamptz to text in the
+    session's time zone)."""
+    db = world.services.db
+    call, _rid, _wav = add_call(world.rig, "alice", campaign="early")
+    today = datetime.now(UTC).date()
+    early = datetime.combine(today, datetime.min.time(), UTC) + timedelta(minutes=30)
+    with db.write() as s:
+        s.execute(sa.update(Call).where(Call.id == call).values(started_at=early))
+    if db.dialect == "postgresql":
+        with db.engine.begin() as conn:
+            name = conn.exec_driver_sql("SELECT current_database()").scalar_one()
+            conn.exec_driver_sql(f"ALTER DATABASE \"{name}\" SET timezone = 'Pacific/Honolulu'")
+        db.engine.dispose()  # new connections take it
+    try:
+        if db.dialect == "postgresql":
+            with db.engine.connect() as conn:
+                shown = conn.exec_driver_sql(
+                    "SELECT CAST(%(at)s::timestamptz AS text)", {"at": early}
+                )
+                assert shown.scalar_one().startswith(str(today - timedelta(days=1)))
+        data = _data(world.client("supervisor").get("/dashboard").text)
+        assert data["outcomes"]["early"] == {today.isoformat(): {"granted": 1}}
+    finally:
+        if db.dialect == "postgresql":
+            with db.engine.begin() as conn:
+                conn.exec_driver_sql(f'ALTER DATABASE "{name}" RESET timezone')
+            db.engine.dispose()
