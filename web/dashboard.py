@@ -9,10 +9,10 @@ in progress or waiting for the finalizer, and the next purge."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import ColumnElement, Row, String, func, select
 from sqlalchemy.orm import Session
@@ -27,9 +27,6 @@ from recorder.store.models import (
     recordings_by_state,
 )
 from web.kept import Kept
-
-if TYPE_CHECKING:
-    from web.services import Services
 
 DAYS = 30  # today and the 29 UTC days before it
 OUTCOMES = ("granted", "declined", "no_input", "withdrawn", "not_required")
@@ -95,11 +92,15 @@ def counter(db: Database) -> Kept[Totals]:
     return Kept("dashboard", count, max_age_s=TOTALS_MAX_AGE_S, wait_s=WAIT_S)
 
 
-def collect(services: Services) -> dict[str, Any]:
+def collect(
+    db: Database, totals: Kept[Totals], facts: Mapping[str, Callable[[], Any]]
+) -> dict[str, Any]:
+    """The page's numbers: ``totals`` is the kept part (``counter(db)``), ``facts`` the
+    CLI's (the key-epoch runway)."""
     today = datetime.now(UTC).date()
-    snap = services.dashboard_totals.get(today)
+    snap = totals.get(today)
     kept = snap.result.value if snap.result is not None else None
-    with services.db.read() as s:
+    with db.read() as s:
         # since the kept pass's day: today, and yesterday too until a pass ran today
         live = _outcomes(s, kept.until if kept else _day_start(today))
         working = recordings_by_state(s, WORKING_STATES)
@@ -110,7 +111,7 @@ def collect(services: Services) -> dict[str, Any]:
         if status in OUTCOMES and str(d) >= first_day:
             counts = outcomes.setdefault(campaign, {}).setdefault(str(d), {})
             counts[status] = counts.get(status, 0) + n
-    facts = {name: _safe(fn) for name, fn in services.facts.items()}
+    shown_facts = {name: _safe(fn) for name, fn in facts.items()}
     return {
         "outcomes": outcomes,
         "outcome_names": list(OUTCOMES),
@@ -121,7 +122,7 @@ def collect(services: Services) -> dict[str, Any]:
         "totals_as_of": snap.result.started.isoformat(timespec="seconds") if kept else None,
         "totals_running": snap.running_since is not None,
         "totals_error": snap.error,
-        **facts,
+        **shown_facts,
     }
 
 

@@ -234,7 +234,9 @@ def audit_page(ctx: Ctx) -> Response:
 
 
 def dashboard_page(ctx: Ctx) -> Response:
-    return ctx.render("dashboard.html", data=dashboard.collect(ctx.services))
+    services = ctx.services
+    data = dashboard.collect(services.db, services.dashboard_totals, services.facts)
+    return ctx.render("dashboard.html", data=data)
 
 
 def users(ctx: Ctx) -> Response:
