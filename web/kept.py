@@ -42,8 +42,8 @@ class Snapshot(Generic[T]):
 
 
 #: a pass runs again no sooner than its own length divided by this: a long one (the audit
-#: check of a log of millions of rows) keeps a thread of the web process busy, holding the
-#: GIL the requests also need, at most a tenth of the time
+#: check of a log of millions of rows, a core busy for minutes) runs at most a tenth of the
+#: time
 BUSY_SHARE = 0.1
 
 
