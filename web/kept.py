@@ -8,18 +8,21 @@ another pass of its own. Here one pass runs at a time, in its own thread; a page
 at most ``wait_s`` and otherwise shows the newest finished result, with when its pass started.
 
 Written here: cachetools' and functools' caches expire by age but compute again in the
-caller's thread, which is the wait this avoids.
+caller's thread, which is the wait this avoids. A pass that is Python busy for long (the audit
+check) runs in a process of its own (:func:`in_a_process`), its thread waiting for it.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Generic, TypeVar
+from multiprocessing.connection import Connection
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger("callconsent.web")
 
@@ -110,3 +113,38 @@ class Kept(Generic[T]):
             self._result_at, self._error, self._running_since = started_at, None, None
             self._cond.notify_all()
         log.info("kept_pass_done", extra={"kv": {"name": self.name, "seconds": round(seconds, 3)}})
+
+
+def in_a_process(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a process of its own (spawned: ``fn`` and its result are pickled), for
+    a pass that is Python busy for long: in a thread it would hold the GIL the requests need.
+    The process is daemonic, so the server's exit ends it rather than waiting for it (a
+    ProcessPoolExecutor's worker is not: the exit waited for the check to end). Raises
+    RuntimeError with the child's exception, or if it died without a result."""
+    spawn = multiprocessing.get_context("spawn")
+    receive, send = spawn.Pipe(duplex=False)
+    child = spawn.Process(target=_send_result, args=(send, fn, args), name="cc-kept", daemon=True)
+    child.start()
+    send.close()  # the child's end: EOF here once it is gone
+    try:
+        ok, value = receive.recv()
+    except EOFError:
+        child.join()
+        raise RuntimeError(
+            f"the process ended without a result (exit code {child.exitcode})"
+        ) from None
+    finally:
+        receive.close()
+    child.join()
+    if not ok:
+        raise RuntimeError(value)
+    return value  # type: ignore[no-any-return]
+
+
+def _send_result(conn: Connection, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    try:
+        result = (True, fn(*args))
+    except Exception as exc:  # the parent gets it as text: the exception may not pickle
+        result = (False, f"{type(exc).__name__}: {exc}"[:300])
+    conn.send(result)
+    conn.close()

@@ -5,9 +5,7 @@ objects the CLI uses), and the private keys when they could be unlocked."""
 from __future__ import annotations
 
 import ipaddress
-import multiprocessing
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -23,11 +21,12 @@ from recorder.store.numbers import NumberProtector
 from recorder.vault.keystore import KeyStore, PrivateKeys
 from web import dashboard
 from web.accounts import Accounts
-from web.kept import Kept
+from web.kept import Kept, in_a_process
 from web.sharing import ShareLinks
 
 #: the audit page checks the whole chain again when it is opened this long after the last
-#: check started (16 µs an audit row: a minute for 4 million rows, docs/web.md)
+#: check started (or ten times as long as it took: web.kept.BUSY_SHARE; 16-26 µs an audit
+#: row, 25.7 s for 1,000,000 rows, docs/web.md)
 AUDIT_CHECK_MAX_AGE_S = 60.0
 
 
@@ -120,11 +119,9 @@ class Services:
         def verify_all(_key: object) -> AuditCheck:
             # In a process of its own: the check is Python busy for as long as the log is
             # long, and in a thread of this one it held the GIL the requests need (the calls
-            # page's p99 went from 3 to 55 ms while it ran, bench/web.py). A process for each
-            # check, at most one a minute: 0.5 s to start, nothing to manage in between.
-            spawn = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-                return pool.submit(verify_store, url).result()
+            # page's p99 went from 2.6 to 78.7 ms while it ran, docs/web.md). A process for
+            # each check, at most one a minute: 0.5 s to start, nothing to manage in between.
+            return in_a_process(verify_store, url)
 
         self.audit_check = Kept(
             "audit-check", verify_all, max_age_s=AUDIT_CHECK_MAX_AGE_S, wait_s=dashboard.WAIT_S

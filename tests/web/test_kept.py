@@ -4,10 +4,17 @@ result before it and is tried again at the next page."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Hashable
+from pathlib import Path
 
-from web.kept import Kept
+import pytest
+
+from web.kept import Kept, in_a_process
 
 
 class Clock:
@@ -104,3 +111,32 @@ def test_a_long_pass_runs_again_no_sooner_than_ten_times_its_length() -> None:
     assert kept.get().result.value == (None, 1)  # type: ignore[union-attr]
     clock.now += 1
     assert kept.get().result.value == (None, 2)  # type: ignore[union-attr]
+
+
+def test_in_a_process_gives_the_result_or_the_error() -> None:
+    assert in_a_process(pow, 2, 10) == 1024
+    with pytest.raises(RuntimeError, match=r"^ValueError: invalid literal for int"):
+        in_a_process(int, "not a number")
+    with pytest.raises(RuntimeError, match=r"ended without a result \(exit code 3\)"):
+        in_a_process(os._exit, 3)
+
+
+def test_the_servers_exit_does_not_wait_for_a_process_still_running(tmp_path: Path) -> None:
+    """A web server stopped while the audit check runs: it exits now, and the check's
+    process with it (not after the check, as with a ProcessPoolExecutor's worker)."""
+    script = tmp_path / "server.py"
+    script.write_text(
+        "import multiprocessing, sys, threading, time\n"
+        f"sys.path[:0] = {sys.path!r}\n"
+        "from web.kept import in_a_process\n"
+        "if __name__ == '__main__':\n"
+        "    threading.Thread(target=in_a_process, args=(time.sleep, 60), daemon=True).start()\n"
+        "    time.sleep(2)\n"
+        "    print(*(child.pid for child in multiprocessing.active_children()))\n"
+    )
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    assert time.monotonic() - started < 30, "the exit waited for the process's 60 s"
+    (pid,) = (int(word) for word in done.stdout.split())
+    assert not Path(f"/proc/{pid}").exists(), "the check's process outlived the server"
