@@ -59,6 +59,11 @@ def p50(samples: list[float]) -> float:
     return ordered[len(ordered) // 2]
 
 
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
 def serve(config: str, port: int, plain_dir: str) -> int:
     """``callconsent web`` with the plain-file route added (the limit, in the same server)."""
     from starlette.routing import Mount
@@ -343,6 +348,7 @@ def main() -> int:
     proc, port = start_server(ds, Path(ds.root) / "web.log")
     try:
         cookie = log_in(port, USER, PASSWORD)
+        rss = [rss_mib(proc.pid)]  # the server's, logged in; then at the end
         page = Http(port, {"Cookie": cookie})
         api = Http(port, {"Authorization": f"Bearer {ds.token}"})
         direct = DirectQuery(ds.config, PAGE_LIMIT)
@@ -393,10 +399,12 @@ def main() -> int:
             plain_mb = max(plain_mb, stream(port, plain, "", ranges)[0])
         dpo = Http(port, {"Cookie": log_in(port, DPO, PASSWORD)})
         grown = growing_pages(direct.db, page, dpo, USER, samples, budget)
+        rss.append(rss_mib(proc.pid))
     finally:
         proc.terminate()
         proc.wait(timeout=20)
     grown["passes"] = passes_logged(Path(ds.root) / "web.log")
+    grown["rss"] = rss
     return report(ds, rows, fb_ours, fb_plain, ours_mb, plain_mb, stream_bytes, grown)
 
 
@@ -469,6 +477,9 @@ def report(
             f"the calls page while the server's audit check ran: p50/p99 {p50(during):.1f}/"
             f"{p99(during):.1f} ms ({len(during)} requests)"
         )
+    print(
+        f"the server's RSS: {grown['rss'][0]:.1f} MiB logged in, {grown['rss'][1]:.1f} at the end"
+    )
     grown_p99 = max(p99(g["dashboard page"]), p99(g["audit page"]), p99(g["by person page"]))
     goals = {
         "pages p99 <= 100 ms": max(pages_p99, grown_p99) <= 100,
@@ -505,6 +516,7 @@ def report(
                 "audit_rows": grown["audit_rows"],
                 "background_passes": grown["passes"],
                 "calls_page_during_check_p99_ms": round(p99(during), 1) if during else None,
+                "server_rss_mib": [round(r, 1) for r in grown["rss"]],
                 "per_filter_p99_ms": {
                     r["filter"]: [round(p99(r[k]), 1) for k in ("query", "page", "api")]
                     for r in rows

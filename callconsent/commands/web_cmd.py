@@ -14,7 +14,7 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-from callconsent import config
+from callconsent import config, heap
 from callconsent.app import App
 from callconsent.config import Config
 from callconsent.recordings import custody, key_store, retention_rule, subjects
@@ -120,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
 
     from web.app import build
 
+    # before any thread: each of the request threads would get an arena of its own (three
+    # full bench/web.py runs each way: the server's RSS 86 -> 111-115 MiB with glibc's
+    # default, 86 -> 100-104 MiB with two, the pages as fast; docs/web.md)
+    arenas = heap.limit_arenas()
     cfg = config.load(args.config)
     app = App.open(cfg)
     try:
@@ -127,7 +131,14 @@ def run(args: argparse.Namespace) -> int:
         host, port = args.host or cfg.web.host, args.port or cfg.web.port
         log.info(
             "web_starting",
-            extra={"kv": {"host": host, "port": port, "audio": services.keys is not None}},
+            extra={
+                "kv": {
+                    "host": host,
+                    "port": port,
+                    "audio": services.keys is not None,
+                    "malloc_arenas": arenas,
+                }
+            },
         )
         if services.keys is None:
             log.warning("web_without_keys", extra={"kv": {"reason": services.keys_problem}})

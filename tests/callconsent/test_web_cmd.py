@@ -100,4 +100,5 @@ def test_callconsent_web_serves_on_its_port() -> None:
         _, err = server.communicate(timeout=10)
         host.remove()
     assert "event=web_starting" in err and "event=web_without_keys" in err
+    assert "malloc_arenas=2" in err  # callconsent/heap.py: limit_arenas, before any thread
     assert "route=/login status=200" in err and "HTTP/1.1" not in err  # our line, no access log
