@@ -217,7 +217,7 @@ class KeyEpoch(Base):
 #: daemon's writes do not maintain it. A query by a person's name says PEOPLE_ONLY as well, so
 #: that the planner may use the index (it must see that the query implies the index's WHERE).
 BULK_ACTORS = ("callconsent", "retention")
-PEOPLE_ONLY = "actor NOT IN ('callconsent', 'retention')"
+PEOPLE_ONLY = "actor NOT IN (" + ", ".join(f"'{actor}'" for actor in BULK_ACTORS) + ")"
 
 
 class AuditEntry(Base):
