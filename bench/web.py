@@ -248,12 +248,12 @@ def growing_pages(
     from sqlalchemy import func, select, text
 
     from recorder.store import audit
-    from recorder.store.models import PEOPLE_ONLY, WORKING_STATES, AuditEntry, recordings_by_state
+    from recorder.store.models import PEOPLE_ONLY, AuditEntry
     from web import dashboard
 
     today = datetime.now(UTC).date()
     t0 = time.perf_counter()
-    totals = dashboard.counter(db)._compute(today)
+    totals = dashboard.totals(db, today)
     dashboard_pass_ms = (time.perf_counter() - t0) * 1000
     t0 = time.perf_counter()
     with db.read() as s:
@@ -279,9 +279,7 @@ def growing_pages(
 
     def dashboard_live() -> None:
         with db.read() as s:  # what collect() reads at every load (web/dashboard.py)
-            dashboard._outcomes(s, totals.until)
-            recordings_by_state(s, WORKING_STATES)
-            dashboard._next_purge(s)
+            dashboard.live(s, totals.until)
 
     def audit_rows(actor: str | None = None) -> None:
         q = select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(100)

@@ -75,39 +75,51 @@ def _next_purge(s: Session) -> datetime | None:
     )
 
 
+def totals(db: Database, today: date) -> Totals:
+    """The kept part, counted now: the days before ``today`` in the window, the recordings in
+    their end states and the storage they use."""
+    until = _day_start(today)
+    with db.read() as s:
+        rows = _outcomes(s, until - timedelta(days=DAYS - 1), until)
+        ends = recordings_by_state(s, END_STATES)
+        stored = s.scalar(
+            select(func.coalesce(func.sum(Recording.ciphertext_size), 0)).where(
+                Recording.state == RecordingState.ENCRYPTED
+            )
+        )
+    return Totals(until, [(c, str(d), st, n) for c, d, st, n in rows], ends, int(stored or 0))
+
+
 def counter(db: Database) -> Kept[Totals]:
     def count(today: Hashable) -> Totals:
         assert isinstance(today, date)
-        until = _day_start(today)
-        with db.read() as s:
-            rows = _outcomes(s, until - timedelta(days=DAYS - 1), until)
-            ends = recordings_by_state(s, END_STATES)
-            stored = s.scalar(
-                select(func.coalesce(func.sum(Recording.ciphertext_size), 0)).where(
-                    Recording.state == RecordingState.ENCRYPTED
-                )
-            )
-        return Totals(until, [(c, str(d), st, n) for c, d, st, n in rows], ends, int(stored or 0))
+        return totals(db, today)
 
     return Kept("dashboard", count, max_age_s=TOTALS_MAX_AGE_S, wait_s=WAIT_S)
 
 
+def live(
+    s: Session, since: datetime
+) -> tuple[Sequence[Row[tuple[str, str, str, int]]], dict[str, int], datetime | None]:
+    """What a load reads itself, by short ranges of indexes: the outcomes since ``since``,
+    the recordings in the working states, the next purge."""
+    return _outcomes(s, since), recordings_by_state(s, WORKING_STATES), _next_purge(s)
+
+
 def collect(
-    db: Database, totals: Kept[Totals], facts: Mapping[str, Callable[[], Any]]
+    db: Database, counted: Kept[Totals], facts: Mapping[str, Callable[[], Any]]
 ) -> dict[str, Any]:
-    """The page's numbers: ``totals`` is the kept part (``counter(db)``), ``facts`` the
+    """The page's numbers: ``counted`` is the kept part (``counter(db)``), ``facts`` the
     CLI's (the key-epoch runway)."""
     today = datetime.now(UTC).date()
-    snap = totals.get(today)
+    snap = counted.get(today)
     kept = snap.result.value if snap.result is not None else None
     with db.read() as s:
         # since the kept pass's day: today, and yesterday too until a pass ran today
-        live = _outcomes(s, kept.until if kept else _day_start(today))
-        working = recordings_by_state(s, WORKING_STATES)
-        next_purge = _next_purge(s)
+        latest, working, next_purge = live(s, kept.until if kept else _day_start(today))
     first_day = (today - timedelta(days=DAYS - 1)).isoformat()
     outcomes: dict[str, dict[str, dict[str, int]]] = {}
-    for campaign, d, status, n in [*(kept.outcomes if kept else ()), *live]:
+    for campaign, d, status, n in [*(kept.outcomes if kept else ()), *latest]:
         if status in OUTCOMES and str(d) >= first_day:
             counts = outcomes.setdefault(campaign, {}).setdefault(str(d), {})
             counts[status] = counts.get(status, 0) + n
