@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from clock import Clock
 from sqlalchemy import event, update
 
 from callconsent import metrics_server
@@ -14,14 +15,6 @@ from callconsent.metrics_server import RecordingsByState
 from recorder.store.db import Database
 from recorder.store.ledger import Ledger
 from recorder.store.models import Recording
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _recording(ledger: Ledger, state: str) -> str:

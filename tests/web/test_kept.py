@@ -13,16 +13,9 @@ from collections.abc import Hashable
 from pathlib import Path
 
 import pytest
+from clock import Clock
 
 from web.kept import Kept, in_a_process
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Counting:
