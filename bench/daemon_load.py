@@ -35,7 +35,10 @@ them with ``CALLCONSENT_STORE_STATS=1``), calls/s, daemon RSS.
 
 In the same run, the limit (``bench/_limits.py``): the same number of sessions through the
 FastAGI server alone (``bench/agi_load.py``'s consent script, no store), and a bare SQLAlchemy
-Core insert of the rows one call stores, in one transaction per call.
+Core insert of the rows one call stores, in one transaction per call. And each part of a call
+alone with its calls arriving at the steady round's rate (``parts_alone``): the FastAGI server,
+the call's rows through the DB-API cursor, the format's minimum work on its recording; their
+sum (``parts_alone_cpu_ms_per_call``) is what the three cost with nothing between them.
 
     .venv/bin/python bench/daemon_load.py [--quick] [--postgres] [--ami-user all] [--daemon-cpu N]
 """
@@ -56,7 +59,7 @@ import _asterisk_peer as ap
 import _daemon_rig as rig
 import _freeswitch_peer as fp
 from _common import cpu_seconds, free_port, no_full_collections, raise_fd_limit
-from _limits import fastagi_alone, store_floor
+from _limits import fastagi_alone, format_floor, store_floor
 
 GOALS = {
     "steady_p99_ms": 20.0,
@@ -411,6 +414,53 @@ def call_seconds(args: argparse.Namespace) -> float:
     return args.call_s or (4.0 if args.quick else 20.0)
 
 
+#: how long each part of a call runs alone at the steady rate (``parts_alone``)
+PARTS_S = 20.0
+PARTS_S_QUICK = 1.0
+
+
+def parts_alone(args: argparse.Namespace) -> dict[str, Any]:
+    """Each part of a call alone, its calls arriving at the steady round's rate
+    (``bench/_limits.py``): the FastAGI server with the round's prompt, the store's rows
+    through the DB-API cursor (and, as issue 15 defines its limit, with SQLAlchemy Core),
+    and the format's minimum work on the round's recordings. The sum of the first, the
+    second and the last is what the three parts cost without anything between them."""
+    steady = plan(args)["steady"]
+    rate = steady["rate"]
+    n = int(rate * (PARTS_S_QUICK if args.quick else PARTS_S))
+    print(f"  each part alone at {rate:g} calls/s, {n} calls ...", flush=True)
+    out: dict[str, Any] = {
+        "calls": n,
+        "rate": rate,
+        "fastagi_alone": fastagi_alone(n, rate, steady["prompt_s"]),
+        "store_cursor": store_floor(n, rate, cursor=True),
+        "store_core": store_floor(n, rate),
+        "format_floor": format_floor(n, rate, ap.final_wav()),
+    }
+    out["sum_cpu_ms_per_call"] = round(
+        sum(out[k]["cpu_ms_per_call"] for k in ("fastagi_alone", "store_cursor", "format_floor")),
+        3,
+    )
+    return out
+
+
+def print_parts(parts: dict[str, Any], daemon_cpu_ms: float) -> None:
+    print(f"\neach part of a call alone, {parts['calls']} calls at {parts['rate']:g} calls/s "
+          "(the steady round's rate), CPU-ms per call:")  # fmt: skip
+    rows = (
+        ("fastagi_alone", "FastAGI server alone (the round's prompt, no store)"),
+        ("store_cursor", "the call's rows, DB-API cursor as the writer runs them"),
+        ("store_core", "the same with SQLAlchemy Core (issue 15's limit)"),
+        ("format_floor", "the format's minimum work on its recording (key slot too)"),
+    )
+    for key, title in rows:
+        print(f"  {title:<60} {parts[key]['cpu_ms_per_call']:>7.3f}")
+    total = parts["sum_cpu_ms_per_call"]
+    print(f"  {'sum: FastAGI + cursor + format, nothing between them':<60} {total:>7.3f}")
+    print(f"  {'the whole daemon in the steady round':<60} {daemon_cpu_ms:>7.3f}"
+          f"   (goal {GOALS['cpu_ms_per_call']:g})")  # fmt: skip
+
+
 def plan(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """The rounds; ``--quick`` is a smoke run (< 1 minute): shorter calls, so fewer up at once."""
     q = args.quick
@@ -611,6 +661,7 @@ def main() -> int:
     limits = {
         "fastagi_alone": fastagi_alone(int(steady["calls"])),  # type: ignore[arg-type]
         "store_floor": store_floor(int(steady["calls"])),  # type: ignore[arg-type]
+        "at_steady_rate": parts_alone(args),
     }
     load1 = loadavg()
     call_s = call_seconds(args)
@@ -627,6 +678,8 @@ def main() -> int:
     fa, sf = limits["fastagi_alone"], limits["store_floor"]
     print(f"  FastAGI server alone (agi_load consent script, no store): {fa}")
     print(f"  bare SQLAlchemy Core insert of one call's rows, one transaction per call: {sf}")
+    parts = limits["at_steady_rate"]
+    print_parts(parts, steady["cpu_ms_per_call"])  # type: ignore[arg-type]
     print(f"load average before {' '.join(load0)}, after {' '.join(load1)} (2 shared cores)")
     print(f"AMI user: {args.ami_user} (see bench/_asterisk_peer.py)")
     if args.daemon_cpu is not None:
@@ -651,6 +704,7 @@ def main() -> int:
         "one_core_calls_per_s": core["calls_per_s"] if core else None,
         "one_core_top_completed_per_s": core["top_completed_per_s"] if core else None,
         "one_core_top_cpu_ms_per_call": core["top_cpu_ms_per_call"] if core else None,
+        "parts_alone_cpu_ms_per_call": parts["sum_cpu_ms_per_call"],
         "results": all_results,
         "one_core": core,
         "limits": limits,

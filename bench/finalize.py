@@ -40,6 +40,7 @@ from callconsent import config as config_mod
 from callconsent.app import App
 from callconsent.recordings import retention_rule
 from recorder.finalize.finalizer import Finalizer, FinalizerSettings, Outcome
+from recorder.vault import envelope
 from recorder.vault import fileformat as ff
 from recorder.vault.directory import Vault
 from recorder.vault.expiry import epochs_between
@@ -116,14 +117,19 @@ def bare(path: Path, target: Path) -> None:
     path.unlink()
 
 
-def floor(path: Path, target: Path) -> None:
+def floor(path: Path, target: Path, public_key: bytes | None = None) -> None:
     """The limit: what any finalizer must do to a recording under our format and evidence
     rules, nothing else: read it, SHA-256 the plaintext, encrypt it in 64 KiB GCM segments,
-    SHA-256 the ciphertext, write, fsync, unlink. No store, no audit, no WAV check."""
-    header = ff.Header(str(uuid.uuid4()), os.urandom(ff.NONCE_PREFIX_SIZE))
-    enc = ff.StreamEncryptor(os.urandom(32), header, [])
+    SHA-256 the ciphertext, write, fsync, unlink. No store, no audit, no WAV check. With
+    ``public_key``, the data key is sealed to it in a key slot too (HPKE), as every recording's
+    is: the cost that counts for a short recording (``bench/_limits.format_floor``)."""
+    recording_id, data_key = str(uuid.uuid4()), os.urandom(32)
+    slots = [] if public_key is None else [envelope.wrap(data_key, public_key, recording_id, "e")]
+    header = ff.Header(recording_id, os.urandom(ff.NONCE_PREFIX_SIZE))
+    enc = ff.StreamEncryptor(data_key, header, slots)
     pt_hash, ct_hash = hashlib.sha256(), hashlib.sha256(enc.header)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.write(fd, enc.header + enc.slot_area)
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             pt_hash.update(chunk)
