@@ -266,5 +266,11 @@ CREATE INDEX ix_audit_log_person_actor ON audit_log (actor, seq) WHERE actor NOT
 
 UPDATE alembic_version SET version_num='0007' WHERE alembic_version.version_num = '0006';
 
+-- Running upgrade 0007 -> 0008
+
+CREATE INDEX ix_audit_log_retention ON audit_log (seq) WHERE actor = 'retention';
+
+UPDATE alembic_version SET version_num='0008' WHERE alembic_version.version_num = '0007';
+
 COMMIT;
 

@@ -17,6 +17,8 @@ from sqlalchemy.orm import Session
 from recorder.store.models import (
     BULK_ACTORS,
     PEOPLE_ONLY,
+    RETENTION_ACTOR,
+    RETENTION_ONLY,
     AuditEntry,
     Call,
     ConsentRecord,
@@ -354,6 +356,8 @@ def audit_rows(
         q = q.where(AuditEntry.actor == actor)
         if actor not in BULK_ACTORS:  # a person: by the index that leaves the daemon out
             q = q.where(text(PEOPLE_ONLY))
+        elif actor == RETENTION_ACTOR:  # by retention's own index (few rows, or none yet)
+            q = q.where(text(RETENTION_ONLY))
     if before:
         q = q.where(AuditEntry.seq < before)
     with services.db.read() as s:
