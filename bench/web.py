@@ -291,18 +291,24 @@ def growing_pages(
             found = s.scalars(q).all()
         assert found or actor in (None, RETENTION_ACTOR), f"no audit rows by {actor}"
 
-    # before migration 0008: the log by retention, in a store that never purged, walked it all
-    t0 = time.perf_counter()
-    with db.read() as s:
-        s.execute(
-            text(
-                "SELECT seq FROM audit_log NOT INDEXED WHERE actor = :a ORDER BY seq DESC LIMIT 100"
-                if db.dialect == "sqlite"
-                else "SELECT 1"
-            ),
-            {"a": RETENTION_ACTOR},
-        ).all()
-    by_retention_walk_ms = (time.perf_counter() - t0) * 1000
+    # before migration 0008: the log by retention, in a store that never purged, as the page
+    # read it then (its index dropped in a transaction rolled back; SQLite only)
+    by_retention_walk_ms = math.nan
+    if db.dialect == "sqlite":
+        raw = db.engine.raw_connection()
+        try:
+            cur = raw.driver_connection.cursor()  # autocommit (db.py): BEGIN and ROLLBACK are ours
+            cur.execute("BEGIN")
+            cur.execute("DROP INDEX ix_audit_log_retention")
+            t0 = time.perf_counter()
+            cur.execute(
+                "SELECT * FROM audit_log WHERE actor = ? ORDER BY seq DESC LIMIT 100",
+                (RETENTION_ACTOR,),
+            ).fetchall()
+            by_retention_walk_ms = (time.perf_counter() - t0) * 1000
+            cur.execute("ROLLBACK")
+        finally:
+            raw.close()
 
     samples = timed(
         {
@@ -486,7 +492,7 @@ def report(
     print(
         "computed in the request before: the dashboard's totals "
         f"{grown['dashboard_pass_ms']:.0f} ms,"
-        f" the audit check {grown['audit_check_s']:.1f} s, the log by retention without its"
+        f" the audit check {grown['audit_check_s']:.1f} s, the log by retention before its"
         f" index {grown['by_retention_walk_ms']:.0f} ms; passes in the server: {grown['passes']}"
     )
     during = grown["calls_during_check"]
