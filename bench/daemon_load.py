@@ -416,7 +416,7 @@ def call_seconds(args: argparse.Namespace) -> float:
 
 #: how long each part of a call runs alone at the steady rate (``parts_alone``)
 PARTS_S = 20.0
-PARTS_S_QUICK = 1.0
+PARTS_S_QUICK = 0.5
 
 
 def parts_alone(args: argparse.Namespace) -> dict[str, Any]:
