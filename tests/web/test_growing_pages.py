@@ -277,6 +277,38 @@ def test_the_audit_log_by_retention_reads_the_same_whatever_the_daemon_wrote(
     assert after <= before + 5, (before, after)
 
 
+@pytest.mark.parametrize(
+    "store", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+def test_postgresqls_generic_plan_reads_the_log_by_actor_by_its_index(world: World) -> None:
+    """psycopg prepares a statement after five runs, and PostgreSQL may then plan it once for
+    any actor (a generic plan, ``$1``): only the condition written out lets it use a partial
+    index. With 20,000 daemon rows, the page's statement by a person and by retention is
+    planned on its index; the same statement for the daemon is not (its rows are in neither)."""
+    from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
+
+    from web.queries import audit_statement
+
+    _daemon_rows(world, 20_000)
+    _daemon_rows(world, 2, RETENTION_ACTOR)
+    db = world.services.db
+    plans = {}
+    with db.engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE audit_log")
+        conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+        for actor in ("test", RETENTION_ACTOR, BULK_ACTORS[0]):
+            compiled = audit_statement(None, actor, None, 100).compile(dialect=PGDialect_asyncpg())
+            values = tuple(compiled.params[name] for name in compiled.positiontup or ())
+            conn.exec_driver_sql(f"PREPARE page AS {compiled.string}")
+            args = ", ".join(f"'{v}'" if isinstance(v, str) else str(v) for v in values)
+            plan = conn.exec_driver_sql(f"EXPLAIN EXECUTE page({args})").scalars().all()
+            conn.exec_driver_sql("DEALLOCATE page")
+            plans[actor] = "\n".join(plan)
+    assert "ix_audit_log_person_actor" in plans["test"], plans["test"]
+    assert "ix_audit_log_retention" in plans[RETENTION_ACTOR], plans[RETENTION_ACTOR]
+    assert "ix_audit_log_" not in plans[BULK_ACTORS[0]], plans[BULK_ACTORS[0]]
+
+
 def test_the_audit_page_names_the_first_problems_and_counts_them_all(world: World) -> None:
     """25 recording rows inserted behind the audit log's back: the count of all, the first 20
     named (the check's process hands back no more), and where to see the rest."""
