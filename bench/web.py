@@ -245,11 +245,12 @@ def growing_pages(
     first load of each, which starts the server's pass and waits for it at most 1 s."""
     from datetime import UTC, datetime
 
-    from sqlalchemy import func, select, text
+    from sqlalchemy import func, select
 
     from recorder.store import audit
-    from recorder.store.models import PEOPLE_ONLY, RETENTION_ACTOR, RETENTION_ONLY, AuditEntry
+    from recorder.store.models import RETENTION_ACTOR, AuditEntry
     from web import dashboard
+    from web.queries import audit_statement
 
     today = datetime.now(UTC).date()
     t0 = time.perf_counter()
@@ -282,13 +283,9 @@ def growing_pages(
             dashboard.live(s, totals.until)
 
     def audit_rows(actor: str | None = None) -> None:
-        q = select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(100)
-        if actor == RETENTION_ACTOR:  # web/queries.py's statement; the store never purged
-            q = q.where(AuditEntry.actor == actor, text(RETENTION_ONLY))
-        elif actor:  # a person (the bench's user made its token): web/queries.py's statement
-            q = q.where(AuditEntry.actor == actor, text(PEOPLE_ONLY))
-        with db.read() as s:
-            found = s.scalars(q).all()
+        with db.read() as s:  # the page's statement (web/queries.py), run directly
+            found = s.scalars(audit_statement(None, actor, None, 100)).all()
+        # a person: the bench's user made its token; retention: the store never purged
         assert found or actor in (None, RETENTION_ACTOR), f"no audit rows by {actor}"
 
     # before migration 0008: the log by retention, in a store that never purged, as the page

@@ -15,15 +15,12 @@ from sqlalchemy import Select, and_, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from recorder.store.models import (
-    BULK_ACTORS,
-    PEOPLE_ONLY,
-    RETENTION_ACTOR,
-    RETENTION_ONLY,
     AuditEntry,
     Call,
     ConsentRecord,
     KeyEpoch,
     Recording,
+    actor_index_condition,
 )
 from recorder.store.numbers import mask
 from web import authz
@@ -349,19 +346,16 @@ def load_recording(services: Services, rid: str) -> tuple[Recording, Call] | Non
 def audit_statement(
     action: str | None, actor: str | None, before: int | None, limit: int
 ) -> Select[tuple[AuditEntry]]:
-    """The audit log's rows, newest first, as the page and the API filter them. By actor, the
-    statement repeats the partial index's condition as a literal: the planner may use the
-    index only if it sees the query implies it, and PostgreSQL's generic plan of a prepared
-    statement (psycopg prepares one after five runs) knows the actor only as ``$1``."""
+    """The audit log's rows, newest first, as the audit page filters them (by actor: on the
+    partial index that holds the actor's rows, ``models.actor_index_condition``)."""
     q = select(AuditEntry)
     if action:
         q = q.where(AuditEntry.action == action)
     if actor:
         q = q.where(AuditEntry.actor == actor)
-        if actor not in BULK_ACTORS:  # a person: by the index that leaves the daemon out
-            q = q.where(text(PEOPLE_ONLY))
-        elif actor == RETENTION_ACTOR:  # by retention's own index (few rows, or none yet)
-            q = q.where(text(RETENTION_ONLY))
+        condition = actor_index_condition(actor)
+        if condition is not None:
+            q = q.where(text(condition))
     if before:
         q = q.where(AuditEntry.seq < before)
     return q.order_by(AuditEntry.seq.desc()).limit(limit)

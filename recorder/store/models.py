@@ -214,16 +214,25 @@ class KeyEpoch(Base):
 #: the actors that write an audit row for every call and every purged recording: the daemon
 #: (``recorder.store.calljobs.SYSTEM_ACTOR``) and retention. The audit log's index by actor
 #: (migration 0007) leaves their rows out: it is for finding what a person did, and the
-#: daemon's writes do not maintain it. A query by a person's name says PEOPLE_ONLY as well, so
-#: that the planner may use the index (it must see that the query implies the index's WHERE).
-BULK_ACTORS = ("callconsent", "retention")
+#: daemon's writes do not maintain it. Retention's rows have an index of their own (migration
+#: 0008): in a store that has not purged yet (a year's retention, a new installation) they are
+#: none or few, and the log filtered by retention walked every row to find them; retention
+#: writes them in its pass, never on the daemon's hot path. The daemon's rows are in neither.
+RETENTION_ACTOR = "retention"
+BULK_ACTORS = ("callconsent", RETENTION_ACTOR)
 PEOPLE_ONLY = "actor NOT IN (" + ", ".join(f"'{actor}'" for actor in BULK_ACTORS) + ")"
-#: retention's rows have an index of their own (migration 0008): in a store that has not purged
-#: yet (a year's retention, a new installation) they are none or few, and the log filtered by
-#: retention walked every row to find them. Retention writes them in its pass, never on the
-#: daemon's hot path. A query by retention's name says RETENTION_ONLY as well, as for people.
-RETENTION_ACTOR = BULK_ACTORS[1]
 RETENTION_ONLY = f"actor = '{RETENTION_ACTOR}'"
+
+
+def actor_index_condition(actor: str) -> str | None:
+    """The condition of the partial index that holds ``actor``'s audit rows (None: the
+    daemon's, in neither). A query by actor repeats it as a literal, so the planner may use
+    the index: it must see that the query implies the index's WHERE, and PostgreSQL's generic
+    plan of a prepared statement (psycopg prepares one after five runs) knows the actor only
+    as ``$1``."""
+    if actor == RETENTION_ACTOR:
+        return RETENTION_ONLY
+    return PEOPLE_ONLY if actor not in BULK_ACTORS else None
 
 
 class AuditEntry(Base):

@@ -201,8 +201,8 @@ def test_the_bulk_actors_are_the_daemons_and_retentions() -> None:
     assert RETENTION_ACTOR == retention.ACTOR
 
 
-def _daemon_rows(world: World, n: int, actor: str = BULK_ACTORS[0]) -> None:
-    """``n`` audit rows by the daemon (or ``actor``) at the tail of the chain."""
+def _rows_by(world: World, n: int, actor: str = BULK_ACTORS[0]) -> None:
+    """``n`` audit rows by ``actor`` (the daemon unless said) at the tail of the chain."""
     rows = [
         {"actor": actor, "action": "call.opened", "subject_type": "call",
          "subject_id": f"c{i}", "details": {}}
@@ -220,9 +220,9 @@ def _audit_seqs(page: str) -> list[int]:
 @ON_BOTH_STORES
 def test_the_audit_log_by_actor(world: World) -> None:
     c = world.client("dpo")
-    _daemon_rows(world, 3)
-    _daemon_rows(world, 2, RETENTION_ACTOR)
-    _daemon_rows(world, 2)
+    _rows_by(world, 3)
+    _rows_by(world, 2, RETENTION_ACTOR)
+    _rows_by(world, 2)
     with world.services.db.read() as s:
         by_actor: dict[str, list[int]] = {}
         for seq, actor in s.execute(sa.select(AuditEntry.seq, AuditEntry.actor)):
@@ -247,7 +247,7 @@ def test_the_audit_log_by_a_person_reads_the_same_whatever_the_daemon_wrote(
         return steps.thousands, seqs
 
     before, seqs = load()
-    _daemon_rows(world, 20_000)
+    _rows_by(world, 20_000)
     after, seqs_after = load()
     assert seqs and seqs_after == seqs
     assert after <= before + 5, (before, after)
@@ -263,7 +263,7 @@ def test_the_audit_log_by_retention_reads_the_same_whatever_the_daemon_wrote(
         pytest.skip("SQLite's progress handler counts what a statement reads")
     c, db = world.client("dpo"), world.services.db
     c.get("/audit")  # the check of the whole chain, done now and kept
-    _daemon_rows(world, purged_before, RETENTION_ACTOR)
+    _rows_by(world, purged_before, RETENTION_ACTOR)
 
     def load() -> tuple[int, list[int]]:
         with Steps(db) as steps:
@@ -271,7 +271,7 @@ def test_the_audit_log_by_retention_reads_the_same_whatever_the_daemon_wrote(
         return steps.thousands, seqs
 
     before, seqs = load()
-    _daemon_rows(world, 20_000)
+    _rows_by(world, 20_000)
     after, seqs_after = load()
     assert len(seqs) == purged_before and seqs_after == seqs
     assert after <= before + 5, (before, after)
@@ -289,8 +289,8 @@ def test_postgresqls_generic_plan_reads_the_log_by_actor_by_its_index(world: Wor
 
     from web.queries import audit_statement
 
-    _daemon_rows(world, 20_000)
-    _daemon_rows(world, 2, RETENTION_ACTOR)
+    _rows_by(world, 20_000)
+    _rows_by(world, 2, RETENTION_ACTOR)
     db = world.services.db
     plans = {}
     with db.engine.connect() as conn:
