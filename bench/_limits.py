@@ -126,6 +126,18 @@ def _call_rows(i: int, seq: int, prev: str) -> tuple[dict[str, Any], list[dict[s
     return rows, audit
 
 
+def _calls(
+    count: int, rate: float
+) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]], tuple[int, str]]]:
+    """Each call's rows at its slot of ``rate``, its audit rows chained on the ones before,
+    and the chain's new tail."""
+    seq, prev = 0, "0" * 64
+    for i in _paced(count, rate):
+        rows, audit = _call_rows(i, seq, prev)
+        seq, prev = audit[-1]["seq"], audit[-1]["hash"]
+        yield rows, audit, (seq, prev)
+
+
 def store_floor(calls: int, rate: float = 0.0, *, cursor: bool = False) -> dict[str, float]:
     """One transaction per call: with SQLAlchemy Core (``Connection.execute``, issue 15's
     limit), or with ``cursor`` through the DB-API cursor as the store writer runs its
@@ -152,38 +164,34 @@ def store_floor(calls: int, rate: float = 0.0, *, cursor: bool = False) -> dict[
     with tempfile.TemporaryDirectory(prefix="callconsent-floor-") as tmp:
         db = Database(sqlite_url(Path(tmp) / "floor.db"))
         migrate.upgrade(db)
-        head = [0, "0" * 64]
-
-        def one_call(i: int) -> dict[str, Any]:
-            rows, audit = _call_rows(i, head[0], str(head[1]))
-            head[:] = [audit[-1]["seq"], audit[-1]["hash"]]
-            return {"rows": rows, "audit": audit}
 
         def with_core() -> None:
-            for i in _paced(calls, rate):
-                call = one_call(i)
+            for rows, audit, (seq, prev) in _calls(calls, rate):
                 with db.engine.begin() as conn:  # each statement built here, as before
-                    for name, row in call["rows"].items():
+                    for name, row in rows.items():
                         conn.execute(insert(tables[name]), row)
-                    conn.execute(insert(AuditEntry), call["audit"])
-                    conn.execute(update(AuditHead).values(seq=head[0], hash=head[1]))
+                    conn.execute(insert(AuditEntry), audit)
+                    conn.execute(update(AuditHead).values(seq=seq, hash=prev))
 
         def with_cursor() -> None:
             with db.engine.connect() as conn:
                 b = OnCursor(conn)  # the connection runs in autocommit: BEGIN/COMMIT ourselves
-                for i in _paced(calls, rate):
-                    call = one_call(i)
+                for rows, audit, (seq, prev) in _calls(calls, rate):
                     b.cursor.execute("BEGIN IMMEDIATE")
-                    for name, row in call["rows"].items():
+                    for name, row in rows.items():
                         prepared[name].run(b, row)
-                    audit_insert.many(b, call["audit"])
-                    move_head.run(b, {"b_seq": head[0], "b_hash": head[1]})
+                    audit_insert.many(b, audit)
+                    move_head.run(b, {"b_seq": seq, "b_hash": prev})
                     b.cursor.execute("COMMIT")
 
         start = time.perf_counter()
         cpu = _cpu(with_cursor if cursor else with_core)
         wall = time.perf_counter() - start
+        with db.engine.connect() as conn:  # every call's rows are there, its chain's tail moved
+            stored = conn.exec_driver_sql("SELECT count(*) FROM calls").scalar()
+            tail = conn.exec_driver_sql("SELECT seq FROM audit_head").scalar()
         db.dispose()
+        assert (stored, tail) == (calls, calls * AUDIT_ROWS_PER_CALL), (stored, tail)
     return {
         "calls": calls,
         "calls_per_s": round(calls / wall, 1),
