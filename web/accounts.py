@@ -12,15 +12,17 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import argon2
 import pyotp
-from sqlalchemy import Row, bindparam, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from recorder.store import audit
 from recorder.store.db import Database
 from recorder.store.models import ApiToken, User, WebSession
+from recorder.store.prepared import Prepared
 from web.tokens import new_token, token_hash
 
 ROLES = ("agent", "supervisor", "dpo", "admin")
@@ -72,7 +74,8 @@ PERSON_COLUMNS = (
 )
 
 
-def person_of_row(row: Row) -> Person:  # type: ignore[type-arg]
+def person_of_row(row: Any) -> Person:
+    """A Person from a row with :data:`PERSON_COLUMNS` (a ``Row``, or a ``Reading``'s row)."""
     return Person(
         row.id,
         row.name,
@@ -105,7 +108,7 @@ def check_password(password: str) -> str:
     return password
 
 
-_TOKEN_ROW = (
+_TOKEN_ROW = Prepared(
     select(
         ApiToken.id.label("token_id"),
         ApiToken.revoked_at,
@@ -263,10 +266,11 @@ class Accounts:
     def token_user(self, raw: str) -> tuple[Person, Callable[[], None] | None] | None:
         """The enabled user a live API token acts as, and the write of its last use when that
         is a minute old (not on every request: a commit per API call), for the caller to run
-        when it suits (the web console: after the response). One read, without the ORM."""
+        when it suits (the web console: after the response). One read, on the DB-API cursor, as
+        for a session (:meth:`web.auth.Sessions.load`)."""
         now = datetime.now(UTC)
-        with self.db.engine.connect() as conn:
-            row = conn.execute(_TOKEN_ROW, {"digest": token_hash(raw)}).one_or_none()
+        with self.db.reading() as r:
+            row = r.first(_TOKEN_ROW, {"digest": token_hash(raw)})
         if row is None or row.revoked_at is not None or row.expires_at <= now or row.disabled:
             return None
         stale = row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60

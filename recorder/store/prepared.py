@@ -1,5 +1,6 @@
 """The store writer's hot statements, run on the DB-API cursor of the batch's connection (and
-the finalizer's per-recording reads, on a pooled connection's: :class:`Reading`).
+the finalizer's per-recording reads and the web console's per-request read of who asks, on a
+pooled connection's: :class:`Reading`).
 
 Why not ``Connection.execute``: even with its compiled cache, SQLAlchemy builds an execution
 context, result metadata and event dispatch for every statement, 15-50 µs each against the 2-5
@@ -169,8 +170,9 @@ def _absent(name: str, param: Any, column_default: Any, keys: frozenset[str]) ->
 @dataclass(slots=True)
 class Reading:
     """A read on a pooled connection's DB-API cursor (:meth:`recorder.store.db.Database.reading`):
-    the finalizer's per-recording looks, without SQLAlchemy's execution layer (and, on SQLite,
-    without the ``BEGIN``/``ROLLBACK`` pair ``Connection.execute`` adds around them)."""
+    the finalizer's per-recording looks and the web console's session or token of a request,
+    without SQLAlchemy's execution layer (and, on SQLite, without the ``BEGIN``/``ROLLBACK``
+    pair ``Connection.execute`` adds around them)."""
 
     conn: Connection
     cursor: Any

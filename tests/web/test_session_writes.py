@@ -9,6 +9,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -86,24 +87,31 @@ def test_a_tokens_last_use_is_kept_at_most_once_a_minute(world: World) -> None:
 
 @contextmanager
 def statements(world: World) -> Iterator[list[str]]:
-    """The SQL statements the store runs while the block runs (not BEGIN: SQLite's)."""
+    """Every SQL statement SQLite runs while the block runs, as its trace sees them: those on
+    the DB-API cursor too (``Database.reading``), which SQLAlchemy's events never see, and
+    the ``BEGIN`` and ``ROLLBACK`` of a ``Connection``."""
     seen: list[str] = []
     engine = world.services.db.engine
 
-    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
-        if not statement.startswith("BEGIN"):
-            seen.append(statement)
+    def trace(dbapi_conn: Any, *_: object) -> None:
+        dbapi_conn.set_trace_callback(seen.append)
 
-    sa.event.listen(engine, "before_cursor_execute", count)
+    def untrace(dbapi_conn: Any, *_: object) -> None:
+        dbapi_conn.set_trace_callback(None)
+
+    sa.event.listen(engine, "checkout", trace)
+    sa.event.listen(engine, "checkin", untrace)
     try:
         yield seen
     finally:
-        sa.event.remove(engine, "before_cursor_execute", count)
+        sa.event.remove(engine, "checkout", trace)
+        sa.event.remove(engine, "checkin", untrace)
 
 
 def test_a_session_or_token_is_read_with_one_statement(world: World) -> None:
-    """Who asks costs one statement per request (the session or token joined with its user):
-    it runs before every page and was a fifth of the calls page (bench/web.py)."""
+    """Who asks costs one statement per request (the session or token joined with its user,
+    on the DB-API cursor, with no BEGIN and ROLLBACK around it): it runs before every page,
+    and through SQLAlchemy's ``Connection`` it was a seventh of the calls page (bench/web.py)."""
     c = world.client("supervisor")
     _, raw = world.services.accounts.create_token("sam", "crm", 30, actor="adam")
     bearer = {"Authorization": f"Bearer {raw}"}
