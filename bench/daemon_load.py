@@ -58,7 +58,7 @@ from typing import Any
 import _asterisk_peer as ap
 import _daemon_rig as rig
 import _freeswitch_peer as fp
-from _common import cpu_seconds, free_port, no_full_collections, raise_fd_limit
+from _common import cpu_seconds, cpu_split, free_port, no_full_collections, raise_fd_limit
 from _limits import fastagi_alone, format_floor, store_floor
 
 GOALS = {
@@ -202,6 +202,7 @@ async def run_round(
 ) -> dict[str, object]:
     peer = make_peer(f"{name}{int(time.time())}", prompt_s, talk_s)
     rss0, tx0, cpu0 = daemon.rss_mib(), daemon.transactions(), cpu_seconds(daemon.pid)
+    sys0 = cpu_split(daemon.pid)[1]
     log0 = daemon.log_size()
     threads = ThreadCpu(daemon.pid)
     by_thread0, runs0 = threads.totals(), threads.runs()
@@ -220,6 +221,7 @@ async def run_round(
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
     cpu = await idle_cpu(daemon.pid) - cpu0
+    kernel = cpu_split(daemon.pid)[1] - sys0
     follower.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await follower
@@ -242,6 +244,8 @@ async def run_round(
         "cpu_ms_per_call_by_thread": {
             k: round(v * 1000 / max(done, 1), 2) for k, v in by_thread.items()
         },
+        # of cpu_ms_per_call, the kernel's: system calls, and sleeping and waking up
+        "cpu_sys_ms_per_call": round(kernel * 1000 / max(done, 1), 2),
         "scheduled_per_call_by_thread": {
             k: round((v - runs0[k]) / max(done, 1), 1) for k, v in threads.runs().items()
         },
@@ -576,10 +580,18 @@ def print_table(title: str, results: dict[str, dict[str, object]]) -> None:
             f" {r['cpu_ms_per_call']:>11} {r['tx_per_call']:>7} {r['reads_per_call']:>10}"
             f" {str(r['rss_start_mib']) + '->' + str(r['rss_end_mib']):>13}"
         )
-    print("daemon CPU ms per call by thread: " + " ".join(f"{k:>12}" for k in THREADS))
+    print(
+        "daemon CPU ms per call by thread: "
+        + " ".join(f"{k:>12}" for k in THREADS)
+        + f" {'(in kernel)':>12}"
+    )
     for name, r in results.items():
         by = r["cpu_ms_per_call_by_thread"]
-        print(f"  {name:<31}" + " ".join(f"{by[k]:>12}" for k in THREADS))  # type: ignore[index]
+        print(
+            f"  {name:<31}"
+            + " ".join(f"{by[k]:>12}" for k in THREADS)  # type: ignore[index]
+            + f" {r.get('cpu_sys_ms_per_call', '-'):>12}"
+        )
     print("times scheduled in per call by thread:" + " ".join(f"{k:>12}" for k in THREADS))
     for name, r in results.items():
         by = r["scheduled_per_call_by_thread"]
@@ -696,6 +708,7 @@ def main() -> int:
         "digit_to_record_p99_ms": steady["digit_to_record_p99_ms"],
         "cpu_ms_per_call": steady["cpu_ms_per_call"],
         "cpu_ms_per_call_by_thread": steady["cpu_ms_per_call_by_thread"],
+        "cpu_sys_ms_per_call": steady["cpu_sys_ms_per_call"],
         "scheduled_per_call_by_thread": steady["scheduled_per_call_by_thread"],
         "calls_per_s": steady["calls_per_s"],
         "tx_per_call": steady["tx_per_call"],
