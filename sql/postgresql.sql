@@ -272,5 +272,11 @@ CREATE INDEX ix_audit_log_retention ON audit_log (seq) WHERE actor = 'retention'
 
 UPDATE alembic_version SET version_num='0008' WHERE alembic_version.version_num = '0007';
 
+-- Running upgrade 0008 -> 0009
+
+ALTER TABLE users ADD COLUMN totp_last_step INTEGER;
+
+UPDATE alembic_version SET version_num='0009' WHERE alembic_version.version_num = '0008';
+
 COMMIT;
 

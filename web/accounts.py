@@ -208,7 +208,7 @@ class Accounts:
             u = self._user(s, name)
             if not u.totp_secret:
                 return False
-            u.totp_secret = None
+            u.totp_secret, u.totp_last_step = None, None
             self._audit(s, actor, "user.totp_reset", name, **details)
             return True
 

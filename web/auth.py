@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import argon2
-import pyotp
 from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
@@ -25,6 +24,7 @@ from recorder.store import audit
 from recorder.store.db import Database
 from recorder.store.models import LoginFailure, User, WebSession
 from recorder.store.prepared import Prepared
+from web import totp
 from web.accounts import PERSON_COLUMNS, Person, person_of_row
 from web.services import Services
 from web.tokens import new_token, token_hash
@@ -217,21 +217,25 @@ def log_in(
     hasher = services.hasher or argon2.PasswordHasher()
     now = datetime.now(UTC)
     with services.db.write() as s:
-        user = s.scalars(select(User).where(User.name == name)).one_or_none()
+        # FOR UPDATE (PostgreSQL; SQLite's write transaction holds the whole store): two logins
+        # with the same TOTP code, or two failures at once, take turns on the user's row
+        found = select(User).where(User.name == name).with_for_update()
+        user = s.scalars(found).one_or_none()
         why = _refusal(user, now)
+        step = None
         if why is None:
             assert user is not None and user.password_hash is not None
             try:
                 hasher.verify(user.password_hash, password)
-                ok = not user.totp_secret or pyotp.TOTP(user.totp_secret).verify(
-                    code, valid_window=1
-                )
-                why = None if ok else "wrong_code"
+                if user.totp_secret:
+                    step, why = totp.fresh_step(user.totp_secret, code, user.totp_last_step)
             except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
                 why = "wrong_password"
         if why is None:
             assert user is not None
             user.failed_logins, user.locked_until, user.last_login_at = 0, None, now
+            if step is not None:
+                user.totp_last_step = step  # this code, and any before it, is spent
             if hasher.check_needs_rehash(user.password_hash or ""):
                 user.password_hash = hasher.hash(password)
             audit.append(
@@ -244,7 +248,7 @@ def log_in(
                 details={"address": address},
             )
             return Person.of(user)
-        if user is not None and why in ("wrong_password", "wrong_code"):
+        if user is not None and why in ("wrong_password", "wrong_code", "reused_code"):
             user.failed_logins += 1
             if user.failed_logins >= cfg.login_max_failures:
                 user.locked_until = now + timedelta(minutes=cfg.lockout_minutes)

@@ -5,6 +5,10 @@ password and a code too. An admin can reset it (``/admin/users``), for a user wh
 device. Every change is an audit row naming the user; a wrong password or code counts toward
 the user's lockout, as a failed login does.
 
+A code is accepted once: the 30-second step it was made for is kept (``users.totp_last_step``),
+and a code of that step or an earlier one is refused afterwards, at login as here (RFC 6238,
+5.2: someone who saw a code typed cannot use it while it is still current).
+
 The secret being enrolled is not kept on the server: the page carries it in its confirmation
 form (the page is ``no-store``), and it is stored only once a code made from it is right."""
 
@@ -41,6 +45,29 @@ def new_secret() -> str:
     return pyotp.random_base32()
 
 
+def matched_step(secret: str, code: str, now: datetime | None = None) -> int | None:
+    """The 30-second time step ``code`` was made for, if it is the code of the current step or
+    of the one either side (a phone's clock a little off: as ``TOTP.verify(valid_window=1)``
+    accepts), else None. The caller refuses a step not later than the last one accepted."""
+    totp = pyotp.TOTP(secret)
+    current = totp.timecode(now or datetime.now(UTC))
+    for step in (current, current - 1, current + 1):
+        if pyotp.utils.strings_equal(code.strip(), totp.generate_otp(step)):
+            return step
+    return None
+
+
+def fresh_step(secret: str, code: str, last: int | None) -> tuple[int | None, str | None]:
+    """(the code's step, None) when ``code`` is current and was not used before; else
+    (None, why): ``wrong_code``, or ``reused_code`` for a step not later than ``last``."""
+    step = matched_step(secret, code)
+    if step is None:
+        return None, "wrong_code"
+    if last is not None and step <= last:
+        return None, "reused_code"
+    return step, None
+
+
 def uri(secret: str, name: str) -> str:
     """The ``otpauth://`` URI an authenticator app reads (RFC 6238 defaults: SHA-1, 6 digits,
     30 s, as :func:`web.auth.log_in` checks)."""
@@ -61,8 +88,8 @@ def enrol(
     with services.db.write() as s:
         if _user(s, name).totp_secret:
             raise TotpRefused(409, "a second factor is already on: turn it off first")
-        user = _checked(services, s, name, password, code, secret, address)
-        user.totp_secret = secret
+        user, step = _checked(services, s, name, password, code, secret, address, last=None)
+        user.totp_secret, user.totp_last_step = secret, step
         _audit(services, s, name, name, "user.totp_enrolled", address)
 
 
@@ -71,8 +98,10 @@ def disable(services: Services, name: str, password: str, code: str, address: st
         user = _user(s, name)
         if not user.totp_secret:
             raise TotpRefused(409, "no second factor is on")
-        _checked(services, s, name, password, code, user.totp_secret, address)
-        user.totp_secret = None
+        _checked(
+            services, s, name, password, code, user.totp_secret, address, last=user.totp_last_step
+        )
+        user.totp_secret, user.totp_last_step = None, None
         _audit(services, s, name, name, "user.totp_disabled", address)
 
 
@@ -85,31 +114,43 @@ def reset(services: Services, name: str, *, actor: str, address: str) -> bool:
 
 
 def _user(s: Session, name: str) -> User:
-    user = s.scalars(select(User).where(User.name == name)).one_or_none()
+    # FOR UPDATE (PostgreSQL; SQLite's write transaction holds the whole store): two requests
+    # with the same code, or two failures at once, take turns on the user's row
+    user = s.scalars(select(User).where(User.name == name).with_for_update()).one_or_none()
     if user is None:
         raise TotpRefused(404, f"no user {name!r}")
     return user
 
 
 def _checked(
-    services: Services, s: Session, name: str, password: str, code: str, secret: str, address: str
-) -> User:
-    """The user, if ``password`` is theirs and ``code`` is current for ``secret``. A wrong one
-    counts as a failed login (and locks the account at the same limit); the refusal's audit
-    row is written even though the change is not."""
+    services: Services,
+    s: Session,
+    name: str,
+    password: str,
+    code: str,
+    secret: str,
+    address: str,
+    *,
+    last: int | None,
+) -> tuple[User, int]:
+    """The user and the code's time step, if ``password`` is theirs and ``code`` is current for
+    ``secret`` and of a step after ``last`` (the last one accepted for it). A wrong one counts
+    as a failed login (and locks the account at the same limit); the refusal's audit row is
+    written even though the change is not."""
     user = _user(s, name)
     if user.locked_until is not None and user.locked_until > datetime.now(UTC):
         raise TotpRefused(403, "this account is locked for a while after too many failed logins")
     if not user.password_hash:
         raise TotpRefused(409, "set a password first (callconsent users passwd)")
     hasher = services.hasher or argon2.PasswordHasher()
+    step: int | None = None
     try:
         hasher.verify(user.password_hash, password)
-        why = None if pyotp.TOTP(secret).verify(code.strip(), valid_window=1) else "wrong_code"
+        step, why = fresh_step(secret, code, last)
     except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
         why = "wrong_password"
-    if why is None:
-        return user
+    if why is None and step is not None:
+        return user, step
     cfg = services.settings
     user.failed_logins += 1
     if user.failed_logins >= cfg.login_max_failures:

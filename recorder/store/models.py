@@ -292,6 +292,9 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16))  # agent | supervisor | dpo | admin
     password_hash: Mapped[str | None] = mapped_column(String(255))  # argon2id; None: no login
     totp_secret: Mapped[str | None] = mapped_column(String(64))  # base32; None: no 2nd factor
+    #: the 30-second step of the last TOTP code accepted; a code of that step or an earlier
+    #: one is refused, so a code seen once cannot be used again (RFC 6238, 5.2)
+    totp_last_step: Mapped[int | None] = mapped_column(Integer)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)  # since the last success
     locked_until: Mapped[datetime | None]

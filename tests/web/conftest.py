@@ -4,6 +4,7 @@ encrypted recordings."""
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any
 
 import argon2
 import pg
+import pyotp
 import pytest
 import sqlalchemy as sa
 from recstore import Rig, make_rig, write_wav
@@ -28,6 +30,14 @@ from web.auth import SESSION_COOKIE, Sessions
 from web.services import Services, WebSettings
 
 PASSWORD = "correct horse battery"
+
+
+def next_code(secret: str) -> str:
+    """The TOTP code of the 30-second step after the current one: accepted (a phone's clock
+    a little ahead) where the current step's code was used already."""
+    return pyotp.TOTP(secret).at(time.time() + 30)
+
+
 NUMBER = "+4915112345678"
 ROLE_USERS = {"agent": "alice", "supervisor": "sam", "dpo": "dora", "admin": "adam"}
 CHEAP = argon2.PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)

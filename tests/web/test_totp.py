@@ -1,20 +1,23 @@
 """TOTP enrolment in the browser (``/account``): a new secret with its URI and QR code, in force
 only once confirmed with a current code and the password; turned off with the password and a
-code; reset by an admin. CSRF on each, audit rows naming the user, wrong codes counted."""
+code; reset by an admin. CSRF on each, audit rows naming the user, wrong codes counted. A
+code is accepted once, at login as here (RFC 6238, 5.2)."""
 
 from __future__ import annotations
 
 import json
 import re
+import threading
 from urllib.parse import parse_qs, urlparse
 
 import pyotp
 import sqlalchemy as sa
-from conftest import ON_BOTH_STORES, PASSWORD, World
+from conftest import ON_BOTH_STORES, PASSWORD, World, next_code
 from starlette.testclient import TestClient
 from test_login_and_security import audit_actions, login
 
 from recorder.store.models import User
+from web.auth import AddressThrottle, LoginRefused, log_in
 
 pytestmark = ON_BOTH_STORES  # every test here on SQLite and on PostgreSQL
 
@@ -69,7 +72,8 @@ def test_enrolment_shows_secret_uri_and_qr_and_takes_effect_only_when_confirmed(
     with world.services.db.read() as s:
         assert s.scalars(sa.select(User.failed_logins).where(User.name == "sam")).one() == 2
 
-    ok = enrol(c, secret, pyotp.TOTP(secret).now())
+    confirmed_with = pyotp.TOTP(secret).now()
+    ok = enrol(c, secret, confirmed_with)
     assert ok.status_code == 200 and 'id="totp-state">on<' in ok.text and has_totp(world, "sam")
     assert [actor for actor, _ in audit_actions(world, "user.totp_enrolled")] == ["sam"]
     assert "totp-secret" not in c.get("/account").text  # enrolled: no new secret offered
@@ -77,7 +81,9 @@ def test_enrolment_shows_secret_uri_and_qr_and_takes_effect_only_when_confirmed(
 
     fresh = world.client()
     assert login(fresh, "sam", PASSWORD).status_code == 401
-    assert login(fresh, "sam", PASSWORD, pyotp.TOTP(secret).now()).status_code == 303
+    # the code that confirmed the enrolment is spent; the next step's is not
+    assert login(fresh, "sam", PASSWORD, confirmed_with).status_code == 401
+    assert login(fresh, "sam", PASSWORD, next_code(secret)).status_code == 303
 
 
 def test_enrolment_needs_the_csrf_token_and_a_secret_of_ours(world: World) -> None:
@@ -139,3 +145,80 @@ def test_an_admin_resets_a_users_second_factor(world: World) -> None:
     )
     assert again.status_code == 409
     assert login(world.client(), "tina", PASSWORD).status_code == 303
+
+
+def login_reasons(w: World) -> list[str]:
+    return [json.loads(d)["reason"] for _, d in audit_actions(w, "web.login_failed")]
+
+
+def failed_logins(w: World, name: str) -> int:
+    with w.services.db.read() as s:
+        return s.scalars(sa.select(User.failed_logins).where(User.name == name)).one()
+
+
+def test_a_code_is_accepted_once_at_login(world: World) -> None:
+    """Someone who saw a code typed (over a shoulder, on a screen share) cannot log in with
+    it while it is still current: each 30-second step's code logs in once, and a code of an
+    earlier step than the last one used is refused too. A reused code counts as a failed
+    login; the next step's code still logs in."""
+    secret = world.services.accounts.add("tina", "supervisor", PASSWORD, actor="adam", totp=True)
+    assert secret
+    first = pyotp.TOTP(secret).now()
+    assert login(world.client(), "tina", PASSWORD, first).status_code == 303
+    later = next_code(secret)
+    assert later != first
+    assert login(world.client(), "tina", PASSWORD, later).status_code == 303
+    assert login(world.client(), "tina", PASSWORD, later).status_code == 401
+    assert login_reasons(world) == ["reused_code"]
+    assert failed_logins(world, "tina") == 1
+    assert login(world.client(), "tina", PASSWORD, first).status_code == 401  # an earlier step
+    assert failed_logins(world, "tina") == 2
+
+
+def test_two_logins_with_one_code_at_once_let_one_in(world: World) -> None:
+    """Two logins with the same code at the same moment (a code relayed by an attacker as the
+    user types it): one gets in, the other is refused, on SQLite and on PostgreSQL (where the
+    two transactions would both have read the user's row before either wrote it)."""
+    secret = world.services.accounts.add("tina", "supervisor", PASSWORD, actor="adam", totp=True)
+    assert secret
+    code = pyotp.TOTP(secret).now()
+    throttle = AddressThrottle(world.services.db)
+    start = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def attempt(address: str) -> None:
+        start.wait()
+        try:
+            log_in(world.services, throttle, "tina", PASSWORD, code, address)
+            outcomes.append("in")
+        except LoginRefused:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=attempt, args=(a,)) for a in ("10.0.0.1", "10.0.0.2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(outcomes) == ["in", "refused"]
+    assert login_reasons(world) == ["reused_code"]
+
+
+def test_turning_it_off_refuses_the_code_that_logged_in(world: World) -> None:
+    secret = world.services.accounts.add("tina", "dpo", PASSWORD, actor="adam", totp=True)
+    assert secret
+    code = pyotp.TOTP(secret).now()
+    c = world.client()
+    assert login(c, "tina", PASSWORD, code).status_code == 303
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', c.get("/account").text).group(1)
+
+    def disable(code: str) -> int:
+        data = {"csrf_token": csrf, "action": "disable", "code": code, "password": PASSWORD}
+        return c.post("/account/totp", data=data).status_code
+
+    assert disable(code) == 403 and has_totp(world, "tina")
+    assert [json.loads(d)["reason"] for _, d in audit_actions(world, "user.totp_refused")] == [
+        "reused_code"
+    ]
+    assert disable(next_code(secret)) == 200 and not has_totp(world, "tina")
+    with world.services.db.read() as s:  # a new secret starts afresh
+        assert s.scalars(sa.select(User.totp_last_step).where(User.name == "tina")).one() is None
