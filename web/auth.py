@@ -208,7 +208,8 @@ def log_in(
     code: str,
     address: str,
 ) -> Person:
-    """The person, if name, password (and TOTP code) are right and nothing is locked."""
+    """The person, if name, password (and a TOTP code not used before) are right and nothing
+    is locked."""
     cfg = services.settings
     window = cfg.lockout_minutes * 60
     if throttle.blocked(address, cfg.address_max_failures, window):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import World
+from conftest import ON_BOTH_STORES, World
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from recstore import PASSPHRASE
@@ -16,6 +16,8 @@ from callconsent import cli
 from recorder.store.models import AuditEntry, Recording
 from recorder.vault import fileformat as ff
 from web import audio as audio_mod
+
+pytestmark = ON_BOTH_STORES  # every test here on SQLite and on PostgreSQL
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import World
+from conftest import ON_BOTH_STORES, World
 from starlette.testclient import TestClient
 
 from recorder.store.models import ApiToken, WebSession
@@ -41,6 +41,7 @@ def _session(world: World) -> WebSession:
         return s.scalars(sa.select(WebSession)).one()
 
 
+@ON_BOTH_STORES
 def test_the_idle_expiry_slides_only_when_the_session_was_seen_15_s_ago(world: World) -> None:
     c = world.client("supervisor")
     assert c.get("/calls").status_code == 200
@@ -62,6 +63,7 @@ def test_the_idle_expiry_slides_only_when_the_session_was_seen_15_s_ago(world: W
     assert seen.idle_expires_at > datetime.now(UTC) + timedelta(minutes=29)
 
 
+@ON_BOTH_STORES
 def test_a_tokens_last_use_is_kept_at_most_once_a_minute(world: World) -> None:
     _, raw = world.services.accounts.create_token("sam", "crm", 30, actor="adam")
     c = world.client()
@@ -123,6 +125,7 @@ def test_a_session_or_token_is_read_with_one_statement(world: World) -> None:
     assert len(seen) == 2, seen
 
 
+@ON_BOTH_STORES
 def test_a_failed_slide_of_the_idle_expiry_is_one_log_line_not_a_failed_request(
     world: World, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

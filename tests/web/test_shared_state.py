@@ -10,7 +10,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
-from conftest import PASSWORD, World
+from conftest import ON_BOTH_STORES, PASSWORD, World
 from httpx2 import Response
 from starlette.testclient import TestClient
 
@@ -18,6 +18,8 @@ from recorder.store.db import Database
 from recorder.store.models import LoginFailure, ShareTicket
 from web.app import build
 from web.pages import PLAY_COOKIE
+
+pytestmark = ON_BOTH_STORES  # every test here on SQLite and on PostgreSQL
 
 
 def second_process(world: World) -> object:
