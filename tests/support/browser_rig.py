@@ -149,11 +149,16 @@ def run_cli(config: Path, *args: str) -> str:
 
 
 def write_config(
-    root: Path, extra_web: str = "", *, state: Path | None = None, daemon_user: str | None = None
+    root: Path,
+    extra_web: str = "",
+    *,
+    state: Path | None = None,
+    daemon_user: str | None = None,
+    database_url: str | None = None,
 ) -> Path:
     """A config keeping everything under ``root`` (or the config and the data under
     ``state``), with the key store's passphrase in a 0600 file that ``[web] passphrase_file``
-    names, in ``root``."""
+    names, in ``root``; the store is SQLite in the data directory unless ``database_url``."""
     secrets = root / "secrets"
     secrets.mkdir(mode=0o700)
     passphrase = secrets / "keys.passphrase"
@@ -162,9 +167,11 @@ def write_config(
     state = state or root
     config = state / "callconsent.toml"
     user = f'user = "{daemon_user}"\n' if daemon_user else ""
+    database = f'[database]\nurl = "{database_url}"\n\n' if database_url else ""
     config.write_text(
         f'[daemon]\ndata_dir = "{state / "data"}"\nnode = "web-test"\n{user}\n'
         '[numbers]\ndefault_region = "DE"\n\n'
+        f"{database}"
         f'[web]\npassphrase_file = "{passphrase}"\n{extra_web}'
     )
     config.chmod(0o644)
@@ -260,16 +267,22 @@ USERS = {"alice": "agent", "bob": "agent", "sam": "supervisor", "dora": "dpo", "
 
 
 @contextlib.contextmanager
-def site(root: Path, long_seconds: float = 600.0) -> Iterator[Site]:
+def site(
+    root: Path, long_seconds: float = 600.0, database_url: str | None = None
+) -> Iterator[Site]:
     """Users of every role, three calls (alice's with a long recording, bob's, one of no
-    agent on a French number), API tokens for sam and dora, and `callconsent web` serving."""
+    agent on a French number), API tokens for sam and dora, and `callconsent web` serving;
+    on SQLite, or on the (empty) PostgreSQL database ``database_url``, which is upgraded
+    first with `callconsent db upgrade`, as an operator does."""
     with daemon_state(root) as state:
-        yield from _site(root, state, long_seconds)
+        yield from _site(root, state, long_seconds, database_url)
 
 
-def _site(root: Path, state: Path, long_seconds: float) -> Iterator[Site]:
+def _site(root: Path, state: Path, long_seconds: float, database_url: str | None) -> Iterator[Site]:
     user = daemon_account.NAME if daemon_account.ROOT else None
-    config = write_config(root, state=state, daemon_user=user)
+    config = write_config(root, state=state, daemon_user=user, database_url=database_url)
+    if database_url:
+        run_cli(config, "db", "upgrade")
     app = App.open(config_mod.load(config))
     try:
         make_rig(app)  # the key store (PASSPHRASE), key epochs, the finalizer as sink

@@ -5,12 +5,14 @@ screenshot of every page open at that moment."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pg
 import pytest
 from browser_rig import (
     CHROMIUM,
@@ -99,9 +101,18 @@ class FailureShots:
                 crash.message += f" [{text}]"
 
 
-@pytest.fixture(scope="module")
-def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    with site(tmp_path_factory.mktemp("web-site")) as running:
+@pytest.fixture(
+    scope="module",
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+)
+def web(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """The site on SQLite, then on the PostgreSQL the suite starts (a database of its own)."""
+    root = tmp_path_factory.mktemp(f"web-site-{request.param}")
+    with contextlib.ExitStack() as stack:
+        url = None
+        if request.param == "postgresql":
+            url = stack.enter_context(pg.fresh_database(request.getfixturevalue("pg_server")))
+        running = stack.enter_context(site(root, database_url=url))
         yield running
     log = running.server.log.read_text(errors="replace")
     assert "Traceback" not in log, f"callconsent web logged a traceback:\n{log[-4000:]}"
