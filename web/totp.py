@@ -157,6 +157,8 @@ def _checked(
         user.locked_until = datetime.now(UTC) + timedelta(minutes=cfg.lockout_minutes)
     _audit(services, s, name, name, "user.totp_refused", address, reason=why)
     s.commit()  # the count and the row stay although the change is refused
+    if why == "reused_code":  # the password was right: saying so tells nobody anything new
+        raise TotpRefused(403, "that code was used already: wait for the next one")
     raise TotpRefused(403, "wrong password or code")
 
 

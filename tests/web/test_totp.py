@@ -213,9 +213,13 @@ def test_turning_it_off_refuses_the_code_that_logged_in(world: World) -> None:
 
     def disable(code: str) -> int:
         data = {"csrf_token": csrf, "action": "disable", "code": code, "password": PASSWORD}
-        return c.post("/account/totp", data=data).status_code
+        r = c.post("/account/totp", data=data)
+        said.append(r.text)
+        return r.status_code
 
+    said: list[str] = []
     assert disable(code) == 403 and has_totp(world, "tina")
+    assert "that code was used already: wait for the next one" in said[-1]
     assert [json.loads(d)["reason"] for _, d in audit_actions(world, "user.totp_refused")] == [
         "reused_code"
     ]
