@@ -37,6 +37,15 @@ def cpu_split(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+def rss_mib(pid: int) -> float:
+    """A process's resident memory now, in MiB (Linux /proc; NaN if it has none to show)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 @contextlib.contextmanager
 def no_full_collections() -> Iterator[None]:
     """While a round runs, the load generator makes no full (generation 2) collection of its

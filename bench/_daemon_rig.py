@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import ROOT, free_port
+from _common import ROOT, free_port, rss_mib
 
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 import daemon_cli
@@ -43,11 +43,7 @@ class Daemon:
         return self.proc.pid
 
     def rss_mib(self) -> float:
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        return float("nan")
+        return rss_mib(self.pid)
 
     def transactions(self) -> dict[str, int]:
         """Store transactions so far, by end (commit: writes, rollback: reads); the daemon

@@ -39,7 +39,7 @@ sys.path[:0] = [str(ROOT / "tests" / "sim"), str(ROOT / "tests" / "support"), st
 
 import daemon_cli  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
-from _common import free_port  # noqa: E402
+from _common import free_port, rss_mib  # noqa: E402
 from asterisk_harness import make_prompts  # noqa: E402
 from asterisk_sim import SimAsterisk, hangup, press  # noqa: E402
 from asterisk_sim_ami import AmiUser  # noqa: E402
@@ -123,9 +123,7 @@ class Daemon:
     def sample(self) -> tuple[float, int]:
         """RSS (MiB) and open file descriptors of the daemon, from /proc."""
         pid = self.proc.pid
-        with open(f"/proc/{pid}/status") as f:
-            rss = next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")) / 1024
-        return rss, len(os.listdir(f"/proc/{pid}/fd"))
+        return rss_mib(pid), len(os.listdir(f"/proc/{pid}/fd"))
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)

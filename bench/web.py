@@ -59,11 +59,6 @@ def p50(samples: list[float]) -> float:
     return ordered[len(ordered) // 2]
 
 
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
-
-
 def serve(config: str, port: int, plain_dir: str) -> int:
     """``callconsent web`` with the plain-file route added (the limit, in the same server)."""
     from starlette.routing import Mount
@@ -354,6 +349,7 @@ def main() -> int:
     if args.serve:
         return serve(args.serve, args.port, args.plain)
 
+    from _common import rss_mib
     from _webdata import DPO, PASSWORD, USER, dataset
     from _webquery import DirectQuery
 
