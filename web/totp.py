@@ -45,12 +45,12 @@ def new_secret() -> str:
     return pyotp.random_base32()
 
 
-def matched_step(secret: str, code: str, now: datetime | None = None) -> int | None:
+def matched_step(secret: str, code: str) -> int | None:
     """The 30-second time step ``code`` was made for, if it is the code of the current step or
     of the one either side (a phone's clock a little off: as ``TOTP.verify(valid_window=1)``
     accepts), else None. The caller refuses a step not later than the last one accepted."""
     totp = pyotp.TOTP(secret)
-    current = totp.timecode(now or datetime.now(UTC))
+    current = totp.timecode(datetime.now(UTC))
     for step in (current, current - 1, current + 1):
         if pyotp.utils.strings_equal(code.strip(), totp.generate_otp(step)):
             return step
